@@ -1,0 +1,395 @@
+/**
+ * The `tide` command. Thin: parse, call the API (or start Tide for `up`), print. Errors are
+ * printed as a message and a hint, never a stack trace (unless --debug). Exit codes: 0 ok,
+ * 1 the operation failed, 2 the command line was wrong.
+ */
+import { resolve } from 'node:path';
+import { Command, CommanderError, Option } from 'commander';
+import { formatAge, parseDuration } from '../lib/duration.ts';
+import { errorMessage, TideError } from '../lib/errors.ts';
+import { bundleFunction } from './bundle.ts';
+import { ApiClient, type ConnectOptions, locate } from './client.ts';
+import { parseOutput, structured, table } from './print.ts';
+import { up, VERSION } from './up.ts';
+
+interface FunctionView {
+  name: string;
+  servingRevision: string;
+  latestRevision: string;
+  url: string;
+  ready: boolean;
+  phase: string;
+  readyInstances: number;
+  desiredInstances: number;
+  restarts: number;
+  lastError: string | null;
+  ageMs: number;
+  createdAt: string;
+  env: string[];
+  secrets: string[];
+  config: Record<string, number> | null;
+}
+
+interface RevisionView {
+  name: string;
+  function: string;
+  number: number;
+  digest: string;
+  source: string;
+  createdAt: string;
+  serving?: boolean;
+  env: Record<string, string>;
+  secrets: string[];
+  config: Record<string, number>;
+  status: { phase: string; readyInstances: number; desiredInstances: number; restarts: number; lastError?: string } | null;
+}
+
+const out = (s: string): void => {
+  process.stdout.write(`${s}\n`);
+};
+let debug = false;
+
+function connectionOptions(cmd: Command): Command {
+  return cmd
+    .option('--data-dir <dir>', 'data directory of the Tide to talk to (default ./.tide, or $TIDE_DATA_DIR)')
+    .option('--api <url>', 'control API URL (default: read from the data directory, or $TIDE_API)')
+    .option('--token <token>', 'API token (default: read from the data directory, or $TIDE_TOKEN)');
+}
+
+async function client(opts: ConnectOptions): Promise<ApiClient> {
+  return new ApiClient(await locate(opts));
+}
+
+function keyValues(what: string) {
+  return (value: string, previous: Record<string, string> = {}) => {
+    const eq = value.indexOf('=');
+    if (eq <= 0) throw new TideError('ERR_INVALID_ARGUMENT', `${what} must look like KEY=VALUE (got "${value}")`);
+    return { ...previous, [value.slice(0, eq)]: value.slice(eq + 1) };
+  };
+}
+
+function integer(what: string, min: number, max: number) {
+  return (value: string) => {
+    const n = Number(value);
+    if (!Number.isInteger(n) || n < min || n > max)
+      throw new TideError('ERR_INVALID_ARGUMENT', `${what} must be an integer from ${min} to ${max} (got "${value}")`);
+    return n;
+  };
+}
+
+function bytes(value: string): number {
+  const m = /^(\d+)(b|kb|kib|mb|mib|gb|gib)?$/i.exec(value.trim());
+  if (!m) throw new TideError('ERR_INVALID_ARGUMENT', `--max-body must be a size like 512kb or 10mb (got "${value}")`);
+  const unit = (m[2] ?? 'b').toLowerCase();
+  const mult = unit.startsWith('k') ? 1024 : unit.startsWith('m') ? 1024 ** 2 : unit.startsWith('g') ? 1024 ** 3 : 1;
+  return Number(m[1]) * mult;
+}
+
+export function program(): Command {
+  const prog = new Command('tide')
+    .description(
+      'Tide: serverless functions on your machine, with a built-in service mesh.\n\nQuick start:\n  tide up --deploy examples        # start Tide and deploy the examples\n  curl http://hello.localhost:8080/\n  tide deploy examples/echo.ts     # deploy a function\n  tide get functions',
+    )
+    .version(VERSION)
+    .option('--debug', 'print stack traces on errors')
+    .showHelpAfterError('(run with --help for usage)')
+    .hook('preAction', (cmd) => {
+      debug = Boolean(cmd.opts().debug);
+    });
+
+  prog
+    .command('up')
+    .description('run Tide on this machine: control API, node agent and gateway in one process, state in SQLite')
+    .option('--data-dir <dir>', 'where state, bundles, logs and the API token live', './.tide')
+    .option('--host <addr>', 'address to listen on', '127.0.0.1')
+    .option('-p, --port <port>', 'gateway port (0 = any free port)', integer('--port', 0, 65535), 8080)
+    .option('--api-port <port>', 'control API port (0 = any free port)', integer('--api-port', 0, 65535), 8081)
+    .option('--domain <domain>', 'functions answer at NAME.<domain>', 'localhost')
+    .option('--deploy <path...>', 'function files or folders to deploy once up (named after the file)')
+    .option('--access-log <where>', 'access log: a file, "-" for stdout, or "off" (default <data-dir>/access.log)')
+    .option('--drain <duration>', 'how long shutdown waits for in-flight requests', '30s')
+    .addOption(new Option('--log-level <level>', 'log level of Tide itself (stderr)').choices(['debug', 'info', 'warn', 'error', 'silent']).default('info'))
+    .action(async (o) => {
+      const running = await up({
+        dataDir: o.dataDir,
+        host: o.host,
+        port: o.port,
+        apiPort: o.apiPort,
+        domain: o.domain,
+        deploy: o.deploy ?? [],
+        accessLog: o.accessLog,
+        drainMs: parseDuration(o.drain, '--drain'),
+        logLevel: o.logLevel,
+      });
+      const names = (await running.functions.list()).map((f) => f.name);
+      out(`Tide is up. Gateway ${running.gatewayUrl}, API ${running.apiUrl}, data in ${resolve(running.config.dataDir)}`);
+      for (const n of names) out(`  ${n}: http://${n}.${running.config.domain}:${new URL(running.gatewayUrl).port}/`);
+      out('Press Ctrl+C to stop.');
+      await waitForSignal(running.close);
+    });
+
+  connectionOptions(
+    prog
+      .command('deploy')
+      .description('bundle a function file and deploy it as a new revision (no new revision if nothing changed)')
+      .argument('<file>', 'a module whose default export has fetch(request, env, ctx)')
+      .option('-n, --name <name>', 'function name, a DNS label (default: the file name)')
+      .option('-e, --env <KEY=VALUE>', 'environment variable for env (repeatable)', keyValues('--env'))
+      .option('-s, --secret <KEY=VALUE>', 'secret for env, never printed back (repeatable)', keyValues('--secret'))
+      .option('--timeout <duration>', 'longest a request may run (default 30s)')
+      .option('--memory <MiB>', 'heap limit per instance in MiB (default 128)', integer('--memory', 16, 16384))
+      .option('--concurrency <n>', 'requests one instance serves at once (default 32)', integer('--concurrency', 1, 1000))
+      .option('--instances <n>', 'instances to run (default 1)', integer('--instances', 1, 64))
+      .option('--max-body <size>', 'largest request body, e.g. 10mb (default 10mb)', bytes)
+      .option('-o, --output <format>', 'json or yaml instead of text'),
+  ).action(async (file: string, o) => {
+    const format = parseOutput(o.output);
+    const name =
+      o.name ??
+      file
+        .replace(/^.*[\\/]/, '')
+        .replace(/\.[^.]*$/, '')
+        .toLowerCase();
+    const started = performance.now();
+    const bundle = await bundleFunction(file);
+    for (const w of bundle.warnings) process.stderr.write(`${w}\n`);
+    const api = await client(o);
+    const result = await api.call<{ created: boolean; revision: RevisionView; url: string; durationMs: number; function: FunctionView }>(
+      'POST',
+      `/v1/functions/${encodeURIComponent(name)}/deploy`,
+      {
+        bundle: Buffer.from(bundle.code).toString('base64'),
+        source: file,
+        env: o.env,
+        secrets: o.secret,
+        config: {
+          timeoutMs: o.timeout ? parseDuration(o.timeout, '--timeout') : undefined,
+          memoryMb: o.memory,
+          concurrency: o.concurrency,
+          instances: o.instances,
+          maxBodyBytes: o.maxBody,
+        },
+      },
+    );
+    const ms = Math.round(performance.now() - started);
+    if (format === 'json' || format === 'yaml') {
+      out(structured({ ...result, totalMs: ms }, format));
+      return;
+    }
+    out(
+      `${result.created ? 'Deployed' : 'Unchanged:'} ${name} revision ${result.revision.name}${result.created ? '' : ' (identical to the latest; no new revision)'} in ${ms} ms`,
+    );
+    out(`URL: ${result.url}/`);
+  });
+
+  const get = prog.command('get').description('list functions or revisions');
+  connectionOptions(
+    get
+      .command('functions')
+      .alias('function')
+      .alias('fn')
+      .description('list functions: NAME REVISION URL READY INSTANCES AGE')
+      .option('-o, --output <format>', 'json, yaml or wide'),
+  ).action(async (o) => {
+    const format = parseOutput(o.output);
+    const { items } = await (await client(o)).call<{ items: FunctionView[] }>('GET', '/v1/functions');
+    if (format === 'json' || format === 'yaml') return out(structured({ items }, format));
+    const headers = ['NAME', 'REVISION', 'URL', 'READY', 'INSTANCES', 'AGE', ...(format === 'wide' ? ['RESTARTS', 'LAST ERROR'] : [])];
+    out(
+      table(
+        headers,
+        items.map((f) => [
+          f.name,
+          f.servingRevision,
+          f.url,
+          f.ready ? 'True' : f.phase === 'failed' ? 'False' : 'Unknown',
+          `${f.readyInstances}/${f.desiredInstances}`,
+          formatAge(f.ageMs),
+          ...(format === 'wide' ? [String(f.restarts), f.lastError ?? ''] : []),
+        ]),
+      ),
+    );
+  });
+  connectionOptions(
+    get
+      .command('revisions')
+      .alias('revision')
+      .alias('rev')
+      .description('list revisions: NAME FUNCTION SERVING READY DIGEST AGE')
+      .argument('[function]', 'only this function')
+      .option('-o, --output <format>', 'json, yaml or wide'),
+  ).action(async (fn: string | undefined, o) => {
+    const format = parseOutput(o.output);
+    const { items } = await (await client(o)).call<{ items: RevisionView[] }>('GET', `/v1/revisions${fn ? `?function=${encodeURIComponent(fn)}` : ''}`);
+    if (format === 'json' || format === 'yaml') return out(structured({ items }, format));
+    out(
+      table(
+        ['NAME', 'FUNCTION', 'SERVING', 'READY', 'DIGEST', 'AGE', ...(format === 'wide' ? ['SOURCE'] : [])],
+        items.map((r) => [
+          r.name,
+          r.function,
+          r.serving ? 'yes' : '',
+          r.status ? (r.status.phase === 'ready' ? 'True' : r.status.phase) : '-',
+          r.digest.slice(0, 12),
+          formatAge(Date.now() - Date.parse(r.createdAt)),
+          ...(format === 'wide' ? [r.source] : []),
+        ]),
+      ),
+    );
+  });
+
+  connectionOptions(
+    prog
+      .command('describe')
+      .description('show a function: its revisions, settings, env names and status')
+      .argument('<name>', 'function name')
+      .option('-o, --output <format>', 'json or yaml'),
+  ).action(async (name: string, o) => {
+    const format = parseOutput(o.output);
+    const fn = await (await client(o)).call<FunctionView & { revisions: RevisionView[] }>('GET', `/v1/functions/${encodeURIComponent(name)}`);
+    if (format === 'json' || format === 'yaml') return out(structured(fn, format));
+    const lines = [
+      `Name:        ${fn.name}`,
+      `URL:         ${fn.url}/`,
+      `Serving:     ${fn.servingRevision}${fn.servingRevision !== fn.latestRevision ? ` (latest is ${fn.latestRevision})` : ''}`,
+      `Ready:       ${fn.ready ? 'True' : 'False'} (${fn.readyInstances}/${fn.desiredInstances} instances, ${fn.restarts} restarts)`,
+      ...(fn.lastError ? [`Last error:  ${fn.lastError}`] : []),
+      `Created:     ${fn.createdAt} (${formatAge(fn.ageMs)} ago)`,
+      `Settings:    ${
+        fn.config
+          ? Object.entries(fn.config)
+              .map(([k, v]) => `${k}=${v}`)
+              .join(' ')
+          : '-'
+      }`,
+      `Env:         ${fn.env.length ? fn.env.join(', ') : '-'}`,
+      `Secrets:     ${fn.secrets.length ? fn.secrets.map((s) => `${s} (hidden)`).join(', ') : '-'}`,
+      '',
+      'Revisions:',
+      table(
+        ['  NAME', 'SERVING', 'READY', 'DIGEST', 'SOURCE', 'AGE'],
+        fn.revisions.map((r) => [
+          `  ${r.name}`,
+          r.name === fn.servingRevision ? 'yes' : '',
+          r.status?.phase ?? '-',
+          r.digest.slice(0, 12),
+          r.source,
+          formatAge(Date.now() - Date.parse(r.createdAt)),
+        ]),
+      ),
+    ];
+    out(lines.join('\n'));
+  });
+
+  connectionOptions(prog.command('delete').description('delete a function and all its revisions').argument('<name>', 'function name')).action(
+    async (name: string, o) => {
+      const result = await (await client(o)).call<{ revisions: string[] }>('DELETE', `/v1/functions/${encodeURIComponent(name)}`);
+      out(`Deleted ${name} (${result.revisions.length} revision${result.revisions.length === 1 ? '' : 's'}: ${result.revisions.join(', ')})`);
+    },
+  );
+
+  connectionOptions(
+    prog
+      .command('rollback')
+      .description('serve an older revision: the one before the serving one, or --to REVISION')
+      .argument('<name>', 'function name')
+      .option('--to <revision>', 'revision name or number to serve'),
+  ).action(async (name: string, o) => {
+    const r = await (await client(o)).call<{ from: string; to: string; url: string }>('POST', `/v1/functions/${encodeURIComponent(name)}/rollback`, {
+      to: o.to,
+    });
+    out(`Rolled back ${name}: ${r.from} → ${r.to}`);
+    out(`URL: ${r.url}/`);
+  });
+
+  connectionOptions(
+    prog
+      .command('logs')
+      .description("print a function's console output (and instance events)")
+      .argument('<name>', 'function name')
+      .option('-f, --follow', 'keep printing new lines')
+      .option('--tail <n>', 'lines of history to print first', integer('--tail', 0, 10000), 100)
+      .option('-o, --output <format>', 'json prints the raw lines'),
+  ).action(async (name: string, o) => {
+    const raw = o.output === 'json';
+    const api = await client(o);
+    const ac = new AbortController();
+    process.once('SIGINT', () => ac.abort());
+    const res = await api.raw('GET', `/v1/functions/${encodeURIComponent(name)}/logs?tail=${o.tail}${o.follow ? '&follow=1' : ''}`, undefined, ac.signal);
+    if (!res.ok) {
+      const e = ((await res.json()) as { error?: { code?: string; message?: string; hint?: string } }).error;
+      throw new TideError('ERR_NOT_FOUND', e?.message ?? `the API answered ${res.status}`, { hint: e?.hint });
+    }
+    let buffered = '';
+    const decoder = new TextDecoder();
+    try {
+      for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
+        buffered += decoder.decode(chunk, { stream: true });
+        let nl = buffered.indexOf('\n');
+        while (nl !== -1) {
+          const line = buffered.slice(0, nl);
+          buffered = buffered.slice(nl + 1);
+          if (line) {
+            if (raw) out(line);
+            else {
+              const l = JSON.parse(line) as { time: string; revision: string; level: string; message: string };
+              out(`${l.time} ${l.revision} ${l.level.toUpperCase().padEnd(6)} ${l.message}`);
+            }
+          }
+          nl = buffered.indexOf('\n');
+        }
+      }
+    } catch (err) {
+      if (!ac.signal.aborted) throw err;
+    }
+  });
+
+  return prog;
+}
+
+async function waitForSignal(close: () => Promise<void>): Promise<void> {
+  await new Promise<void>((resolveSignal) => {
+    let count = 0;
+    const onSignal = (sig: NodeJS.Signals) => {
+      count++;
+      if (count > 1) {
+        process.stderr.write(`tide: ${sig} again, exiting now\n`);
+        process.exit(1);
+      }
+      process.stderr.write(`tide: ${sig}: draining in-flight requests (send again to exit now)\n`);
+      close().then(resolveSignal, (err) => {
+        process.stderr.write(`tide: shutdown failed: ${errorMessage(err)}\n`);
+        process.exit(1);
+      });
+    };
+    process.on('SIGINT', onSignal);
+    process.on('SIGTERM', onSignal);
+  });
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const prog = program();
+  prog.exitOverride();
+  prog.configureOutput({ writeErr: (s) => process.stderr.write(s) });
+  try {
+    await prog.parseAsync(argv);
+    return 0;
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      if (err.code === 'commander.helpDisplayed' || err.code === 'commander.version' || err.code === 'commander.help') return 0;
+      return 2;
+    }
+    printError(err);
+    return err instanceof TideError && err.code === 'ERR_INVALID_ARGUMENT' ? 2 : 1;
+  }
+}
+
+function printError(err: unknown): void {
+  if (err instanceof TideError) {
+    process.stderr.write(`error: ${err.message}\n`);
+    if (err.hint) process.stderr.write(`hint: ${err.hint}\n`);
+  } else {
+    process.stderr.write(`error: ${errorMessage(err)}\n`);
+  }
+  if (debug && err instanceof Error && err.stack) process.stderr.write(`${err.stack}\n`);
+}

@@ -1,0 +1,200 @@
+/**
+ * `tide up`, the embedded default: control API, node agent (worker sandboxes) and gateway in
+ * one process, state in SQLite under the data directory. This file only wires the planes
+ * together; each plane's logic lives in its own folder.
+ */
+import { randomBytes } from 'node:crypto';
+import { chmod, mkdir, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { basename, extname, join, resolve } from 'node:path';
+import { pino } from 'pino';
+import { BlobStore, ControlApi, createSqliteStore, Functions, keys, type Snapshot, SnapshotPublisher, type Store } from '../control/index.ts';
+import { resolveUpConfig, UP_DEFAULTS, type UpConfig, type UpOptions } from '../lib/config/up.ts';
+import { errorMessage, TideError } from '../lib/errors.ts';
+import { createLogger, type Logger } from '../lib/log.ts';
+import { Gateway } from '../proxy/index.ts';
+import { FunctionLogs, NodeAgent, validateWorkerBundle, WorkerDriver } from '../runtime/index.ts';
+import { bundleFunction } from './bundle.ts';
+
+export const VERSION = '0.1.0';
+
+export interface Running {
+  config: UpConfig;
+  gatewayUrl: string;
+  apiUrl: string;
+  functions: Functions;
+  /** Graceful stop: stop accepting, drain, stop sandboxes, close the store. */
+  close(): Promise<void>;
+}
+
+export async function up(options: UpOptions = {}, log: Logger = createLogger({ level: options.logLevel })): Promise<Running> {
+  const config = resolveUpConfig(options);
+  const dataDir = resolve(config.dataDir);
+  await prepareDataDir(dataDir);
+  await takeLock(dataDir);
+  const token = await loadToken(dataDir);
+  let store: Store;
+  try {
+    store = createSqliteStore(join(dataDir, 'state.db'));
+  } catch (err) {
+    await rm(join(dataDir, 'tide.pid'), { force: true });
+    throw err;
+  }
+
+  const blobs = new BlobStore(dataDir);
+  const logs = new FunctionLogs(join(dataDir, 'logs'));
+  const driver = new WorkerDriver({ onEvent: (e) => agent.recordEvent(e) });
+  const agent: NodeAgent = new NodeAgent({
+    store,
+    driver,
+    log,
+    keys: { functions: keys.functions(), revisions: keys.revisions(), statuses: keys.statuses(), status: (r) => keys.status(r) },
+    bundlePath: (digest) => blobs.path(digest),
+    drainMs: config.drainMs,
+    onEvent: (e) =>
+      logs.append({
+        time: new Date().toISOString(),
+        function: e.function,
+        revision: e.revision,
+        instance: e.instance,
+        level: 'system',
+        message: `instance replaced (${e.reason}): ${e.message}`,
+      }),
+  });
+  const functions = new Functions(store, blobs, { validate: (path) => validateWorkerBundle(path) });
+
+  const access = accessLogger(config, dataDir);
+  const gateway = new Gateway({ domain: config.domain, log: log.child({ component: 'proxy.gateway' }), access, resolve: (rev) => agent.endpoint(rev) });
+  let gatewayPort = config.port;
+  const functionUrl = (name: string) => `http://${name}.${config.domain}${gatewayPort === 80 ? '' : `:${gatewayPort}`}`;
+  const api = new ControlApi({
+    functions,
+    logs,
+    token,
+    log: log.child({ component: 'control.api' }),
+    functionUrl,
+    info: { version: VERSION, domain: config.domain, dataDir },
+  });
+  const snapshots = new SnapshotPublisher(
+    store,
+    (s: Snapshot) => gateway.setSnapshot(s),
+    (err) => log.error({ err: errorMessage(err) }, 'snapshot build failed'),
+  );
+
+  let closing: Promise<void> | undefined;
+  const close = () => {
+    closing ??= (async () => {
+      log.info({ drainMs: config.drainMs }, 'shutting down');
+      snapshots.close();
+      await Promise.all([gateway.close(config.drainMs), api.close()]);
+      await agent.close();
+      await logs.close();
+      access?.flush();
+      await store.close();
+      await rm(join(dataDir, 'endpoint.json'), { force: true });
+      await rm(join(dataDir, 'tide.pid'), { force: true });
+      log.info('stopped');
+    })();
+    return closing;
+  };
+
+  try {
+    await agent.start();
+    await snapshots.start();
+    const g = await gateway.listen(config.port, config.host);
+    gatewayPort = g.port;
+    const a = await api.listen(config.apiPort, config.host);
+    const hostForUrl = config.host.includes(':') ? `[${config.host}]` : config.host;
+    const apiUrl = `http://${hostForUrl}:${a.port}`;
+    const gatewayUrl = `http://${hostForUrl}:${g.port}`;
+    await writeFile(
+      join(dataDir, 'endpoint.json'),
+      `${JSON.stringify({ api: apiUrl, gateway: gatewayUrl, domain: config.domain, gatewayPort: g.port, pid: process.pid }, null, 2)}\n`,
+      { mode: 0o600 },
+    );
+    log.info({ gateway: gatewayUrl, api: apiUrl, dataDir }, 'tide is up');
+    for (const target of config.deploy) await deployPath(functions, target, log);
+    await agent.settled();
+    return { config, gatewayUrl, apiUrl, functions, close };
+  } catch (err) {
+    await close().catch(() => {});
+    if ((err as NodeJS.ErrnoException).code === 'EADDRINUSE') {
+      throw new TideError('ERR_INVALID_ARGUMENT', `${(err as Error).message.replace(/^listen /, '')}: the port is taken`, {
+        hint: 'pick others with --port and --api-port (0 picks a free one)',
+        cause: err,
+      });
+    }
+    throw err;
+  }
+}
+
+/** Deploys a file, or every .ts/.js/.mjs file of a folder, naming each function after its file. */
+async function deployPath(functions: Functions, target: string, log: Logger): Promise<void> {
+  const st = await stat(target).catch(() => undefined);
+  if (!st) throw new TideError('ERR_INVALID_ARGUMENT', `--deploy ${target}: no such file or folder`);
+  const files = st.isDirectory()
+    ? (await readdir(target))
+        .filter((f) => /\.(ts|js|mjs)$/.test(f) && !f.endsWith('.d.ts'))
+        .sort()
+        .map((f) => join(target, f))
+    : [target];
+  for (const file of files) {
+    const name = basename(file, extname(file)).toLowerCase();
+    const bundle = await bundleFunction(file);
+    const started = performance.now();
+    const result = await functions.deploy({ name, bundle: bundle.code, source: file });
+    await functions.waitReady(result.revision.name, 30_000);
+    log.info({ function: name, revision: result.revision.name, created: result.created, ms: Math.round(performance.now() - started) }, 'deployed');
+  }
+}
+
+async function prepareDataDir(dir: string): Promise<void> {
+  const st = await stat(dir).catch((err: NodeJS.ErrnoException) => (err.code === 'ENOENT' ? undefined : Promise.reject(err)));
+  if (st && !st.isDirectory()) {
+    throw new TideError('ERR_DATA_DIR', `the data directory ${dir} is not a directory`, { hint: 'pass another with --data-dir' });
+  }
+  try {
+    await mkdir(dir, { recursive: true, mode: 0o700 });
+    await mkdir(join(dir, 'logs'), { recursive: true, mode: 0o700 });
+  } catch (err) {
+    throw new TideError('ERR_DATA_DIR', `cannot create the data directory ${dir}: ${errorMessage(err)}`, { hint: 'pass another with --data-dir' });
+  }
+}
+
+/** One `tide up` per data directory: a pid file, taken over when its process is gone. */
+async function takeLock(dir: string): Promise<void> {
+  const file = join(dir, 'tide.pid');
+  const existing = Number((await readFile(file, 'utf8').catch(() => '')).trim());
+  if (Number.isInteger(existing) && existing > 0 && existing !== process.pid && alive(existing)) {
+    throw new TideError('ERR_DATA_DIR', `another Tide (pid ${existing}) is running on ${dir}`, { hint: 'stop it first, or use another --data-dir' });
+  }
+  await writeFile(file, `${process.pid}\n`, { mode: 0o600 });
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+async function loadToken(dir: string): Promise<string> {
+  const file = join(dir, 'token');
+  const existing = (await readFile(file, 'utf8').catch(() => '')).trim();
+  if (existing.length >= 32) {
+    await chmod(file, 0o600);
+    return existing;
+  }
+  const token = randomBytes(32).toString('base64url');
+  await writeFile(file, `${token}\n`, { mode: 0o600 });
+  await chmod(file, 0o600);
+  return token;
+}
+
+function accessLogger(config: UpConfig, dataDir: string): pino.Logger | undefined {
+  const where = config.accessLog || UP_DEFAULTS.accessLog || join(dataDir, 'access.log');
+  if (where === 'off') return undefined;
+  const dest = pino.destination({ dest: where === '-' ? 1 : where, sync: false, mkdir: true, minLength: where === '-' ? 0 : 4096 });
+  return pino({ base: undefined, timestamp: pino.stdTimeFunctions.isoTime, messageKey: 'msg' }, dest);
+}

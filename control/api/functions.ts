@@ -1,0 +1,268 @@
+/**
+ * Functions: deploy, list, describe, roll back and delete, as transactions on the Store.
+ * A deploy stores the bundle by digest, has it checked by a BundleValidator (the node agent's
+ * sandbox loads it and looks for `export default { fetch }`), then writes the revision and the
+ * function's serving pointer in one compare-and-swap transaction. Any failure before that
+ * transaction leaves the Store untouched. It never sits on the request path.
+ */
+import { type Clock, systemClock } from '../../lib/clock.ts';
+import { isTideError, TideError } from '../../lib/errors.ts';
+import { type BlobStore, sha256 } from '../blobs.ts';
+import type { KeyValue, Store } from '../store/index.ts';
+import {
+  DEFAULT_NAMESPACE,
+  type FunctionConfig,
+  type FunctionRecord,
+  keys,
+  type RevisionRecord,
+  type RevisionStatus,
+  resolveFunctionConfig,
+  revisionName,
+  validateFunctionName,
+  validateVariables,
+} from './schema/function.ts';
+
+/** Loads a stored bundle in a throwaway sandbox; throws ERR_FUNCTION_INVALID with the reason. */
+export interface BundleValidator {
+  validate(bundlePath: string, env: Record<string, string>): Promise<void>;
+}
+
+export interface DeployInput {
+  name: string;
+  bundle: Uint8Array;
+  source: string;
+  env?: Record<string, string>;
+  secrets?: Record<string, string>;
+  config?: Partial<FunctionConfig>;
+}
+
+export interface DeployResult {
+  function: FunctionRecord;
+  revision: RevisionRecord;
+  /** False when an identical revision existed and was reused. */
+  created: boolean;
+}
+
+const CAS_ATTEMPTS = 5;
+
+export class Functions {
+  readonly #store: Store;
+  readonly #blobs: BlobStore;
+  readonly #validator: BundleValidator;
+  readonly #clock: Clock;
+
+  constructor(store: Store, blobs: BlobStore, validator: BundleValidator, clock: Clock = systemClock) {
+    this.#store = store;
+    this.#blobs = blobs;
+    this.#validator = validator;
+    this.#clock = clock;
+  }
+
+  async deploy(input: DeployInput): Promise<DeployResult> {
+    const name = validateFunctionName(input.name);
+    const { env, secrets } = validateVariables(input.env, input.secrets);
+    const config = resolveFunctionConfig(input.config);
+    if (!(input.bundle instanceof Uint8Array) || input.bundle.length === 0) {
+      throw new TideError('ERR_BAD_REQUEST', 'the bundle is empty', { status: 400 });
+    }
+    const digest = await this.#blobs.put(input.bundle);
+    await this.#validator.validate(this.#blobs.path(digest), { ...env, ...secrets });
+    const templateHash = sha256(JSON.stringify({ digest, env, secrets, config, sandbox: 'worker' }));
+
+    for (let attempt = 1; ; attempt++) {
+      const current = await this.#store.get(keys.function(name));
+      const fn = current ? parse<FunctionRecord>(current) : undefined;
+      const latest = fn ? await this.getRevision(fn.latestRevision) : undefined;
+      try {
+        if (fn && latest && latest.templateHash === templateHash) {
+          if (fn.servingRevision !== latest.name) {
+            const updated = { ...fn, servingRevision: latest.name };
+            await this.#store.put(keys.function(name), JSON.stringify(updated), { expectModRevision: current?.modRevision });
+            return { function: updated, revision: latest, created: false };
+          }
+          return { function: fn, revision: latest, created: false };
+        }
+        const number = (fn?.revisionCounter ?? 0) + 1;
+        const now = new Date(this.#clock.now()).toISOString();
+        const revision: RevisionRecord = {
+          name: revisionName(name, number),
+          namespace: DEFAULT_NAMESPACE,
+          function: name,
+          number,
+          createdAt: now,
+          digest,
+          templateHash,
+          source: input.source,
+          sandbox: 'worker',
+          env,
+          secrets,
+          config,
+        };
+        const updated: FunctionRecord = {
+          name,
+          namespace: DEFAULT_NAMESPACE,
+          createdAt: fn?.createdAt ?? now,
+          servingRevision: revision.name,
+          latestRevision: revision.name,
+          revisionCounter: number,
+        };
+        await this.#store.txn([
+          { type: 'put', key: keys.revision(revision.name), value: JSON.stringify(revision), expectModRevision: 0 },
+          { type: 'put', key: keys.function(name), value: JSON.stringify(updated), expectModRevision: current?.modRevision ?? 0 },
+        ]);
+        return { function: updated, revision, created: true };
+      } catch (err) {
+        if (isTideError(err, 'ERR_STORE_CONFLICT') && attempt < CAS_ATTEMPTS) continue;
+        throw err;
+      }
+    }
+  }
+
+  async list(): Promise<FunctionRecord[]> {
+    const { items } = await this.#store.list(keys.functions());
+    return items.map((kv) => parse<FunctionRecord>(kv));
+  }
+
+  async get(name: string): Promise<FunctionRecord> {
+    validateFunctionName(name);
+    const kv = await this.#store.get(keys.function(name));
+    if (!kv) throw notFound(name);
+    return parse<FunctionRecord>(kv);
+  }
+
+  async getRevision(name: string): Promise<RevisionRecord | undefined> {
+    const kv = await this.#store.get(keys.revision(name));
+    return kv ? parse<RevisionRecord>(kv) : undefined;
+  }
+
+  /** Revisions of one function (or all), oldest first. */
+  async revisions(fn?: string): Promise<RevisionRecord[]> {
+    const { items } = await this.#store.list(keys.revisions());
+    const all = items.map((kv) => parse<RevisionRecord>(kv));
+    return all
+      .filter((r) => fn === undefined || r.function === fn)
+      .sort((a, b) => (a.function === b.function ? a.number - b.number : a.function < b.function ? -1 : 1));
+  }
+
+  async statuses(): Promise<Map<string, RevisionStatus>> {
+    const { items } = await this.#store.list(keys.statuses());
+    return new Map(
+      items.map((kv) => {
+        const s = parse<RevisionStatus>(kv);
+        return [s.revision, s];
+      }),
+    );
+  }
+
+  /**
+   * Points the function back at an older revision: `to`, or the newest one older than the one
+   * serving now. Returns the previous and new serving revisions.
+   */
+  async rollback(name: string, to?: string): Promise<{ from: string; to: string; function: FunctionRecord }> {
+    for (let attempt = 1; ; attempt++) {
+      const kv = await this.#store.get(keys.function(validateFunctionName(name)));
+      if (!kv) throw notFound(name);
+      const fn = parse<FunctionRecord>(kv);
+      const revisions = await this.revisions(name);
+      let target: RevisionRecord | undefined;
+      if (to !== undefined) {
+        target = revisions.find((r) => r.name === to || String(r.number) === to);
+        if (!target) {
+          throw new TideError('ERR_NOT_FOUND', `function ${name} has no revision ${to}`, {
+            status: 404,
+            hint: `its revisions: ${revisions.map((r) => r.name).join(', ')}`,
+          });
+        }
+      } else {
+        const serving = revisions.find((r) => r.name === fn.servingRevision);
+        target = revisions.filter((r) => r.number < (serving?.number ?? 0)).at(-1);
+        if (!target) {
+          throw new TideError('ERR_BAD_REQUEST', `function ${name} has no revision older than ${fn.servingRevision}`, {
+            status: 409,
+            hint: 'use --to REVISION to pick one',
+          });
+        }
+      }
+      const updated = { ...fn, servingRevision: target.name };
+      try {
+        await this.#store.put(keys.function(name), JSON.stringify(updated), { expectModRevision: kv.modRevision });
+        return { from: fn.servingRevision, to: target.name, function: updated };
+      } catch (err) {
+        if (isTideError(err, 'ERR_STORE_CONFLICT') && attempt < CAS_ATTEMPTS) continue;
+        throw err;
+      }
+    }
+  }
+
+  /** Deletes the function and all its revisions in one transaction. */
+  async delete(name: string): Promise<{ revisions: string[] }> {
+    const kv = await this.#store.get(keys.function(validateFunctionName(name)));
+    if (!kv) throw notFound(name);
+    const revisions = await this.revisions(name);
+    await this.#store.txn([
+      { type: 'delete', key: keys.function(name), expectModRevision: kv.modRevision },
+      ...revisions.map((r) => ({ type: 'delete' as const, key: keys.revision(r.name) })),
+    ]);
+    return { revisions: revisions.map((r) => r.name) };
+  }
+
+  /**
+   * Resolves once the node agent reports the revision ready; throws if it reports failure or
+   * `timeoutMs` passes first.
+   */
+  async waitReady(revision: string, timeoutMs: number): Promise<RevisionStatus> {
+    const key = keys.status(revision);
+    const first = await this.#store.list(key);
+    const check = (kv: KeyValue | undefined): RevisionStatus | undefined => {
+      if (!kv || kv.key !== key) return undefined;
+      const status = parse<RevisionStatus>(kv);
+      if (status.phase === 'failed') {
+        throw new TideError('ERR_FUNCTION_INVALID', `revision ${revision} failed to start: ${status.lastError ?? 'unknown error'}`, { status: 422 });
+      }
+      return status.phase === 'ready' ? status : undefined;
+    };
+    const now = check(first.items[0]);
+    if (now) return now;
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        watch.cancel();
+        reject(new TideError('ERR_DEPLOY_TIMEOUT', `revision ${revision} was not ready within ${timeoutMs} ms`, { status: 504 }));
+      }, timeoutMs);
+      const watch = this.#store.watch(
+        key,
+        first.revision,
+        (events) => {
+          for (const e of events) {
+            if (e.type !== 'put' || e.value === undefined) continue;
+            try {
+              const ready = check({ key: e.key, value: e.value, createRevision: 0, modRevision: e.revision, version: 0 });
+              if (ready) {
+                clearTimeout(timer);
+                watch.cancel();
+                resolve(ready);
+                return;
+              }
+            } catch (err) {
+              clearTimeout(timer);
+              watch.cancel();
+              reject(err);
+              return;
+            }
+          }
+        },
+        (err) => {
+          clearTimeout(timer);
+          reject(err);
+        },
+      );
+    });
+  }
+}
+
+function parse<T>(kv: KeyValue): T {
+  return JSON.parse(kv.value) as T;
+}
+
+function notFound(name: string): TideError {
+  return new TideError('ERR_NOT_FOUND', `function ${name} not found`, { status: 404, hint: 'list functions with `tide get functions`' });
+}

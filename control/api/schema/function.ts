@@ -1,0 +1,161 @@
+/**
+ * The Function kind: names, per-function settings with their defaults (declared here and only
+ * here), and the records Tide stores for functions and their immutable revisions.
+ */
+import { TideError } from '../../../lib/errors.ts';
+
+/** Per-revision settings. Every field has a default in FUNCTION_DEFAULTS. */
+export interface FunctionConfig {
+  /** Longest one request may run, from dispatch to the last body byte, in ms. Default 30000; 1..3600000. */
+  timeoutMs: number;
+  /** Heap limit of each worker-thread instance (V8 old generation), in MiB. Default 128; 16..16384. */
+  memoryMb: number;
+  /** Requests one instance serves at once; more wait in the instance's queue. Default 32; 1..1000. */
+  concurrency: number;
+  /** Instances (worker threads) kept running for the serving revision. Default 1; 1..64. */
+  instances: number;
+  /** Largest request body accepted, in bytes; larger gets 413. Default 10 MiB; 0..1 GiB. */
+  maxBodyBytes: number;
+}
+
+export const FUNCTION_DEFAULTS: Readonly<FunctionConfig> = Object.freeze({
+  timeoutMs: 30_000,
+  memoryMb: 128,
+  concurrency: 32,
+  instances: 1,
+  maxBodyBytes: 10 * 1024 * 1024,
+});
+
+const LIMITS: Record<keyof FunctionConfig, [number, number]> = {
+  timeoutMs: [1, 3_600_000],
+  memoryMb: [16, 16_384],
+  concurrency: [1, 1000],
+  instances: [1, 64],
+  maxBodyBytes: [0, 1024 * 1024 * 1024],
+};
+
+/** Fills defaults and checks every field; names the field and the rule on failure. */
+export function resolveFunctionConfig(input: Partial<Record<keyof FunctionConfig, unknown>> = {}): FunctionConfig {
+  const out = { ...FUNCTION_DEFAULTS };
+  for (const [key, value] of Object.entries(input)) {
+    if (value === undefined) continue;
+    if (!(key in LIMITS)) {
+      throw new TideError('ERR_INVALID_ARGUMENT', `unknown function setting "${key}"`, { status: 400 });
+    }
+    const field = key as keyof FunctionConfig;
+    const [min, max] = LIMITS[field];
+    if (typeof value !== 'number' || !Number.isInteger(value) || value < min || value > max) {
+      throw new TideError('ERR_INVALID_ARGUMENT', `${field} must be an integer from ${min} to ${max} (got ${JSON.stringify(value)})`, { status: 400 });
+    }
+    out[field] = value;
+  }
+  return out;
+}
+
+/** Longest function name: a revision name (name + "-00001") must still be a DNS label (63). */
+export const MAX_NAME_LENGTH = 57;
+const DNS_LABEL = /^[a-z]([-a-z0-9]*[a-z0-9])?$/;
+
+export function validateFunctionName(name: unknown): string {
+  if (typeof name !== 'string' || name.length === 0) {
+    throw new TideError('ERR_INVALID_NAME', 'a function name is required', { status: 400 });
+  }
+  if (name.length > MAX_NAME_LENGTH || !DNS_LABEL.test(name)) {
+    throw new TideError(
+      'ERR_INVALID_NAME',
+      `invalid function name "${name}": use at most ${MAX_NAME_LENGTH} lowercase letters, digits and '-', ` +
+        'starting with a letter and ending with a letter or digit (it becomes a DNS label: NAME.localhost)',
+      { status: 400 },
+    );
+  }
+  return name;
+}
+
+const ENV_KEY = /^[A-Za-z_][A-Za-z0-9_]*$/;
+
+/** Checks env or secret maps: keys are identifiers, values strings, no key in both. */
+export function validateVariables(env: unknown, secrets: unknown): { env: Record<string, string>; secrets: Record<string, string> } {
+  const check = (what: string, value: unknown): Record<string, string> => {
+    if (value === undefined || value === null) return {};
+    if (typeof value !== 'object' || Array.isArray(value)) {
+      throw new TideError('ERR_INVALID_ARGUMENT', `${what} must be an object of string values`, { status: 400 });
+    }
+    const out: Record<string, string> = {};
+    for (const [k, v] of Object.entries(value)) {
+      if (!ENV_KEY.test(k)) {
+        throw new TideError('ERR_INVALID_ARGUMENT', `${what} name "${k}" is not valid: use letters, digits and _, not starting with a digit`, { status: 400 });
+      }
+      if (typeof v !== 'string') {
+        throw new TideError('ERR_INVALID_ARGUMENT', `${what} ${k} must be a string`, { status: 400 });
+      }
+      out[k] = v;
+    }
+    return out;
+  };
+  const e = check('env', env);
+  const s = check('secret', secrets);
+  for (const k of Object.keys(s)) {
+    if (k in e) throw new TideError('ERR_INVALID_ARGUMENT', `${k} is given both as env and as secret`, { status: 400 });
+  }
+  return { env: e, secrets: s };
+}
+
+export const DEFAULT_NAMESPACE = 'default';
+
+/** Stored at /tide/functions/<namespace>/<name>. */
+export interface FunctionRecord {
+  name: string;
+  namespace: string;
+  createdAt: string;
+  /** The revision the gateway sends traffic to. */
+  servingRevision: string;
+  /** The newest revision ever created. */
+  latestRevision: string;
+  /** Number of the newest revision; the next is this + 1 (numbers are never reused). */
+  revisionCounter: number;
+}
+
+/** Stored at /tide/revisions/<namespace>/<revision>. Immutable once written. */
+export interface RevisionRecord {
+  name: string;
+  namespace: string;
+  function: string;
+  number: number;
+  createdAt: string;
+  /** sha256 of the bundle, hex. */
+  digest: string;
+  /** sha256 over digest, env, secrets and config: equal hashes mean an identical deploy. */
+  templateHash: string;
+  /** File the bundle was built from, as the deployer named it. */
+  source: string;
+  sandbox: 'worker';
+  env: Record<string, string>;
+  secrets: Record<string, string>;
+  config: FunctionConfig;
+}
+
+/** Reported by the node agent at /tide/status/revisions/<namespace>/<revision>. */
+export interface RevisionStatus {
+  revision: string;
+  phase: 'starting' | 'ready' | 'failed' | 'stopping';
+  readyInstances: number;
+  desiredInstances: number;
+  /** Instances replaced after a crash, timeout kill or memory limit, since the revision started here. */
+  restarts: number;
+  lastError?: string;
+  lastErrorAt?: string;
+  updatedAt: string;
+}
+
+export function revisionName(fn: string, n: number): string {
+  return `${fn}-${String(n).padStart(5, '0')}`;
+}
+
+export const keys = {
+  functions: (ns = DEFAULT_NAMESPACE) => `/tide/functions/${ns}/`,
+  function: (name: string, ns = DEFAULT_NAMESPACE) => `/tide/functions/${ns}/${name}`,
+  revisions: (ns = DEFAULT_NAMESPACE) => `/tide/revisions/${ns}/`,
+  revision: (name: string, ns = DEFAULT_NAMESPACE) => `/tide/revisions/${ns}/${name}`,
+  statuses: (ns = DEFAULT_NAMESPACE) => `/tide/status/revisions/${ns}/`,
+  status: (rev: string, ns = DEFAULT_NAMESPACE) => `/tide/status/revisions/${ns}/${rev}`,
+};

@@ -1,0 +1,326 @@
+/**
+ * The control API: HTTP + JSON on Web Request/Response, behind a bearer token. The CLI and
+ * the dashboard talk to it; it reads and writes the Store through Functions and never touches
+ * the request path. Errors become JSON `{error: {code, message, hint}}` here and only here.
+ */
+import { timingSafeEqual } from 'node:crypto';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { Readable } from 'node:stream';
+import { type Clock, systemClock } from '../../lib/clock.ts';
+import { errorMessage, TideError } from '../../lib/errors.ts';
+import type { Logger } from '../../lib/log.ts';
+import type { DeployInput, Functions } from './functions.ts';
+import type { FunctionRecord, RevisionRecord, RevisionStatus } from './schema/function.ts';
+
+/** Where function logs come from (the node agent's log sink). */
+export interface LogSource {
+  tail(fn: string, lines: number): Promise<LogLine[]>;
+  /** Calls `listener` for every new line of `fn` until the returned function is called. */
+  follow(fn: string, listener: (line: LogLine) => void): () => void;
+}
+
+export interface LogLine {
+  time: string;
+  function: string;
+  revision: string;
+  instance: string;
+  level: string;
+  message: string;
+}
+
+export interface ApiOptions {
+  functions: Functions;
+  logs: LogSource;
+  token: string;
+  log: Logger;
+  /** Public base URL of a function, e.g. name => http://name.localhost:8080 */
+  functionUrl: (name: string) => string;
+  /** How long a deploy waits for its revision to be ready, ms. */
+  deployWaitMs?: number;
+  /** Largest API request body (a deploy carries the bundle), bytes. */
+  maxBodyBytes?: number;
+  clock?: Clock;
+  info?: Record<string, unknown>;
+}
+
+type Handler = (req: Request, params: Record<string, string>, url: URL) => Promise<Response>;
+
+const MAX_API_BODY = 64 * 1024 * 1024;
+
+export class ControlApi {
+  readonly #opts: ApiOptions;
+  readonly #routes: { method: string; pattern: RegExp; names: string[]; handler: Handler }[] = [];
+  readonly #clock: Clock;
+  #server: Server | undefined;
+
+  constructor(opts: ApiOptions) {
+    this.#opts = opts;
+    this.#clock = opts.clock ?? systemClock;
+    this.#route('GET', '/v1/info', async () => json(200, { ...(opts.info ?? {}) }));
+    this.#route('GET', '/v1/functions', async () => json(200, { items: await this.#views() }));
+    this.#route('GET', '/v1/functions/:name', async (_r, p) => this.#describe(p.name ?? ''));
+    this.#route('POST', '/v1/functions/:name/deploy', (r, p) => this.#deploy(r, p.name ?? ''));
+    this.#route('POST', '/v1/functions/:name/rollback', (r, p) => this.#rollback(r, p.name ?? ''));
+    this.#route('DELETE', '/v1/functions/:name', async (_r, p) => json(200, await opts.functions.delete(p.name ?? '')));
+    this.#route('GET', '/v1/revisions', async (_r, _p, url) => this.#revisions(url.searchParams.get('function') ?? undefined));
+    this.#route('GET', '/v1/functions/:name/logs', (r, p, url) => this.#logs(r, p.name ?? '', url));
+  }
+
+  /** The Web-standard entry point (also used directly by tests). */
+  async handle(req: Request): Promise<Response> {
+    const url = new URL(req.url);
+    try {
+      if (url.pathname === '/healthz') return json(200, { ok: true });
+      this.#authorize(req);
+      for (const r of this.#routes) {
+        const m = r.pattern.exec(url.pathname);
+        if (!m) continue;
+        if (r.method !== req.method) continue;
+        const params: Record<string, string> = {};
+        r.names.forEach((n, i) => {
+          params[n] = decodeURIComponent(m[i + 1] ?? '');
+        });
+        return await r.handler(req, params, url);
+      }
+      const known = this.#routes.some((r) => r.pattern.test(url.pathname));
+      throw new TideError(
+        known ? 'ERR_BAD_REQUEST' : 'ERR_NOT_FOUND',
+        known ? `method ${req.method} not allowed on ${url.pathname}` : `no API endpoint ${url.pathname}`,
+        {
+          status: known ? 405 : 404,
+        },
+      );
+    } catch (err) {
+      return this.#error(err, req);
+    }
+  }
+
+  async listen(port: number, host: string): Promise<AddressInfo> {
+    const server = createServer((req, res) => void this.#serveNode(req, res));
+    this.#server = server;
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(port, host, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+    return server.address() as AddressInfo;
+  }
+
+  async close(): Promise<void> {
+    const server = this.#server;
+    if (!server) return;
+    this.#server = undefined;
+    await new Promise<void>((resolve) => {
+      server.close(() => resolve());
+      server.closeIdleConnections();
+      // Log streams (-f) stay open forever; end them.
+      setTimeout(() => server.closeAllConnections(), 1000).unref();
+    });
+  }
+
+  async #serveNode(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    try {
+      const declared = Number(req.headers['content-length'] ?? 0);
+      const limit = this.#opts.maxBodyBytes ?? MAX_API_BODY;
+      if (declared > limit) {
+        throw new TideError('ERR_PAYLOAD_TOO_LARGE', `request body of ${declared} bytes is over the API limit of ${limit}`, { status: 413 });
+      }
+      const ac = new AbortController();
+      res.on('close', () => ac.abort());
+      const hasBody = req.method !== 'GET' && req.method !== 'HEAD';
+      const request = new Request(`http://${req.headers.host ?? 'localhost'}${req.url ?? '/'}`, {
+        method: req.method ?? 'GET',
+        headers: req.headers as Record<string, string>,
+        body: hasBody ? (Readable.toWeb(req) as ReadableStream<Uint8Array>) : null,
+        duplex: 'half',
+        signal: ac.signal,
+      } as RequestInit);
+      const response = await this.handle(request);
+      res.writeHead(response.status, Object.fromEntries(response.headers));
+      if (!response.body) {
+        res.end();
+        return;
+      }
+      const body = Readable.fromWeb(response.body as import('node:stream/web').ReadableStream);
+      body.on('error', () => res.destroy());
+      res.on('close', () => body.destroy());
+      body.pipe(res);
+    } catch (err) {
+      const response = this.#error(err);
+      res.writeHead(response.status, Object.fromEntries(response.headers));
+      res.end(await response.text());
+    }
+  }
+
+  #route(method: string, path: string, handler: Handler): void {
+    const names: string[] = [];
+    const source = path.replace(/:([a-z]+)/g, (_m, n: string) => {
+      names.push(n);
+      return '([^/]+)';
+    });
+    this.#routes.push({ method, pattern: new RegExp(`^${source}$`), names, handler });
+  }
+
+  #authorize(req: Request): void {
+    const header = req.headers.get('authorization') ?? '';
+    const given = Buffer.from(header.startsWith('Bearer ') ? header.slice(7) : '');
+    const want = Buffer.from(this.#opts.token);
+    if (given.length !== want.length || !timingSafeEqual(given, want)) {
+      throw new TideError('ERR_UNAUTHORIZED', header ? 'the API token is not valid' : 'the API needs a bearer token', {
+        status: 401,
+        hint: 'the CLI reads it from <data-dir>/token, written by `tide up`',
+      });
+    }
+  }
+
+  async #deploy(req: Request, name: string): Promise<Response> {
+    const started = performance.now();
+    const body = await readJson(req);
+    const bundle = typeof body.bundle === 'string' ? Buffer.from(body.bundle, 'base64') : undefined;
+    if (!bundle) throw new TideError('ERR_BAD_REQUEST', 'deploy needs "bundle" (base64 of the bundled module)', { status: 400 });
+    const input: DeployInput = {
+      name,
+      bundle,
+      source: typeof body.source === 'string' ? body.source : 'bundle.mjs',
+      env: body.env as Record<string, string> | undefined,
+      secrets: body.secrets as Record<string, string> | undefined,
+      config: body.config as DeployInput['config'],
+    };
+    const result = await this.#opts.functions.deploy(input);
+    const status = await this.#opts.functions.waitReady(result.revision.name, this.#opts.deployWaitMs ?? 30_000);
+    return json(result.created ? 201 : 200, {
+      created: result.created,
+      function: this.#view(result.function, [result.revision], new Map([[status.revision, status]])),
+      revision: redact(result.revision),
+      url: this.#opts.functionUrl(name),
+      durationMs: Math.round(performance.now() - started),
+    });
+  }
+
+  async #rollback(req: Request, name: string): Promise<Response> {
+    const body = await readJson(req);
+    const to = typeof body.to === 'string' ? body.to : undefined;
+    const result = await this.#opts.functions.rollback(name, to);
+    await this.#opts.functions.waitReady(result.to, this.#opts.deployWaitMs ?? 30_000);
+    return json(200, { from: result.from, to: result.to, url: this.#opts.functionUrl(name) });
+  }
+
+  async #describe(name: string): Promise<Response> {
+    const fn = await this.#opts.functions.get(name);
+    const revisions = await this.#opts.functions.revisions(name);
+    const statuses = await this.#opts.functions.statuses();
+    return json(200, { ...this.#view(fn, revisions, statuses), revisions: revisions.map((r) => ({ ...redact(r), status: statuses.get(r.name) ?? null })) });
+  }
+
+  async #revisions(fn: string | undefined): Promise<Response> {
+    const revisions = await this.#opts.functions.revisions(fn);
+    const statuses = await this.#opts.functions.statuses();
+    const functions = new Map((await this.#opts.functions.list()).map((f) => [f.name, f]));
+    return json(200, {
+      items: revisions.map((r) => ({
+        ...redact(r),
+        serving: functions.get(r.function)?.servingRevision === r.name,
+        status: statuses.get(r.name) ?? null,
+      })),
+    });
+  }
+
+  async #logs(req: Request, name: string, url: URL): Promise<Response> {
+    await this.#opts.functions.get(name);
+    const tail = Math.min(Math.max(Number(url.searchParams.get('tail') ?? 100) || 0, 0), 10_000);
+    const follow = url.searchParams.get('follow') === '1' || url.searchParams.get('follow') === 'true';
+    const lines = await this.#opts.logs.tail(name, tail);
+    const encoder = new TextEncoder();
+    let stop: (() => void) | undefined;
+    const stream = new ReadableStream<Uint8Array>({
+      start: (controller) => {
+        for (const line of lines) controller.enqueue(encoder.encode(`${JSON.stringify(line)}\n`));
+        if (!follow) {
+          controller.close();
+          return;
+        }
+        stop = this.#opts.logs.follow(name, (line) => {
+          try {
+            controller.enqueue(encoder.encode(`${JSON.stringify(line)}\n`));
+          } catch {
+            stop?.();
+          }
+        });
+        req.signal.addEventListener('abort', () => stop?.(), { once: true });
+      },
+      cancel: () => stop?.(),
+    });
+    return new Response(stream, { status: 200, headers: { 'content-type': 'application/x-ndjson', 'cache-control': 'no-store' } });
+  }
+
+  async #views(): Promise<unknown[]> {
+    const fns = await this.#opts.functions.list();
+    const revisions = await this.#opts.functions.revisions();
+    const statuses = await this.#opts.functions.statuses();
+    return fns.map((fn) =>
+      this.#view(
+        fn,
+        revisions.filter((r) => r.function === fn.name),
+        statuses,
+      ),
+    );
+  }
+
+  #view(fn: FunctionRecord, revisions: RevisionRecord[], statuses: Map<string, RevisionStatus>) {
+    const status = statuses.get(fn.servingRevision);
+    const serving = revisions.find((r) => r.name === fn.servingRevision);
+    return {
+      name: fn.name,
+      namespace: fn.namespace,
+      servingRevision: fn.servingRevision,
+      latestRevision: fn.latestRevision,
+      url: this.#opts.functionUrl(fn.name),
+      ready: status?.phase === 'ready',
+      phase: status?.phase ?? 'pending',
+      readyInstances: status?.readyInstances ?? 0,
+      desiredInstances: status?.desiredInstances ?? serving?.config.instances ?? 0,
+      restarts: status?.restarts ?? 0,
+      lastError: status?.lastError ?? null,
+      createdAt: fn.createdAt,
+      ageMs: this.#clock.now() - Date.parse(fn.createdAt),
+      env: serving ? Object.keys(serving.env) : [],
+      secrets: serving ? Object.keys(serving.secrets) : [],
+      config: serving?.config ?? null,
+    };
+  }
+
+  #error(err: unknown, req?: Request): Response {
+    if (err instanceof TideError) {
+      const status = err.status ?? 500;
+      if (status >= 500) this.#opts.log.error({ err, url: req?.url }, 'api request failed');
+      return json(status, { error: { code: err.code, message: err.message, hint: err.hint ?? null, ...(err.details ?? {}) } });
+    }
+    this.#opts.log.error({ err, url: req?.url }, 'api request failed');
+    return json(500, { error: { code: 'ERR_INTERNAL', message: errorMessage(err), hint: null } });
+  }
+}
+
+/** Secrets never leave the API: only their names do. */
+function redact(r: RevisionRecord) {
+  const { secrets, ...rest } = r;
+  return { ...rest, secrets: Object.keys(secrets) };
+}
+
+async function readJson(req: Request): Promise<Record<string, unknown>> {
+  const text = await req.text();
+  if (!text) return {};
+  try {
+    const v = JSON.parse(text) as unknown;
+    if (v && typeof v === 'object' && !Array.isArray(v)) return v as Record<string, unknown>;
+  } catch {
+    // fall through
+  }
+  throw new TideError('ERR_BAD_REQUEST', 'the request body must be a JSON object', { status: 400 });
+}
+
+function json(status: number, body: unknown): Response {
+  return new Response(JSON.stringify(body), { status, headers: { 'content-type': 'application/json' } });
+}

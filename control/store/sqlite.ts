@@ -1,0 +1,144 @@
+/**
+ * The embedded Store on SQLite (node:sqlite), one file under the data directory. WAL mode with
+ * synchronous=NORMAL: a committed transaction survives a killed process (kill -9); only an OS
+ * crash can lose the last few. One process owns the file (an exclusive lock); watches are fed
+ * in-process, so a second writer is refused rather than silently missed.
+ *
+ * Tables: kv (current state), events (the history watches resume from, trimmed to the last
+ * `historyLimit` revisions), meta (schema version, compacted revision).
+ */
+import { DatabaseSync, type StatementSync } from 'node:sqlite';
+import { TideError } from '../../lib/errors.ts';
+import { type LocalBackend, LocalStore } from './local.ts';
+import type { KeyValue, WatchEvent } from './store.ts';
+
+const SCHEMA_VERSION = '1';
+
+interface Row {
+  key: string;
+  value: string;
+  create_rev: number;
+  mod_rev: number;
+  version: number;
+}
+
+function toKv(row: Row): KeyValue {
+  return {
+    key: row.key,
+    value: row.value,
+    createRevision: Number(row.create_rev),
+    modRevision: Number(row.mod_rev),
+    version: Number(row.version),
+  };
+}
+
+class SqliteBackend implements LocalBackend {
+  readonly #db: DatabaseSync;
+  readonly #historyLimit: number;
+  readonly #stmt: Record<'get' | 'range' | 'upsert' | 'del' | 'event' | 'events' | 'trim' | 'setMeta', StatementSync>;
+  #rev: number;
+  #compacted: number;
+
+  constructor(path: string, historyLimit: number) {
+    this.#historyLimit = historyLimit;
+    try {
+      this.#db = new DatabaseSync(path);
+      this.#db.exec('PRAGMA journal_mode = WAL');
+      this.#db.exec('PRAGMA synchronous = NORMAL');
+      this.#db.exec('PRAGMA busy_timeout = 2000');
+      this.#db.exec(`
+        CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
+        CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL,
+          create_rev INTEGER NOT NULL, mod_rev INTEGER NOT NULL, version INTEGER NOT NULL);
+        CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY AUTOINCREMENT, rev INTEGER NOT NULL,
+          type TEXT NOT NULL, key TEXT NOT NULL, value TEXT);
+        CREATE INDEX IF NOT EXISTS events_rev ON events (rev);
+      `);
+      const version = this.#db.prepare('SELECT v FROM meta WHERE k = ?').get('schema') as { v: string } | undefined;
+      if (!version) {
+        this.#db.prepare('INSERT INTO meta (k, v) VALUES (?, ?)').run('schema', SCHEMA_VERSION);
+      } else if (version.v !== SCHEMA_VERSION) {
+        throw new Error(`unknown schema version ${version.v} (this Tide understands ${SCHEMA_VERSION})`);
+      }
+      this.#db.prepare('SELECT count(*) FROM kv').get(); // reads a page, so a damaged file fails here
+    } catch (err) {
+      throw new TideError('ERR_STORE_CORRUPT', `cannot open the state database ${path}: ${(err as Error).message}`, {
+        cause: err,
+        hint: 'the data directory may be damaged or belong to another program; move it aside to start empty, or pass --data-dir',
+      });
+    }
+    const db = this.#db;
+    this.#stmt = {
+      get: db.prepare('SELECT key, value, create_rev, mod_rev, version FROM kv WHERE key = ?'),
+      range: db.prepare('SELECT key, value, create_rev, mod_rev, version FROM kv WHERE key >= ? AND key < ? ORDER BY key'),
+      upsert: db.prepare(
+        'INSERT INTO kv (key, value, create_rev, mod_rev, version) VALUES (?, ?, ?, ?, ?) ' +
+          'ON CONFLICT (key) DO UPDATE SET value = excluded.value, mod_rev = excluded.mod_rev, version = excluded.version',
+      ),
+      del: db.prepare('DELETE FROM kv WHERE key = ?'),
+      event: db.prepare('INSERT INTO events (rev, type, key, value) VALUES (?, ?, ?, ?)'),
+      events: db.prepare('SELECT rev, type, key, value FROM events WHERE rev > ? AND key >= ? AND key < ? ORDER BY id'),
+      trim: db.prepare('DELETE FROM events WHERE rev <= ?'),
+      setMeta: db.prepare('INSERT INTO meta (k, v) VALUES (?, ?) ON CONFLICT (k) DO UPDATE SET v = excluded.v'),
+    };
+    const meta = (k: string) => (db.prepare('SELECT v FROM meta WHERE k = ?').get(k) as { v: string } | undefined)?.v;
+    this.#rev = Number(meta('revision') ?? 0);
+    this.#compacted = Number(meta('compacted') ?? 0);
+  }
+
+  revision(): number {
+    return this.#rev;
+  }
+  compactedRevision(): number {
+    return this.#compacted;
+  }
+  get(key: string): KeyValue | undefined {
+    const row = this.#stmt.get.get(key) as Row | undefined;
+    return row ? toKv(row) : undefined;
+  }
+  range(prefix: string): KeyValue[] {
+    return (this.#stmt.range.all(prefix, prefixEnd(prefix)) as unknown as Row[]).map(toKv);
+  }
+  events(after: number, prefix: string): WatchEvent[] {
+    const rows = this.#stmt.events.all(after, prefix, prefixEnd(prefix)) as unknown as {
+      rev: number;
+      type: 'put' | 'delete';
+      key: string;
+      value: string | null;
+    }[];
+    return rows.map((r) => ({ type: r.type, key: r.key, value: r.value ?? undefined, revision: Number(r.rev) }));
+  }
+  apply(rev: number, puts: KeyValue[], deletes: string[], events: WatchEvent[]): void {
+    const s = this.#stmt;
+    this.#db.exec('BEGIN IMMEDIATE');
+    try {
+      for (const kv of puts) s.upsert.run(kv.key, kv.value, kv.createRevision, kv.modRevision, kv.version);
+      for (const key of deletes) s.del.run(key);
+      for (const e of events) s.event.run(e.revision, e.type, e.key, e.value ?? null);
+      s.setMeta.run('revision', String(rev));
+      const floor = rev - this.#historyLimit;
+      if (floor > this.#compacted && rev % 100 === 0) {
+        s.trim.run(floor);
+        s.setMeta.run('compacted', String(floor));
+        this.#compacted = floor;
+      }
+      this.#db.exec('COMMIT');
+    } catch (err) {
+      this.#db.exec('ROLLBACK');
+      throw err;
+    }
+    this.#rev = rev;
+  }
+  close(): void {
+    if (this.#db.isOpen) this.#db.close();
+  }
+}
+
+/** The smallest string greater than every string starting with `prefix`. */
+function prefixEnd(prefix: string): string {
+  return `${prefix}\u{10FFFF}`;
+}
+
+export function createSqliteStore(path: string, options: { historyLimit?: number } = {}): LocalStore {
+  return new LocalStore(new SqliteBackend(path, options.historyLimit ?? 10_000));
+}

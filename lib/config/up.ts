@@ -1,0 +1,63 @@
+/**
+ * Process config of `tide up`: UpOptions (what a caller may give) → UpConfig (every field
+ * filled) with UP_DEFAULTS as the one place the defaults live. examples/up.defaults.json lists
+ * the same fields; a test checks the three agree.
+ */
+import { TideError } from '../errors.ts';
+
+export interface UpConfig {
+  /** State, bundles, logs, token. Default "./.tide". */
+  dataDir: string;
+  /** Address the gateway and API listen on. Default 127.0.0.1. */
+  host: string;
+  /** Gateway port; 0 picks a free one. Default 8080. */
+  port: number;
+  /** Control API port; 0 picks a free one. Default 8081. */
+  apiPort: number;
+  /** Functions answer at NAME.<domain>. Default "localhost". */
+  domain: string;
+  /** Where access-log lines go: a file path, "-" for stdout, or "off". Default "<dataDir>/access.log". */
+  accessLog: string;
+  /** How long shutdown waits for in-flight requests, ms. Default 30000. */
+  drainMs: number;
+  /** Files or folders of functions to deploy once up (name = file name). Default none. */
+  deploy: string[];
+  /** Log level of Tide's own log (stderr). Default "info". */
+  logLevel: 'debug' | 'info' | 'warn' | 'error' | 'silent';
+}
+
+export type UpOptions = Partial<UpConfig>;
+
+export const UP_DEFAULTS: Readonly<UpConfig> = Object.freeze({
+  dataDir: './.tide',
+  host: '127.0.0.1',
+  port: 8080,
+  apiPort: 8081,
+  domain: 'localhost',
+  accessLog: '',
+  drainMs: 30_000,
+  deploy: [],
+  logLevel: 'info',
+});
+
+const LEVELS = ['debug', 'info', 'warn', 'error', 'silent'];
+
+export function resolveUpConfig(options: UpOptions = {}): UpConfig {
+  const c: UpConfig = { ...UP_DEFAULTS, ...stripUndefined(options) };
+  const port = (name: string, v: number) => {
+    if (!Number.isInteger(v) || v < 0 || v > 65535) throw new TideError('ERR_INVALID_ARGUMENT', `${name} must be an integer from 0 to 65535 (got ${v})`);
+  };
+  port('port', c.port);
+  port('apiPort', c.apiPort);
+  if (c.port !== 0 && c.port === c.apiPort) throw new TideError('ERR_INVALID_ARGUMENT', `port and apiPort must differ (both ${c.port})`);
+  if (!/^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/i.test(c.domain))
+    throw new TideError('ERR_INVALID_ARGUMENT', `domain must be a DNS name like "localhost" or "fn.example.test" (got "${c.domain}")`);
+  if (!Number.isInteger(c.drainMs) || c.drainMs < 0) throw new TideError('ERR_INVALID_ARGUMENT', `drainMs must be an integer ≥ 0 (got ${c.drainMs})`);
+  if (!LEVELS.includes(c.logLevel)) throw new TideError('ERR_INVALID_ARGUMENT', `logLevel must be one of ${LEVELS.join(', ')} (got ${c.logLevel})`);
+  if (!c.dataDir) throw new TideError('ERR_INVALID_ARGUMENT', 'dataDir must not be empty');
+  return c;
+}
+
+function stripUndefined<T extends object>(o: T): Partial<T> {
+  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>;
+}

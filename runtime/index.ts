@@ -1,0 +1,5 @@
+export { type AgentKeys, type AgentOptions, NodeAgent, type RevisionEndpoint } from './agent/agent.ts';
+export { FunctionLogs } from './logs/sink.ts';
+export type { DispatchMeta, Instance, InstanceEvent, InstanceSpec, SandboxDriver } from './sandbox/driver.ts';
+export { WorkerDriver } from './sandbox/worker/driver.ts';
+export { validateWorkerBundle } from './sandbox/worker/validate.ts';

@@ -1,0 +1,417 @@
+/**
+ * The worker sandbox driver. Each Instance is a piscina pool of exactly one thread running
+ * host.ts with the function's bundle; `concurrency` requests share that thread. What it
+ * isolates and what it does not is written in docs/worker-sandbox.md.
+ *
+ * Per request: a MessageChannel, one piscina task. The request body is pulled by the function
+ * (backpressure from the function), the response is pushed with a window of acks (backpressure
+ * from the client socket). Timeout: at `timeoutMs` the client gets 504 and the function a
+ * cancel; a task still running `killGraceMs` later (a loop, a hung await) gets its thread
+ * terminated and replaced, and the instance reports it.
+ */
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { pathToFileURL } from 'node:url';
+import { MessageChannel, type MessagePort } from 'node:worker_threads';
+import { Piscina } from 'piscina';
+import { TideError } from '../../../lib/errors.ts';
+import type { DispatchMeta, Instance, InstanceEvent, InstanceSpec, SandboxDriver } from '../driver.ts';
+import type { HostData, HostMessage, MainMessage, RequestTask, Task } from './protocol.ts';
+
+const HOST_URL = new URL('./host.ts', import.meta.url).href;
+
+/** Request headers that describe one hop, not the request; never passed to a function. */
+const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'transfer-encoding', 'upgrade', 'proxy-connection', 'te', 'trailer']);
+
+export interface WorkerDriverOptions {
+  /** Called when an instance's thread is replaced (timeout kill, memory limit, crash). */
+  onEvent?: (event: InstanceEvent) => void;
+  /** How long after a timeout a still-running task may go on before its thread is killed, ms. Default 1000. */
+  killGraceMs?: number;
+  /** How long loading the module at start may take, ms. Default 10000. */
+  startTimeoutMs?: number;
+}
+
+export class WorkerDriver implements SandboxDriver {
+  readonly kind = 'worker' as const;
+  readonly #opts: Required<WorkerDriverOptions>;
+
+  constructor(options: WorkerDriverOptions = {}) {
+    this.#opts = { onEvent: () => {}, killGraceMs: 1000, startTimeoutMs: 10_000, ...options };
+  }
+
+  async start(spec: InstanceSpec, signal?: AbortSignal): Promise<Instance> {
+    const instance = new WorkerInstance(spec, this.#opts);
+    try {
+      await instance.load(AbortSignal.any([AbortSignal.timeout(this.#opts.startTimeoutMs), ...(signal ? [signal] : [])]));
+    } catch (err) {
+      await instance.destroy();
+      throw err;
+    }
+    return instance;
+  }
+
+  async stop(instance: Instance, options: { drain?: boolean; drainMs?: number } = {}): Promise<void> {
+    if (!(instance instanceof WorkerInstance)) throw new TypeError('not a worker instance');
+    if (options.drain === false) return instance.destroy();
+    return instance.close(options.drainMs ?? 30_000);
+  }
+
+  async probe(instance: Instance): Promise<boolean> {
+    if (!(instance instanceof WorkerInstance)) return false;
+    return instance.probe();
+  }
+}
+
+export class WorkerInstance implements Instance {
+  readonly spec: InstanceSpec;
+  readonly #pool: Piscina<Task, { ok: true }>;
+  readonly #opts: Required<WorkerDriverOptions>;
+  #inflight = 0;
+  #closed = false;
+
+  constructor(spec: InstanceSpec, opts: Required<WorkerDriverOptions>) {
+    this.spec = spec;
+    this.#opts = opts;
+    const data: HostData = {
+      bundleUrl: pathToFileURL(spec.bundlePath).href,
+      env: spec.env,
+      function: spec.function,
+      revision: spec.revision,
+      instance: spec.id,
+      waitUntilMs: spec.config.timeoutMs,
+    };
+    this.#pool = new Piscina<Task, { ok: true }>({
+      filename: HOST_URL,
+      name: 'default',
+      minThreads: 1,
+      maxThreads: 1,
+      idleTimeout: Number.MAX_SAFE_INTEGER,
+      concurrentTasksPerWorker: spec.config.concurrency,
+      maxQueue: Math.max(64, spec.config.concurrency * 8),
+      atomics: 'disabled',
+      resourceLimits: { maxOldGenerationSizeMb: spec.config.memoryMb, maxYoungGenerationSizeMb: Math.min(32, Math.max(4, spec.config.memoryMb / 8)) },
+      env: {},
+      workerData: data,
+    });
+    // A thread that dies outside any task (memory blown by waitUntil work, say) is reported too.
+    this.#pool.on('error', (err: Error) => this.#replaced(err));
+  }
+
+  get inflight(): number {
+    return this.#inflight;
+  }
+
+  async load(signal: AbortSignal): Promise<void> {
+    try {
+      await this.#pool.run({ kind: 'load' }, { signal });
+    } catch (err) {
+      throw new TideError('ERR_FUNCTION_INVALID', `instance ${this.spec.id} could not load the function: ${describe(err)}`, {
+        cause: err,
+        status: 422,
+      });
+    }
+  }
+
+  async probe(): Promise<boolean> {
+    try {
+      await this.#pool.run({ kind: 'probe' }, { signal: AbortSignal.timeout(5000) });
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  dispatch(req: IncomingMessage, res: ServerResponse, meta: DispatchMeta): Promise<void> {
+    if (this.#closed) return Promise.reject(new TideError('ERR_SANDBOX_CLOSED', `instance ${this.spec.id} is stopping`, { status: 503 }));
+    this.#inflight++;
+    return new Promise<void>((resolve, reject) => {
+      new Exchange(this, req, res, meta, resolve, reject).start();
+    }).finally(() => {
+      this.#inflight--;
+    });
+  }
+
+  /** @internal used by Exchange */
+  run(task: RequestTask, signal: AbortSignal): Promise<{ ok: true }> {
+    return this.#pool.run(task, { transferList: [task.port], signal });
+  }
+
+  /** @internal */
+  get killGraceMs(): number {
+    return this.#opts.killGraceMs;
+  }
+
+  /** @internal a task failed in a way that cost its thread; report it. */
+  taskFailed(err: unknown, timedOut: boolean): TideError {
+    const code = (err as { code?: string } | undefined)?.code;
+    if (timedOut) {
+      this.#emit('timeout', `request ran past ${this.spec.config.timeoutMs} ms and did not stop; its thread was replaced`);
+      return new TideError('ERR_SANDBOX_TIMEOUT', `the function did not answer within ${this.spec.config.timeoutMs} ms`, { status: 504 });
+    }
+    if (code === 'ERR_WORKER_OUT_OF_MEMORY') {
+      this.#emit('out-of-memory', `exceeded its memory limit of ${this.spec.config.memoryMb} MiB; its thread was replaced`);
+      return new TideError('ERR_SANDBOX_OUT_OF_MEMORY', `the function exceeded its memory limit of ${this.spec.config.memoryMb} MiB`, { status: 500 });
+    }
+    const message = describe(err);
+    if (/maximum size|queue is at limit/i.test(message)) {
+      return new TideError('ERR_PROXY_QUEUE_FULL', `instance ${this.spec.id} is at capacity`, { status: 503 });
+    }
+    if (/Terminating worker thread/.test(message)) {
+      return new TideError('ERR_SANDBOX_INSTANCE_REPLACED', 'the instance serving this request was replaced', { status: 503 });
+    }
+    if (this.#closed) return new TideError('ERR_SANDBOX_CLOSED', `instance ${this.spec.id} stopped`, { status: 503 });
+    this.#emit('crashed', `thread failed: ${message}`);
+    return new TideError('ERR_SANDBOX_INSTANCE_REPLACED', `the function's thread failed: ${message}`, { status: 502 });
+  }
+
+  #replaced(err: Error): void {
+    const code = (err as { code?: string }).code;
+    if (code === 'ERR_WORKER_OUT_OF_MEMORY')
+      this.#emit('out-of-memory', `exceeded its memory limit of ${this.spec.config.memoryMb} MiB; its thread was replaced`);
+    else this.#emit('crashed', `thread failed: ${err.message}`);
+  }
+
+  #emit(reason: InstanceEvent['reason'], message: string): void {
+    this.#opts.onEvent({ instance: this.spec.id, revision: this.spec.revision, function: this.spec.function, type: 'replaced', reason, message });
+  }
+
+  async close(drainMs: number): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    const deadline = Date.now() + drainMs;
+    while (this.#inflight > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    await this.#pool.close({ force: true }).catch(() => {});
+    await this.#pool.destroy().catch(() => {});
+  }
+
+  async destroy(): Promise<void> {
+    this.#closed = true;
+    await this.#pool.destroy().catch(() => {});
+  }
+}
+
+/** One request's trip through an instance. */
+class Exchange {
+  readonly #inst: WorkerInstance;
+  readonly #req: IncomingMessage;
+  readonly #res: ServerResponse;
+  readonly #meta: DispatchMeta;
+  readonly #resolve: () => void;
+  readonly #reject: (err: Error) => void;
+  readonly #abort = new AbortController();
+  #port: MessagePort | undefined;
+  #body: AsyncIterator<Buffer> | undefined;
+  #received = 0;
+  #settled = false;
+  #taskDone = false;
+  #portClosed = false;
+  #timedOut = false;
+  #timer: NodeJS.Timeout | undefined;
+
+  constructor(inst: WorkerInstance, req: IncomingMessage, res: ServerResponse, meta: DispatchMeta, resolve: () => void, reject: (err: Error) => void) {
+    this.#inst = inst;
+    this.#req = req;
+    this.#res = res;
+    this.#meta = meta;
+    this.#resolve = resolve;
+    this.#reject = reject;
+  }
+
+  start(): void {
+    const { req, spec } = { req: this.#req, spec: this.#inst.spec };
+    const { port1, port2 } = new MessageChannel();
+    this.#port = port1;
+    const raw = req.rawHeaders;
+    const headers: string[] = [];
+    for (let i = 0; i < raw.length; i += 2) {
+      const name = raw[i] as string;
+      if (!HOP_BY_HOP.has(name.toLowerCase())) headers.push(name, raw[i + 1] as string);
+    }
+    headers.push('x-request-id', this.#meta.requestId);
+    const method = req.method ?? 'GET';
+    const hasBody = method !== 'GET' && method !== 'HEAD' && (req.headers['transfer-encoding'] !== undefined || Number(req.headers['content-length'] ?? 0) > 0);
+    const task: RequestTask = {
+      kind: 'request',
+      port: port2,
+      method,
+      url: `${this.#meta.scheme}://${req.headers.host ?? 'localhost'}${req.url ?? '/'}`,
+      headers,
+      hasBody,
+      requestId: this.#meta.requestId,
+    };
+    port1.on('message', (m: HostMessage) => this.#onMessage(m));
+    port1.once('close', () => this.#onPortClosed());
+    this.#res.on('close', () => {
+      if (!this.#res.writableFinished) this.#cancel();
+    });
+    this.#timer = setTimeout(() => this.#onTimeout(), spec.config.timeoutMs);
+    this.#inst.run(task, this.#abort.signal).then(
+      () => this.#onTaskDone(undefined),
+      (err: unknown) => this.#onTaskDone(err),
+    );
+  }
+
+  #onMessage(m: HostMessage): void {
+    if (this.#settled && m.t !== 'pull') return;
+    const res = this.#res;
+    switch (m.t) {
+      case 'pull':
+        void this.#pull();
+        return;
+      case 'head': {
+        if (m.end) {
+          const body = m.b;
+          const headers = stripLength(m.h);
+          headers.push('content-length', String(body?.length ?? 0));
+          res.writeHead(m.s, headers);
+          res.end(body);
+          this.#finish();
+        } else {
+          res.writeHead(m.s, m.h);
+          if (m.b) res.write(m.b);
+        }
+        return;
+      }
+      case 'data':
+        if (res.write(m.c)) this.#post({ t: 'ack' });
+        else res.once('drain', () => this.#post({ t: 'ack' }));
+        return;
+      case 'end':
+        res.end();
+        this.#finish();
+        return;
+      case 'error':
+        this.#fail(new TideError(m.code, m.message, { status: m.code === 'ERR_FUNCTION_THREW' ? 500 : 502 }));
+        return;
+      case 'abort':
+        res.destroy(new Error(m.message));
+        this.#finish();
+        return;
+    }
+  }
+
+  async #pull(): Promise<void> {
+    this.#body ??= this.#req[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
+    try {
+      const { value, done } = await this.#body.next();
+      if (done) {
+        this.#post({ t: 'eof' });
+        return;
+      }
+      this.#received += value.length;
+      if (this.#received > this.#inst.spec.config.maxBodyBytes) {
+        this.#post({ t: 'body-error', message: 'request body too large' });
+        this.#res.shouldKeepAlive = false;
+        this.#fail(
+          new TideError('ERR_PAYLOAD_TOO_LARGE', `the request body is over the function's limit of ${this.#inst.spec.config.maxBodyBytes} bytes`, {
+            status: 413,
+          }),
+        );
+        return;
+      }
+      this.#post({ t: 'data', c: value });
+    } catch (err) {
+      this.#post({ t: 'body-error', message: `reading the request body failed: ${(err as Error).message}` });
+    }
+  }
+
+  #post(m: MainMessage): void {
+    try {
+      this.#port?.postMessage(m);
+    } catch {
+      // The host closed its end; nothing left to tell it.
+    }
+  }
+
+  #cancel(): void {
+    this.#post({ t: 'cancel' });
+    if (!this.#settled) {
+      this.#settled = true;
+      clearTimeout(this.#timer);
+      this.#resolve();
+      this.#scheduleKill();
+    }
+  }
+
+  #onTimeout(): void {
+    if (this.#settled) return;
+    this.#timedOut = true;
+    this.#post({ t: 'cancel' });
+    const err = new TideError('ERR_SANDBOX_TIMEOUT', `the function did not answer within ${this.#inst.spec.config.timeoutMs} ms`, { status: 504 });
+    if (this.#res.headersSent) {
+      this.#res.destroy(err);
+      this.#finish();
+    } else {
+      this.#fail(err);
+    }
+    this.#scheduleKill();
+  }
+
+  /** A task that ignores its cancel (a loop, a hung await) costs its thread. */
+  #scheduleKill(): void {
+    setTimeout(() => {
+      if (!this.#taskDone) {
+        this.#timedOut = true;
+        this.#abort.abort(new Error('request timed out'));
+      }
+    }, this.#inst.killGraceMs).unref();
+  }
+
+  /**
+   * The task's result and the port's messages travel on different channels, so "task done"
+   * can arrive before the response's last message. A response is only given up on when the
+   * task succeeded and the host's end of the port is closed too (all its messages delivered).
+   */
+  #onPortClosed(): void {
+    this.#portClosed = true;
+    if (this.#taskDone && !this.#settled) this.#abandon();
+  }
+
+  #abandon(): void {
+    this.#res.destroy();
+    this.#finish();
+  }
+
+  #onTaskDone(err: unknown): void {
+    this.#taskDone = true;
+    if (err === undefined) {
+      if (this.#portClosed && !this.#settled) this.#abandon();
+      return;
+    }
+    const failure = this.#inst.taskFailed(err, this.#timedOut);
+    if (this.#settled) return;
+    if (this.#res.headersSent) {
+      this.#res.destroy(failure);
+      this.#finish();
+    } else {
+      this.#fail(failure);
+    }
+  }
+
+  #finish(): void {
+    if (this.#settled) return;
+    this.#settled = true;
+    clearTimeout(this.#timer);
+    this.#resolve();
+  }
+
+  #fail(err: TideError): void {
+    if (this.#settled) return;
+    this.#settled = true;
+    clearTimeout(this.#timer);
+    this.#reject(err);
+  }
+}
+
+function stripLength(h: string[]): string[] {
+  const out: string[] = [];
+  for (let i = 0; i + 1 < h.length; i += 2) {
+    if ((h[i] as string).toLowerCase() !== 'content-length') out.push(h[i] as string, h[i + 1] as string);
+  }
+  return out;
+}
+
+function describe(err: unknown): string {
+  if (err instanceof Error) return err.message;
+  return String(err);
+}
