@@ -84,8 +84,9 @@ export class ApiClient {
         signal,
       });
     } catch (err) {
-      const cause = (err as { cause?: { code?: string } }).cause;
-      throw new TideError('ERR_API_UNREACHABLE', `cannot reach the Tide API at ${this.target.api}${cause?.code ? ` (${cause.code})` : ''}`, {
+      const cause = (err as { cause?: { code?: string; message?: string; errors?: { code?: string }[] } }).cause;
+      const code = cause?.code ?? cause?.errors?.[0]?.code ?? cause?.message;
+      throw new TideError('ERR_API_UNREACHABLE', `cannot reach the Tide API at ${this.target.api}${code ? ` (${code})` : ''}`, {
         hint: 'is `tide up` running? (its data directory holds endpoint.json)',
       });
     }

@@ -93,6 +93,8 @@ export function program(): Command {
     .version(VERSION)
     .option('--debug', 'print stack traces on errors')
     .showHelpAfterError('(run with --help for usage)')
+    .exitOverride()
+    .configureOutput({ writeErr: (s) => process.stderr.write(s) })
     .hook('preAction', (cmd) => {
       debug = Boolean(cmd.opts().debug);
     });
@@ -369,8 +371,6 @@ async function waitForSignal(close: () => Promise<void>): Promise<void> {
 
 export async function main(argv: string[]): Promise<number> {
   const prog = program();
-  prog.exitOverride();
-  prog.configureOutput({ writeErr: (s) => process.stderr.write(s) });
   try {
     await prog.parseAsync(argv);
     return 0;

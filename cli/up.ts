@@ -118,7 +118,7 @@ export async function up(options: UpOptions = {}, log: Logger = createLogger({ l
   } catch (err) {
     await close().catch(() => {});
     if ((err as NodeJS.ErrnoException).code === 'EADDRINUSE') {
-      throw new TideError('ERR_INVALID_ARGUMENT', `${(err as Error).message.replace(/^listen /, '')}: the port is taken`, {
+      throw new TideError('ERR_ADDRESS_IN_USE', `${(err as Error).message.replace(/^listen /, '')}: the port is taken`, {
         hint: 'pick others with --port and --api-port (0 picks a free one)',
         cause: err,
       });
@@ -195,6 +195,6 @@ async function loadToken(dir: string): Promise<string> {
 function accessLogger(config: UpConfig, dataDir: string): pino.Logger | undefined {
   const where = config.accessLog || UP_DEFAULTS.accessLog || join(dataDir, 'access.log');
   if (where === 'off') return undefined;
-  const dest = pino.destination({ dest: where === '-' ? 1 : where, sync: false, mkdir: true, minLength: where === '-' ? 0 : 4096 });
+  const dest = pino.destination({ dest: where === '-' ? 1 : where, sync: false, mkdir: true });
   return pino({ base: undefined, timestamp: pino.stdTimeFunctions.isoTime, messageKey: 'msg' }, dest);
 }

@@ -124,11 +124,11 @@ export class Gateway {
       endpoint.dispatch(req, res, { requestId, scheme: 'http' }).catch((err: unknown) => {
         code = err instanceof TideError ? err.code : 'ERR_INTERNAL';
         if (!(err instanceof TideError)) this.#opts.log.error({ err, requestId }, 'dispatch failed');
-        rescue(err, res, requestId);
+        rescue(err, req, res, requestId);
       });
     } catch (err) {
       code = err instanceof TideError ? err.code : 'ERR_INTERNAL';
-      rescue(err, res, requestId);
+      rescue(err, req, res, requestId);
     }
   }
 

@@ -301,7 +301,6 @@ class Exchange {
       this.#received += value.length;
       if (this.#received > this.#inst.spec.config.maxBodyBytes) {
         this.#post({ t: 'body-error', message: 'request body too large' });
-        this.#res.shouldKeepAlive = false;
         this.#fail(
           new TideError('ERR_PAYLOAD_TOO_LARGE', `the request body is over the function's limit of ${this.#inst.spec.config.maxBodyBytes} bytes`, {
             status: 413,

@@ -1,0 +1,234 @@
+/**
+ * End to end through a real `tide up` process: deploy with the real CLI, requests through the
+ * real gateway into worker-thread sandboxes.
+ */
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { eventually, FIXTURES, http, ROOT, startTide, stopTide, type TideProcess, tide } from '../helpers/tide.ts';
+
+let t: TideProcess;
+const fx = (f: string) => join(FIXTURES, 'functions', f);
+
+beforeAll(async () => {
+  t = await startTide({ args: ['--deploy', join(ROOT, 'examples/hello.ts')] });
+  for (const [file, extra] of [
+    ['faults.ts', ['--timeout', '1s', '--memory', '32']],
+    ['stream.ts', ['--max-body', '1mb']],
+    ['context.ts', ['--env', 'GREETING=hi', '--secret', 'API_KEY=s3cret-value']],
+  ] as const) {
+    const r = await tide(['deploy', fx(file), ...extra], { dataDir: t.dataDir });
+    expect(r.code, r.stderr).toBe(0);
+  }
+});
+
+afterAll(async () => {
+  await stopTide(t);
+});
+
+const get = (name: string, path = '/', init?: Parameters<typeof http>[3]) => http(t.gatewayPort, `${name}.localhost:${t.gatewayPort}`, path, init);
+
+describe('gateway routing', () => {
+  it('serves hello from a worker-thread sandbox', async () => {
+    const r = await get('hello');
+    expect(r.status).toBe(200);
+    expect(r.text).toBe('Hello from Tide\n');
+    expect(r.headers['content-type']).toBe('text/plain; charset=utf-8');
+  });
+  it('answers an unknown host with 404 and a clear body', async () => {
+    const r = await get('nosuch');
+    expect(r.status).toBe(404);
+    expect(r.headers['tide-proxy-error']).toBe('ERR_PROXY_NO_ROUTE');
+    expect(r.text).toContain('no function named "nosuch"');
+    const other = await http(t.gatewayPort, 'example.com');
+    expect(other.status).toBe(404);
+    expect(other.text).toContain('functions answer at NAME.localhost');
+  });
+  it('writes one access-log line per request', async () => {
+    expect((await get('hello', '/access-log-probe')).status).toBe(200);
+    await eventually(async () => {
+      const { readFile } = await import('node:fs/promises');
+      const log = await readFile(join(t.dataDir, 'access.log'), 'utf8').catch(() => '');
+      return log.split('\n').some((l) => l.includes('/access-log-probe') && l.includes('"status":200'));
+    }, 10_000);
+  });
+  it('passes headers both ways, including several set-cookie', async () => {
+    const r = await get('context', '/headers');
+    expect(r.headers['set-cookie']).toEqual(['a=1', 'b=2']);
+    expect(r.headers['x-custom']).toBe('yes');
+    const j = JSON.parse((await get('context', '/')).text) as { requestId: string };
+    expect(j.requestId).toMatch(/^[0-9a-f]{8}-[0-9a-z]+$/);
+  });
+  it('refuses a malformed request with 400 without reaching a function', async () => {
+    const { connect } = await import('node:net');
+    const reply = await new Promise<string>((resolve) => {
+      const s = connect(t.gatewayPort, '127.0.0.1', () => s.write('GET / HTTP/1.1\r\nHost: hello.localhost\r\nBad Header\r\n\r\n'));
+      let data = '';
+      s.on('data', (d) => {
+        data += d;
+      });
+      s.on('close', () => resolve(data));
+    });
+    expect(reply).toMatch(/^HTTP\/1\.1 400/);
+  });
+});
+
+describe('env, secrets, waitUntil and logs', () => {
+  it('gives env and secrets to the function, and an empty process.env', async () => {
+    const r = JSON.parse((await get('context', '/env')).text) as { env: Record<string, string>; processEnvKeys: string[] };
+    expect(r.env).toEqual({ GREETING: 'hi', API_KEY: 's3cret-value' });
+    expect(r.processEnvKeys).toEqual([]);
+  });
+  it('never prints a secret back', async () => {
+    for (const args of [
+      ['describe', 'context'],
+      ['describe', 'context', '-o', 'json'],
+      ['get', 'revisions', '-o', 'yaml'],
+      ['get', 'functions', '-o', 'json'],
+    ]) {
+      const r = await tide(args, { dataDir: t.dataDir });
+      expect(r.code, r.stderr).toBe(0);
+      expect(r.stdout).not.toContain('s3cret-value');
+    }
+    const d = await tide(['describe', 'context'], { dataDir: t.dataDir });
+    expect(d.stdout).toContain('API_KEY (hidden)');
+  });
+  it('runs ctx.waitUntil work after the response is sent', async () => {
+    const before = (JSON.parse((await get('context', '/after')).text) as { after: number }).after;
+    const started = Date.now();
+    const r = await get('context', '/later');
+    expect(r.text).toBe('answered before the waitUntil work\n');
+    expect(Date.now() - started).toBeLessThan(300);
+    await eventually(async () => (JSON.parse((await get('context', '/after')).text) as { after: number }).after === before + 1, 5000);
+  });
+  it('shows console output with tide logs, and follows it with -f', async () => {
+    await get('context', '/log?m=first');
+    const r = await eventually(async () => {
+      const res = await tide(['logs', 'context'], { dataDir: t.dataDir });
+      return res.stdout.includes('hello from the log first') ? res : undefined;
+    });
+    expect(r.stdout).toMatch(/context-00001 INFO {3}hello from the log first/);
+    expect(r.stdout).toMatch(/ERROR {2}an error line/);
+
+    const { spawn } = await import('node:child_process');
+    const follower = spawn(process.execPath, [join(ROOT, 'bin/tide.js'), 'logs', 'context', '-f', '--tail', '0', '--data-dir', t.dataDir], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let seen = '';
+    follower.stdout.on('data', (d) => {
+      seen += d;
+    });
+    try {
+      await eventually(
+        async () => {
+          await get('context', '/log?m=live');
+          return seen.includes('hello from the log live');
+        },
+        10_000,
+        300,
+      );
+      expect(seen).not.toContain('hello from the log first');
+    } finally {
+      follower.kill('SIGINT');
+    }
+  });
+});
+
+describe('faults stay inside their own request', () => {
+  it('a throw fails only its request: 500 with a request id', async () => {
+    const r = await get('faults', '/throw');
+    expect(r.status).toBe(500);
+    expect(r.headers['tide-proxy-error']).toBe('ERR_FUNCTION_THREW');
+    expect(r.text).toContain('boom from the function');
+    expect(r.text).toContain(`request id: ${r.headers['x-request-id']}`);
+    expect((await get('faults', '/')).text).toBe('ok\n');
+  });
+  it('a non-Response return is a 502 naming the problem', async () => {
+    const r = await get('faults', '/bad');
+    expect(r.status).toBe(502);
+    expect(r.text).toContain('fetch() must return a Response (got string)');
+  });
+  it('an endless loop is timed out, its thread replaced, and other requests keep working', async () => {
+    const hello = get('hello');
+    const started = Date.now();
+    const r = await get('faults', '/loop');
+    expect(r.status).toBe(504);
+    expect(r.headers['tide-proxy-error']).toBe('ERR_SANDBOX_TIMEOUT');
+    expect(Date.now() - started).toBeLessThan(5000);
+    expect((await hello).status).toBe(200);
+    const after = await eventually(async () => {
+      const x = await get('faults', '/');
+      return x.status === 200 ? x : undefined;
+    }, 10_000);
+    expect(after.text).toBe('ok\n');
+    const d = await eventually(async () => {
+      const res = await tide(['get', 'functions', '-o', 'json'], { dataDir: t.dataDir });
+      const fn = (JSON.parse(res.stdout) as { items: { name: string; restarts: number; lastError: string | null }[] }).items.find((f) => f.name === 'faults');
+      return fn && fn.restarts >= 1 ? fn : undefined;
+    });
+    expect(d.lastError).toMatch(/timeout|did not stop/);
+  });
+  it('blowing the memory limit fails the request, replaces the thread and is reported', async () => {
+    const r = await get('faults', '/hog');
+    expect(r.status).toBe(500);
+    expect(r.headers['tide-proxy-error']).toBe('ERR_SANDBOX_OUT_OF_MEMORY');
+    expect(r.text).toContain('memory limit of 32 MiB');
+    await eventually(async () => (await get('faults', '/')).status === 200, 10_000);
+    const logs = await eventually(async () => {
+      const res = await tide(['logs', 'faults'], { dataDir: t.dataDir });
+      return res.stdout.includes('out-of-memory') ? res.stdout : undefined;
+    });
+    expect(logs).toMatch(/SYSTEM .*instance replaced \(out-of-memory\)/);
+    expect((await get('hello')).status).toBe(200);
+  });
+});
+
+describe('bodies stream both ways', () => {
+  it('streams a request body in chunks to the function', async () => {
+    const chunk = Buffer.alloc(64 * 1024, 7);
+    async function* body() {
+      for (let i = 0; i < 8; i++) yield chunk;
+    }
+    const r = await get('stream', '/', { method: 'POST', body: body(), headers: { 'transfer-encoding': 'chunked' } });
+    const j = JSON.parse(r.text) as { length: number; chunks: number; sha256: string };
+    const { createHash } = await import('node:crypto');
+    expect(j.length).toBe(8 * 64 * 1024);
+    expect(j.chunks).toBeGreaterThan(1);
+    expect(j.sha256).toBe(
+      createHash('sha256')
+        .update(Buffer.concat(Array(8).fill(chunk)))
+        .digest('hex'),
+    );
+  });
+  it('sends response chunks as the function produces them', async () => {
+    const { request } = await import('node:http');
+    const arrivals = await new Promise<number[]>((resolve, reject) => {
+      const times: number[] = [];
+      request({ port: t.gatewayPort, host: '127.0.0.1', path: '/chunks?n=3&ms=300', headers: { host: 'stream.localhost' } }, (res) => {
+        res.on('data', () => times.push(Date.now()));
+        res.on('end', () => resolve(times));
+      })
+        .on('error', reject)
+        .end();
+    });
+    expect(arrivals.length).toBe(3);
+    expect((arrivals[2] as number) - (arrivals[0] as number)).toBeGreaterThanOrEqual(450);
+  });
+  it('streams a large response without buffering it whole', async () => {
+    const r = await get('stream', '/big?mb=16');
+    expect(r.status).toBe(200);
+    expect(r.body.length).toBe(16 * 1024 * 1024);
+  });
+  it('refuses bodies over the limit with 413: declared up front or found while streaming', async () => {
+    const declared = await get('stream', '/', { method: 'POST', body: Buffer.alloc(2 * 1024 * 1024) });
+    expect(declared.status).toBe(413);
+    expect(declared.headers['tide-proxy-error']).toBe('ERR_PAYLOAD_TOO_LARGE');
+    const chunk = Buffer.alloc(256 * 1024, 1);
+    async function* body() {
+      for (let i = 0; i < 8; i++) yield chunk;
+    }
+    const streamed = await get('stream', '/?slow=1', { method: 'POST', body: body(), headers: { 'transfer-encoding': 'chunked' } });
+    expect(streamed.status).toBe(413);
+    expect(streamed.text).toContain("over the function's limit of 1048576 bytes");
+    expect((await get('stream', '/')).status).toBe(200);
+  });
+});
