@@ -15,7 +15,7 @@ import { MessageChannel, type MessagePort } from 'node:worker_threads';
 import { Piscina } from 'piscina';
 import { TideError } from '../../../lib/errors.ts';
 import type { DispatchMeta, Instance, InstanceEvent, InstanceSpec, SandboxDriver } from '../driver.ts';
-import type { HostData, HostMessage, MainMessage, RequestTask, Task } from './protocol.ts';
+import { type HostData, type HostMessage, type MainMessage, RESPONSE_WINDOW, type RequestTask, type Task, type TaskResult } from './protocol.ts';
 
 const HOST_URL = new URL('./host.ts', import.meta.url).href;
 
@@ -64,7 +64,7 @@ export class WorkerDriver implements SandboxDriver {
 
 export class WorkerInstance implements Instance {
   readonly spec: InstanceSpec;
-  readonly #pool: Piscina<Task, { ok: true }>;
+  readonly #pool: Piscina<Task, TaskResult>;
   readonly #opts: Required<WorkerDriverOptions>;
   #inflight = 0;
   #closed = false;
@@ -80,7 +80,7 @@ export class WorkerInstance implements Instance {
       instance: spec.id,
       waitUntilMs: spec.config.timeoutMs,
     };
-    this.#pool = new Piscina<Task, { ok: true }>({
+    this.#pool = new Piscina<Task, TaskResult>({
       filename: HOST_URL,
       name: 'default',
       minThreads: 1,
@@ -88,7 +88,7 @@ export class WorkerInstance implements Instance {
       idleTimeout: Number.MAX_SAFE_INTEGER,
       concurrentTasksPerWorker: spec.config.concurrency,
       maxQueue: Math.max(64, spec.config.concurrency * 8),
-      atomics: 'disabled',
+      atomics: 'async',
       resourceLimits: { maxOldGenerationSizeMb: spec.config.memoryMb, maxYoungGenerationSizeMb: Math.min(32, Math.max(4, spec.config.memoryMb / 8)) },
       env: {},
       workerData: data,
@@ -132,8 +132,16 @@ export class WorkerInstance implements Instance {
   }
 
   /** @internal used by Exchange */
-  run(task: RequestTask, signal: AbortSignal): Promise<{ ok: true }> {
-    return this.#pool.run(task, { transferList: [task.port], signal });
+  run(task: RequestTask, signal: AbortSignal): Promise<TaskResult> {
+    return this.#pool.run(task, task.port ? { transferList: [task.port], signal } : { signal });
+  }
+
+  /** @internal terminates the thread (piscina replaces it) and reports why. */
+  killThread(reason: InstanceEvent['reason'], message: string): void {
+    const thread = this.#pool.threads[0];
+    if (!thread) return;
+    this.#emit(reason, message);
+    void thread.terminate();
   }
 
   /** @internal */
@@ -204,8 +212,9 @@ class Exchange {
   #received = 0;
   #settled = false;
   #taskDone = false;
-  #portClosed = false;
   #timedOut = false;
+  /** The head is out and the body is still coming over the port. */
+  #streaming = false;
   #timer: NodeJS.Timeout | undefined;
 
   constructor(inst: WorkerInstance, req: IncomingMessage, res: ServerResponse, meta: DispatchMeta, resolve: () => void, reject: (err: Error) => void) {
@@ -218,9 +227,7 @@ class Exchange {
   }
 
   start(): void {
-    const { req, spec } = { req: this.#req, spec: this.#inst.spec };
-    const { port1, port2 } = new MessageChannel();
-    this.#port = port1;
+    const req = this.#req;
     const raw = req.rawHeaders;
     const headers: string[] = [];
     for (let i = 0; i < raw.length; i += 2) {
@@ -232,56 +239,78 @@ class Exchange {
     const hasBody = method !== 'GET' && method !== 'HEAD' && (req.headers['transfer-encoding'] !== undefined || Number(req.headers['content-length'] ?? 0) > 0);
     const task: RequestTask = {
       kind: 'request',
-      port: port2,
       method,
       url: `${this.#meta.scheme}://${req.headers.host ?? 'localhost'}${req.url ?? '/'}`,
       headers,
-      hasBody,
       requestId: this.#meta.requestId,
     };
-    port1.on('message', (m: HostMessage) => this.#onMessage(m));
-    port1.once('close', () => this.#onPortClosed());
+    if (hasBody) {
+      const { port1, port2 } = new MessageChannel();
+      this.#attach(port1);
+      task.port = port2;
+    }
     this.#res.on('close', () => {
       if (!this.#res.writableFinished) this.#cancel();
     });
-    this.#timer = setTimeout(() => this.#onTimeout(), spec.config.timeoutMs);
+    this.#timer = setTimeout(() => this.#onTimeout(), this.#inst.spec.config.timeoutMs);
     this.#inst.run(task, this.#abort.signal).then(
-      () => this.#onTaskDone(undefined),
-      (err: unknown) => this.#onTaskDone(err),
+      (result) => this.#onResult(result),
+      (err: unknown) => this.#onTaskFailed(err),
     );
   }
 
+  #attach(port: MessagePort): void {
+    this.#port = port;
+    port.on('message', (m: HostMessage) => this.#onMessage(m));
+  }
+
+  #onResult(result: TaskResult): void {
+    this.#taskDone = true;
+    if (this.#settled) {
+      result.t === 'response' && result.port?.close();
+      return;
+    }
+    const res = this.#res;
+    switch (result.t) {
+      case 'response':
+        if (result.end) {
+          const headers = stripLength(result.h);
+          headers.push('content-length', String(result.b?.length ?? 0));
+          res.writeHead(result.s, headers);
+          res.end(result.b);
+          this.#finish();
+          return;
+        }
+        if (result.port) this.#attach(result.port);
+        this.#streaming = true;
+        res.writeHead(result.s, result.h);
+        if (result.b) res.write(result.b);
+        // Port messages may start now: they can no longer overtake the head.
+        this.#post({ t: 'ack', n: RESPONSE_WINDOW });
+        return;
+      case 'error':
+        this.#fail(new TideError(result.code, result.message, { status: result.code === 'ERR_FUNCTION_THREW' ? 500 : 502 }));
+        return;
+      default:
+        this.#fail(new TideError('ERR_INTERNAL', 'the function host answered a request with no response', { status: 502 }));
+    }
+  }
+
   #onMessage(m: HostMessage): void {
-    if (this.#settled && m.t !== 'pull') return;
+    if (m.t === 'pull') {
+      void this.#pull();
+      return;
+    }
+    if (this.#settled) return;
     const res = this.#res;
     switch (m.t) {
-      case 'pull':
-        void this.#pull();
-        return;
-      case 'head': {
-        if (m.end) {
-          const body = m.b;
-          const headers = stripLength(m.h);
-          headers.push('content-length', String(body?.length ?? 0));
-          res.writeHead(m.s, headers);
-          res.end(body);
-          this.#finish();
-        } else {
-          res.writeHead(m.s, m.h);
-          if (m.b) res.write(m.b);
-        }
-        return;
-      }
       case 'data':
-        if (res.write(m.c)) this.#post({ t: 'ack' });
-        else res.once('drain', () => this.#post({ t: 'ack' }));
+        if (res.write(m.c)) this.#post({ t: 'ack', n: 1 });
+        else res.once('drain', () => this.#post({ t: 'ack', n: 1 }));
         return;
       case 'end':
         res.end();
         this.#finish();
-        return;
-      case 'error':
-        this.#fail(new TideError(m.code, m.message, { status: m.code === 'ERR_FUNCTION_THREW' ? 500 : 502 }));
         return;
       case 'abort':
         res.destroy(new Error(m.message));
@@ -346,37 +375,24 @@ class Exchange {
     this.#scheduleKill();
   }
 
-  /** A task that ignores its cancel (a loop, a hung await) costs its thread. */
+  /**
+   * Work that ignores its cancel (a loop, a hung await) costs its thread: a task still running
+   * is aborted (piscina terminates its thread); a stream still open after its task ended gets
+   * the thread terminated directly. Either way piscina starts a replacement.
+   */
   #scheduleKill(): void {
     setTimeout(() => {
       if (!this.#taskDone) {
         this.#timedOut = true;
         this.#abort.abort(new Error('request timed out'));
+      } else if (this.#streaming && this.#timedOut) {
+        this.#inst.killThread('timeout', 'a response stream ran past its timeout and did not stop; its thread was replaced');
       }
     }, this.#inst.killGraceMs).unref();
   }
 
-  /**
-   * The task's result and the port's messages travel on different channels, so "task done"
-   * can arrive before the response's last message. A response is only given up on when the
-   * task succeeded and the host's end of the port is closed too (all its messages delivered).
-   */
-  #onPortClosed(): void {
-    this.#portClosed = true;
-    if (this.#taskDone && !this.#settled) this.#abandon();
-  }
-
-  #abandon(): void {
-    this.#res.destroy();
-    this.#finish();
-  }
-
-  #onTaskDone(err: unknown): void {
+  #onTaskFailed(err: unknown): void {
     this.#taskDone = true;
-    if (err === undefined) {
-      if (this.#portClosed && !this.#settled) this.#abandon();
-      return;
-    }
     const failure = this.#inst.taskFailed(err, this.#timedOut);
     if (this.#settled) return;
     if (this.#res.headersSent) {
@@ -391,6 +407,7 @@ class Exchange {
     if (this.#settled) return;
     this.#settled = true;
     clearTimeout(this.#timer);
+    this.#release();
     this.#resolve();
   }
 
@@ -398,7 +415,15 @@ class Exchange {
     if (this.#settled) return;
     this.#settled = true;
     clearTimeout(this.#timer);
+    this.#release();
     this.#reject(err);
+  }
+
+  /** Closes our end of the port unless the host may still pull the request body. */
+  #release(): void {
+    if (this.#port && this.#res.writableFinished) {
+      this.#port.close();
+    }
   }
 }
 

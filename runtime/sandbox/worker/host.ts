@@ -1,13 +1,15 @@
 /**
  * The function host: runs inside each worker thread of a worker-sandbox instance (piscina
  * loads this file). It imports the function's bundle once, turns each request task into a
- * Web Request, calls `fetch(request, env, ctx)` and streams the Response back over the task's
- * MessagePort (see protocol.ts). It captures console output into the function's log channel.
- * A throw fails only its own request; it must never take the thread down.
+ * Web Request, calls `fetch(request, env, ctx)` and returns the Response as the task result,
+ * streaming over a MessagePort only what is not complete yet (see protocol.ts). It captures
+ * console output into the function's log channel. A throw fails only its own request; it must
+ * never take the thread down.
  */
 import { format } from 'node:util';
-import { workerData } from 'piscina';
-import { type HostData, type HostMessage, LOG_CHANNEL, type MainMessage, RESPONSE_WINDOW, type RequestTask, type Task } from './protocol.ts';
+import { MessageChannel, type MessagePort } from 'node:worker_threads';
+import { move, transferableSymbol, valueSymbol, workerData } from 'piscina';
+import { type HostData, type HostMessage, LOG_CHANNEL, type MainMessage, RESPONSE_WINDOW, type RequestTask, type Task, type TaskResult } from './protocol.ts';
 
 interface FetchHandler {
   fetch(request: Request, env: Record<string, string>, ctx: ExecutionContext): unknown;
@@ -59,96 +61,68 @@ function load(): Promise<FetchHandler> {
   return loading;
 }
 
-export default async function run(task: Task): Promise<{ ok: true }> {
+export default async function run(task: Task): Promise<TaskResult> {
   if (task.kind !== 'request') {
     await load();
-    return { ok: true };
+    return { t: 'ok' };
   }
-  await serve(await load(), task);
-  return { ok: true };
+  return new Exchange(task).serve(await load());
 }
 
-async function serve(handler: FetchHandler, task: RequestTask): Promise<void> {
-  const port = task.port;
-  const abort = new AbortController();
-  const waits: Promise<unknown>[] = [];
-  let body: ReadableStreamDefaultController<Uint8Array> | undefined;
-  let pulled: (() => void) | undefined;
-  let credits = RESPONSE_WINDOW;
-  let creditWaiter: (() => void) | undefined;
-  const post = (m: HostMessage) => port.postMessage(m);
-
-  port.on('message', (m: MainMessage) => {
-    switch (m.t) {
-      case 'data':
-        body?.enqueue(m.c);
-        pulled?.();
-        break;
-      case 'eof':
-        body?.close();
-        pulled?.();
-        break;
-      case 'body-error':
-        body?.error(new Error(m.message));
-        pulled?.();
-        break;
-      case 'ack':
-        credits++;
-        creditWaiter?.();
-        break;
-      case 'cancel':
-        abort.abort(new DOMException('the request was cancelled', 'AbortError'));
-        creditWaiter?.();
-        break;
-    }
+/** Resolves after a few microtask turns: long enough for a stream that is already complete to report done. */
+function microtasks(turns: number): Promise<null> {
+  return new Promise((resolve) => {
+    const step = (n: number) => (n === 0 ? resolve(null) : queueMicrotask(() => step(n - 1)));
+    step(turns);
   });
+}
 
-  const stream = task.hasBody
-    ? new ReadableStream<Uint8Array>(
-        {
-          start: (controller) => {
-            body = controller;
-          },
-          pull: () =>
-            new Promise<void>((resolve) => {
-              pulled = resolve;
-              post({ t: 'pull' });
-            }),
-        },
-        { highWaterMark: 0 },
-      )
-    : null;
+class Exchange {
+  readonly #task: RequestTask;
+  readonly #abort = new AbortController();
+  readonly #waits: Promise<unknown>[] = [];
+  #port: MessagePort | undefined;
+  #body: ReadableStreamDefaultController<Uint8Array> | undefined;
+  #pulled: (() => void) | undefined;
+  #credits = 0;
+  #creditWaiter: (() => void) | undefined;
 
-  const headers = new Headers();
-  for (let i = 0; i + 1 < task.headers.length; i += 2) headers.append(task.headers[i] as string, task.headers[i + 1] as string);
-  const request = new Request(task.url, {
-    method: task.method,
-    headers,
-    body: stream,
-    signal: abort.signal,
-    duplex: 'half',
-  } as RequestInit);
-  const ctx: ExecutionContext = {
-    waitUntil(promise) {
-      waits.push(Promise.resolve(promise).catch((err: unknown) => emit('error', ['waitUntil promise rejected:', err])));
-    },
-    passThroughOnException() {},
-  };
+  constructor(task: RequestTask) {
+    this.#task = task;
+    if (task.port) this.#listen(task.port);
+  }
 
-  try {
+  async serve(handler: FetchHandler): Promise<TaskResult> {
+    const task = this.#task;
+    const headers = new Headers();
+    for (let i = 0; i + 1 < task.headers.length; i += 2) headers.append(task.headers[i] as string, task.headers[i + 1] as string);
+    const request = new Request(task.url, {
+      method: task.method,
+      headers,
+      body: task.port ? this.#bodyStream() : null,
+      signal: this.#abort.signal,
+      duplex: 'half',
+    } as RequestInit);
+    const ctx: ExecutionContext = {
+      waitUntil: (promise) => {
+        this.#waits.push(Promise.resolve(promise).catch((err: unknown) => emit('error', ['waitUntil promise rejected:', err])));
+      },
+      passThroughOnException() {},
+    };
+
     let response: unknown;
     try {
       response = await handler.fetch(request, env, ctx);
     } catch (err) {
       emit('error', [`request ${task.requestId} failed:`, err]);
-      post({ t: 'error', code: 'ERR_FUNCTION_THREW', message: err instanceof Error ? `${err.name}: ${err.message}` : String(err) });
-      return;
+      this.#after();
+      return { t: 'error', code: 'ERR_FUNCTION_THREW', message: err instanceof Error ? `${err.name}: ${err.message}` : String(err) };
     }
     if (!(response instanceof Response)) {
       const got = response === null ? 'null' : typeof response;
       emit('error', [`request ${task.requestId}: fetch() returned ${got}, not a Response`]);
-      post({ t: 'error', code: 'ERR_FUNCTION_BAD_RESPONSE', message: `fetch() must return a Response (got ${got})` });
-      return;
+      this.#after();
+      return { t: 'error', code: 'ERR_FUNCTION_BAD_RESPONSE', message: `fetch() must return a Response (got ${got})` };
     }
     const h: string[] = [];
     response.headers.forEach((value, name) => {
@@ -156,48 +130,129 @@ async function serve(handler: FetchHandler, task: RequestTask): Promise<void> {
     });
     for (const cookie of response.headers.getSetCookie()) h.push('set-cookie', cookie);
     if (!response.body || task.method === 'HEAD') {
-      post({ t: 'head', s: response.status, h, end: true });
-      return;
+      this.#after();
+      return { t: 'response', s: response.status, h, end: true };
     }
-    await sendBody(response.body, response.status, h);
-  } finally {
-    if (waits.length > 0) await settle(waits, data.waitUntilMs);
-    port.close();
+    const reader = response.body.getReader();
+    let first: ReadableStreamReadResult<Uint8Array>;
+    try {
+      first = await reader.read();
+    } catch (err) {
+      emit('error', [`request ${task.requestId}: response body failed:`, err]);
+      this.#after();
+      return { t: 'error', code: 'ERR_FUNCTION_THREW', message: `the response body failed: ${err instanceof Error ? err.message : String(err)}` };
+    }
+    if (first.done) {
+      this.#after();
+      return { t: 'response', s: response.status, h, end: true };
+    }
+    // Bodies made from a string, a buffer or JSON are complete now; send them in one piece.
+    const next = reader.read();
+    const soon = await Promise.race([next, microtasks(8)]);
+    if (soon?.done) {
+      this.#after();
+      return { t: 'response', s: response.status, h, b: first.value, end: true };
+    }
+    let transfer: MessagePort | undefined;
+    if (!this.#port) {
+      const channel = new MessageChannel();
+      this.#listen(channel.port1);
+      transfer = channel.port2;
+    }
+    void this.#pump(reader, next).finally(() => this.#after());
+    const result: TaskResult = { t: 'response', s: response.status, h, b: first.value, end: false };
+    if (!transfer) return result;
+    return move({ [transferableSymbol]: transfer, [valueSymbol]: { ...result, port: transfer } }) as unknown as TaskResult;
   }
 
-  async function sendBody(source: ReadableStream<Uint8Array>, status: number, h: string[]): Promise<void> {
-    const reader = source.getReader();
-    abort.signal.addEventListener('abort', () => void reader.cancel().catch(() => {}), { once: true });
+  #listen(port: MessagePort): void {
+    this.#port = port;
+    port.on('message', (m: MainMessage) => {
+      switch (m.t) {
+        case 'data':
+          this.#body?.enqueue(m.c);
+          this.#pulled?.();
+          break;
+        case 'eof':
+          this.#body?.close();
+          this.#pulled?.();
+          break;
+        case 'body-error':
+          this.#body?.error(new Error(m.message));
+          this.#pulled?.();
+          break;
+        case 'ack':
+          this.#credits += m.n;
+          this.#creditWaiter?.();
+          break;
+        case 'cancel':
+          this.#abort.abort(new DOMException('the request was cancelled', 'AbortError'));
+          this.#creditWaiter?.();
+          break;
+      }
+    });
+  }
+
+  #bodyStream(): ReadableStream<Uint8Array> {
+    return new ReadableStream<Uint8Array>(
+      {
+        start: (controller) => {
+          this.#body = controller;
+        },
+        pull: () =>
+          new Promise<void>((resolve) => {
+            this.#pulled = resolve;
+            this.#post({ t: 'pull' });
+          }),
+      },
+      { highWaterMark: 0 },
+    );
+  }
+
+  #post(m: HostMessage): void {
+    this.#port?.postMessage(m);
+  }
+
+  /** Waits until main has granted a credit (or the request was cancelled). */
+  async #credit(): Promise<boolean> {
+    while (this.#credits === 0 && !this.#abort.signal.aborted) {
+      await new Promise<void>((r) => {
+        this.#creditWaiter = r;
+      });
+    }
+    if (this.#abort.signal.aborted) return false;
+    this.#credits--;
+    return true;
+  }
+
+  async #pump(reader: ReadableStreamDefaultReader<Uint8Array>, pending: Promise<ReadableStreamReadResult<Uint8Array>>): Promise<void> {
+    this.#abort.signal.addEventListener('abort', () => void reader.cancel().catch(() => {}), { once: true });
+    let next = pending;
     try {
-      const first = await reader.read();
-      if (first.done) {
-        post({ t: 'head', s: status, h, end: true });
-        return;
-      }
-      // Small bodies usually arrive whole: if the stream ends at once, send one message.
-      let next = reader.read();
-      const soon = await Promise.race([next, new Promise<null>((r) => setImmediate(r, null))]);
-      if (soon?.done) {
-        post({ t: 'head', s: status, h, b: first.value, end: true });
-        return;
-      }
-      post({ t: 'head', s: status, h, b: first.value });
       for (;;) {
         const chunk = await next;
+        if (!(await this.#credit())) return;
         if (chunk.done) break;
-        if (abort.signal.aborted) return;
-        if (credits === 0) await new Promise<void>((r) => (creditWaiter = r));
-        if (abort.signal.aborted) return;
-        credits--;
-        post({ t: 'data', c: chunk.value });
+        this.#post({ t: 'data', c: chunk.value });
         next = reader.read();
       }
-      post({ t: 'end' });
+      this.#post({ t: 'end' });
     } catch (err) {
-      if (abort.signal.aborted) return;
-      emit('error', [`request ${task.requestId}: response body failed:`, err]);
-      post({ t: 'abort', message: err instanceof Error ? err.message : String(err) });
+      if (this.#abort.signal.aborted) return;
+      emit('error', [`request ${this.#task.requestId}: response body failed:`, err]);
+      if (await this.#credit()) this.#post({ t: 'abort', message: err instanceof Error ? err.message : String(err) });
     }
+  }
+
+  /** After the response: let ctx.waitUntil work finish (bounded), then release the port. */
+  #after(): void {
+    const close = () => this.#port?.close();
+    if (this.#waits.length === 0) {
+      // A request body the function never read may still be pulled by nobody: close now.
+      close();
+      return;
+    }
+    void settle(this.#waits, data.waitUntilMs).finally(close);
   }
 }
 

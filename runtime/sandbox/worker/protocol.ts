@@ -1,21 +1,27 @@
 /**
  * Messages between the worker driver (main thread) and the function host (worker thread).
- * One MessageChannel per request carries the request body down and the response up:
  *
- *   host → main  pull                      the function wants the next request-body chunk
- *   main → host  data {c} | eof | body-error {message}
- *   host → main  head {s, h, b?, end?}     status, headers; with `end` the whole body is in `b`
- *   host → main  data {c} … end            streamed body; main answers each chunk with ack
- *   main → host  ack                       one chunk written to the client (flow-control credit)
- *   host → main  error {code, message}     the function threw or returned no Response
- *   host → main  abort {message}           the body stream failed after the head went out
- *   main → host  cancel                    the client went away or the request timed out
+ * The fast path is one piscina task and its result: the task carries the request head, the
+ * result carries the whole response (`end: true`). Only what cannot fit that uses a
+ * MessagePort:
+ *  - a request with a body: main creates the port and sends it with the task; the host pulls
+ *    the body chunk by chunk (`pull` → `data` | `eof` | `body-error`), so the function's reading
+ *    pace is the backpressure;
+ *  - a response that is still streaming when the function's first chunk is ready: the result
+ *    carries the head and first chunk (`end: false`), and the rest follows on the request's port
+ *    or, for a bodiless request, on a port the host creates and transfers with the result.
+ *    The host sends nothing on the port until main grants credits (`ack {n}`), which main does
+ *    only after writing the head: that keeps port messages behind the result, and each chunk
+ *    written to the client returns one credit (backpressure from the client socket).
+ *
+ *   host → main (port)  pull | data {c} | end | abort {message}
+ *   main → host (port)  data {c} | eof | body-error {message} | ack {n} | cancel
  */
 import type { MessagePort } from 'node:worker_threads';
 
 export const LOG_CHANNEL = 'tide:function-logs';
 
-/** Chunks the host may send before it waits for an ack. */
+/** Response chunks the host may have in flight before it waits for credit. */
 export const RESPONSE_WINDOW = 8;
 
 export interface HostData {
@@ -30,12 +36,12 @@ export interface HostData {
 
 export interface RequestTask {
   kind: 'request';
-  port: MessagePort;
+  /** Present when the request has a body. */
+  port?: MessagePort;
   method: string;
   url: string;
   /** Flat [name, value, name, value, …] as node's rawHeaders, hop-by-hop headers removed. */
   headers: string[];
-  hasBody: boolean;
   requestId: string;
 }
 
@@ -45,12 +51,11 @@ export interface ControlTask {
 
 export type Task = RequestTask | ControlTask;
 
-export type HostMessage =
-  | { t: 'pull' }
-  | { t: 'head'; s: number; h: string[]; b?: Uint8Array; end?: boolean }
-  | { t: 'data'; c: Uint8Array }
-  | { t: 'end' }
+export type TaskResult =
+  | { t: 'response'; s: number; h: string[]; b?: Uint8Array; end: boolean; port?: MessagePort }
   | { t: 'error'; code: 'ERR_FUNCTION_THREW' | 'ERR_FUNCTION_BAD_RESPONSE'; message: string }
-  | { t: 'abort'; message: string };
+  | { t: 'ok' };
 
-export type MainMessage = { t: 'data'; c: Uint8Array } | { t: 'eof' } | { t: 'body-error'; message: string } | { t: 'ack' } | { t: 'cancel' };
+export type HostMessage = { t: 'pull' } | { t: 'data'; c: Uint8Array } | { t: 'end' } | { t: 'abort'; message: string };
+
+export type MainMessage = { t: 'data'; c: Uint8Array } | { t: 'eof' } | { t: 'body-error'; message: string } | { t: 'ack'; n: number } | { t: 'cancel' };
