@@ -9,7 +9,7 @@
 import { format } from 'node:util';
 import { MessageChannel, type MessagePort } from 'node:worker_threads';
 import { move, transferableSymbol, valueSymbol, workerData } from 'piscina';
-import { type HostData, type HostMessage, LOG_CHANNEL, type MainMessage, RESPONSE_WINDOW, type RequestTask, type Task, type TaskResult } from './protocol.ts';
+import { type HostData, type HostMessage, LOG_CHANNEL, type MainMessage, type RequestTask, type Task, type TaskResult } from './protocol.ts';
 
 interface FetchHandler {
   fetch(request: Request, env: Record<string, string>, ctx: ExecutionContext): unknown;
