@@ -232,3 +232,23 @@ describe('bodies stream both ways', () => {
     expect((await get('stream', '/')).status).toBe(200);
   });
 });
+
+describe('cancellation', () => {
+  type Fns = { items: { name: string; restarts: number }[] };
+  const restarts = async (name: string) =>
+    (JSON.parse((await tide(['get', 'functions', '-o', 'json'], { dataDir: t.dataDir })).stdout) as Fns).items.find((f) => f.name === name)?.restarts;
+
+  it('a client that goes away does not cost the thread of a slow but healthy request', async () => {
+    const before = await restarts('context');
+    const { request } = await import('node:http');
+    // 1.5 s of work (timeout 30 s), abandoned by its client after 100 ms.
+    const req = request({ port: t.gatewayPort, host: '127.0.0.1', path: '/sleep?ms=1500', headers: { host: 'context.localhost' } });
+    req.on('error', () => {});
+    req.end();
+    await new Promise((r) => setTimeout(r, 100));
+    req.destroy();
+    await new Promise((r) => setTimeout(r, 2000));
+    expect((await get('context', '/')).status).toBe(200);
+    expect(await restarts('context')).toBe(before);
+  });
+});

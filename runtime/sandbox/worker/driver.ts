@@ -68,6 +68,8 @@ export class WorkerInstance implements Instance {
   readonly #opts: Required<WorkerDriverOptions>;
   #inflight = 0;
   #closed = false;
+  #killedAt = 0;
+  #lastEvent: { reason: string; at: number } = { reason: '', at: 0 };
 
   constructor(spec: InstanceSpec, opts: Required<WorkerDriverOptions>) {
     this.spec = spec;
@@ -88,7 +90,7 @@ export class WorkerInstance implements Instance {
       idleTimeout: Number.MAX_SAFE_INTEGER,
       concurrentTasksPerWorker: spec.config.concurrency,
       maxQueue: Math.max(64, spec.config.concurrency * 8),
-      atomics: 'async',
+      atomics: 'disabled',
       resourceLimits: { maxOldGenerationSizeMb: spec.config.memoryMb, maxYoungGenerationSizeMb: Math.min(32, Math.max(4, spec.config.memoryMb / 8)) },
       env: {},
       workerData: data,
@@ -113,11 +115,17 @@ export class WorkerInstance implements Instance {
   }
 
   async probe(): Promise<boolean> {
+    // No abort signal: piscina runs an abortable task alone on its thread, behind all others.
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<boolean>((resolve) => {
+      timer = setTimeout(() => resolve(false), 5000);
+    });
     try {
-      await this.#pool.run({ kind: 'probe' }, { signal: AbortSignal.timeout(5000) });
-      return true;
+      return await Promise.race([this.#pool.run({ kind: 'probe' }).then(() => true), timeout]);
     } catch {
       return false;
+    } finally {
+      clearTimeout(timer);
     }
   }
 
@@ -132,15 +140,22 @@ export class WorkerInstance implements Instance {
   }
 
   /** @internal used by Exchange */
-  run(task: RequestTask, signal: AbortSignal): Promise<TaskResult> {
-    return this.#pool.run(task, task.port ? { transferList: [task.port], signal } : { signal });
+  run(task: RequestTask): Promise<TaskResult> {
+    // Requests carry no abort signal on purpose: piscina gives an abortable task a thread of
+    // its own, which would serialize a concurrent instance. Runaway work is stopped by
+    // terminating the thread instead (killThread).
+    return this.#pool.run(task, task.port ? { transferList: [task.port] } : undefined);
   }
 
-  /** @internal terminates the thread (piscina replaces it) and reports why. */
-  killThread(reason: InstanceEvent['reason'], message: string): void {
+  /**
+   * @internal terminates the instance's thread; piscina fails the tasks on it and starts a
+   * replacement. Reports `reason` when given (a running task reports through taskFailed).
+   */
+  killThread(report?: { reason: InstanceEvent['reason']; message: string }): void {
     const thread = this.#pool.threads[0];
     if (!thread) return;
-    this.#emit(reason, message);
+    this.#killedAt = Date.now();
+    if (report) this.#emit(report.reason, report.message);
     void thread.terminate();
   }
 
@@ -164,7 +179,8 @@ export class WorkerInstance implements Instance {
     if (/maximum size|queue is at limit/i.test(message)) {
       return new TideError('ERR_PROXY_QUEUE_FULL', `instance ${this.spec.id} is at capacity`, { status: 503 });
     }
-    if (/Terminating worker thread/.test(message)) {
+    // Other requests on a thread we terminated, or that died of another request's fault.
+    if (/Terminating worker thread|worker exited/.test(message) && Date.now() - this.#killedAt < 5000) {
       return new TideError('ERR_SANDBOX_INSTANCE_REPLACED', 'the instance serving this request was replaced', { status: 503 });
     }
     if (this.#closed) return new TideError('ERR_SANDBOX_CLOSED', `instance ${this.spec.id} stopped`, { status: 503 });
@@ -179,7 +195,14 @@ export class WorkerInstance implements Instance {
     else this.#emit('crashed', `thread failed: ${err.message}`);
   }
 
+  /**
+   * One thread's death fails every task on it with the same error; it is one replacement.
+   * Reports of the same reason within a second are taken as that one event.
+   */
   #emit(reason: InstanceEvent['reason'], message: string): void {
+    const now = Date.now();
+    if (this.#lastEvent.reason === reason && now - this.#lastEvent.at < 1000) return;
+    this.#lastEvent = { reason, at: now };
     this.#opts.onEvent({ instance: this.spec.id, revision: this.spec.revision, function: this.spec.function, type: 'replaced', reason, message });
   }
 
@@ -206,7 +229,6 @@ class Exchange {
   readonly #meta: DispatchMeta;
   readonly #resolve: () => void;
   readonly #reject: (err: Error) => void;
-  readonly #abort = new AbortController();
   #port: MessagePort | undefined;
   #body: AsyncIterator<Buffer> | undefined;
   #received = 0;
@@ -215,6 +237,7 @@ class Exchange {
   #timedOut = false;
   /** The head is out and the body is still coming over the port. */
   #streaming = false;
+  #portClosed = false;
   #timer: NodeJS.Timeout | undefined;
 
   constructor(inst: WorkerInstance, req: IncomingMessage, res: ServerResponse, meta: DispatchMeta, resolve: () => void, reject: (err: Error) => void) {
@@ -253,7 +276,7 @@ class Exchange {
       if (!this.#res.writableFinished) this.#cancel();
     });
     this.#timer = setTimeout(() => this.#onTimeout(), this.#inst.spec.config.timeoutMs);
-    this.#inst.run(task, this.#abort.signal).then(
+    this.#inst.run(task).then(
       (result) => this.#onResult(result),
       (err: unknown) => this.#onTaskFailed(err),
     );
@@ -262,10 +285,14 @@ class Exchange {
   #attach(port: MessagePort): void {
     this.#port = port;
     port.on('message', (m: HostMessage) => this.#onMessage(m));
+    port.once('close', () => {
+      this.#portClosed = true;
+    });
   }
 
   #onResult(result: TaskResult): void {
     this.#taskDone = true;
+    if (this.#settled || result.t !== 'response' || result.end) clearTimeout(this.#timer);
     if (this.#settled) {
       result.t === 'response' && result.port?.close();
       return;
@@ -351,48 +378,50 @@ class Exchange {
     }
   }
 
+  /** The client went away: tell the function; the request's deadline still bounds its work. */
   #cancel(): void {
     this.#post({ t: 'cancel' });
     if (!this.#settled) {
       this.#settled = true;
-      clearTimeout(this.#timer);
       this.#resolve();
-      this.#scheduleKill();
     }
   }
 
   #onTimeout(): void {
-    if (this.#settled) return;
+    // Nothing of this request is running any more.
+    if (this.#taskDone && (!this.#streaming || this.#portClosed)) return;
     this.#timedOut = true;
     this.#post({ t: 'cancel' });
-    const err = new TideError('ERR_SANDBOX_TIMEOUT', `the function did not answer within ${this.#inst.spec.config.timeoutMs} ms`, { status: 504 });
-    if (this.#res.headersSent) {
-      this.#res.destroy(err);
-      this.#finish();
-    } else {
-      this.#fail(err);
+    if (!this.#settled) {
+      const err = new TideError('ERR_SANDBOX_TIMEOUT', `the function did not answer within ${this.#inst.spec.config.timeoutMs} ms`, { status: 504 });
+      if (this.#res.headersSent) {
+        this.#res.destroy(err);
+        this.#finish();
+      } else {
+        this.#fail(err);
+      }
     }
     this.#scheduleKill();
   }
 
   /**
-   * Work that ignores its cancel (a loop, a hung await) costs its thread: a task still running
-   * is aborted (piscina terminates its thread); a stream still open after its task ended gets
-   * the thread terminated directly. Either way piscina starts a replacement.
+   * Work that ignores its cancel (a loop, a hung await, a stream that never ends) costs its
+   * thread: it is terminated and piscina starts a replacement. Other requests on that thread
+   * fail with 503 ERR_SANDBOX_INSTANCE_REPLACED.
    */
   #scheduleKill(): void {
     setTimeout(() => {
       if (!this.#taskDone) {
-        this.#timedOut = true;
-        this.#abort.abort(new Error('request timed out'));
-      } else if (this.#streaming && this.#timedOut) {
-        this.#inst.killThread('timeout', 'a response stream ran past its timeout and did not stop; its thread was replaced');
+        this.#inst.killThread();
+      } else if (this.#streaming && !this.#portClosed) {
+        this.#inst.killThread({ reason: 'timeout', message: 'a response stream ran past its timeout and did not stop; its thread was replaced' });
       }
     }, this.#inst.killGraceMs).unref();
   }
 
   #onTaskFailed(err: unknown): void {
     this.#taskDone = true;
+    clearTimeout(this.#timer);
     const failure = this.#inst.taskFailed(err, this.#timedOut);
     if (this.#settled) return;
     if (this.#res.headersSent) {
@@ -411,10 +440,11 @@ class Exchange {
     this.#resolve();
   }
 
+  /** Answers with an error; the deadline timer keeps running while the task does. */
   #fail(err: TideError): void {
     if (this.#settled) return;
     this.#settled = true;
-    clearTimeout(this.#timer);
+    if (this.#taskDone) clearTimeout(this.#timer);
     this.#release();
     this.#reject(err);
   }
