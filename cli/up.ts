@@ -73,6 +73,10 @@ export async function up(options: UpOptions = {}, log: Logger = createLogger({ l
     log: log.child({ component: 'control.api' }),
     functionUrl,
     info: { version: VERSION, domain: config.domain, dataDir },
+    routed: async (storeRevision) => {
+      const deadline = Date.now() + 5000;
+      while (gateway.snapshotVersion < storeRevision && Date.now() < deadline) await new Promise((r) => setTimeout(r, 2));
+    },
   });
   const snapshots = new SnapshotPublisher(
     store,

@@ -12,6 +12,7 @@ import type { AddressInfo, Socket } from 'node:net';
 import type { RouteTarget, Snapshot } from '../control/snapshot/build.ts';
 import { TideError } from '../lib/errors.ts';
 import type { Logger } from '../lib/log.ts';
+import { listen } from '../lib/net.ts';
 import { rescue } from './rescue.ts';
 
 /** The part of a revision endpoint the gateway needs (runtime's RevisionEndpoint fits). */
@@ -78,14 +79,7 @@ export class Gateway {
       socket.end(`HTTP/1.1 ${status}\r\nconnection: close\r\ncontent-length: 0\r\n\r\n`);
     });
     this.#server = server;
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(port, host, () => {
-        server.off('error', reject);
-        resolve();
-      });
-    });
-    return server.address() as AddressInfo;
+    return listen(server, port, host);
   }
 
   #handle(req: IncomingMessage, res: ServerResponse): void {

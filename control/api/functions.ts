@@ -41,6 +41,8 @@ export interface DeployResult {
   revision: RevisionRecord;
   /** False when an identical revision existed and was reused. */
   created: boolean;
+  /** Store revision of the write (the one before it when nothing was written). */
+  storeRevision: number;
 }
 
 const CAS_ATTEMPTS = 5;
@@ -77,10 +79,10 @@ export class Functions {
         if (fn && latest && latest.templateHash === templateHash) {
           if (fn.servingRevision !== latest.name) {
             const updated = { ...fn, servingRevision: latest.name };
-            await this.#store.put(keys.function(name), JSON.stringify(updated), { expectModRevision: current?.modRevision });
-            return { function: updated, revision: latest, created: false };
+            const storeRevision = await this.#store.put(keys.function(name), JSON.stringify(updated), { expectModRevision: current?.modRevision });
+            return { function: updated, revision: latest, created: false, storeRevision };
           }
-          return { function: fn, revision: latest, created: false };
+          return { function: fn, revision: latest, created: false, storeRevision: current?.modRevision ?? 0 };
         }
         const number = (fn?.revisionCounter ?? 0) + 1;
         const now = new Date(this.#clock.now()).toISOString();
@@ -106,11 +108,11 @@ export class Functions {
           latestRevision: revision.name,
           revisionCounter: number,
         };
-        await this.#store.txn([
+        const storeRevision = await this.#store.txn([
           { type: 'put', key: keys.revision(revision.name), value: JSON.stringify(revision), expectModRevision: 0 },
           { type: 'put', key: keys.function(name), value: JSON.stringify(updated), expectModRevision: current?.modRevision ?? 0 },
         ]);
-        return { function: updated, revision, created: true };
+        return { function: updated, revision, created: true, storeRevision };
       } catch (err) {
         if (isTideError(err, 'ERR_STORE_CONFLICT') && attempt < CAS_ATTEMPTS) continue;
         throw err;
@@ -158,7 +160,7 @@ export class Functions {
    * Points the function back at an older revision: `to`, or the newest one older than the one
    * serving now. Returns the previous and new serving revisions.
    */
-  async rollback(name: string, to?: string): Promise<{ from: string; to: string; function: FunctionRecord }> {
+  async rollback(name: string, to?: string): Promise<{ from: string; to: string; function: FunctionRecord; storeRevision: number }> {
     for (let attempt = 1; ; attempt++) {
       const kv = await this.#store.get(keys.function(validateFunctionName(name)));
       if (!kv) throw notFound(name);
@@ -185,8 +187,8 @@ export class Functions {
       }
       const updated = { ...fn, servingRevision: target.name };
       try {
-        await this.#store.put(keys.function(name), JSON.stringify(updated), { expectModRevision: kv.modRevision });
-        return { from: fn.servingRevision, to: target.name, function: updated };
+        const storeRevision = await this.#store.put(keys.function(name), JSON.stringify(updated), { expectModRevision: kv.modRevision });
+        return { from: fn.servingRevision, to: target.name, function: updated, storeRevision };
       } catch (err) {
         if (isTideError(err, 'ERR_STORE_CONFLICT') && attempt < CAS_ATTEMPTS) continue;
         throw err;

@@ -10,6 +10,7 @@ import { Readable } from 'node:stream';
 import { type Clock, systemClock } from '../../lib/clock.ts';
 import { errorMessage, TideError } from '../../lib/errors.ts';
 import type { Logger } from '../../lib/log.ts';
+import { listen } from '../../lib/net.ts';
 import type { DeployInput, Functions } from './functions.ts';
 import type { FunctionRecord, RevisionRecord, RevisionStatus } from './schema/function.ts';
 
@@ -42,6 +43,11 @@ export interface ApiOptions {
   maxBodyBytes?: number;
   clock?: Clock;
   info?: Record<string, unknown>;
+  /**
+   * Resolves once the data plane routes by a snapshot at least as new as `storeRevision`, so
+   * that a deploy or rollback that returned is already what clients get. Default: no wait.
+   */
+  routed?: (storeRevision: number) => Promise<void>;
 }
 
 type Handler = (req: Request, params: Record<string, string>, url: URL) => Promise<Response>;
@@ -99,14 +105,7 @@ export class ControlApi {
   async listen(port: number, host: string): Promise<AddressInfo> {
     const server = createServer((req, res) => void this.#serveNode(req, res));
     this.#server = server;
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(port, host, () => {
-        server.off('error', reject);
-        resolve();
-      });
-    });
-    return server.address() as AddressInfo;
+    return listen(server, port, host);
   }
 
   async close(): Promise<void> {
@@ -191,6 +190,7 @@ export class ControlApi {
     };
     const result = await this.#opts.functions.deploy(input);
     const status = await this.#opts.functions.waitReady(result.revision.name, this.#opts.deployWaitMs ?? 30_000);
+    await this.#opts.routed?.(result.storeRevision);
     return json(result.created ? 201 : 200, {
       created: result.created,
       function: this.#view(result.function, [result.revision], new Map([[status.revision, status]])),
@@ -205,6 +205,7 @@ export class ControlApi {
     const to = typeof body.to === 'string' ? body.to : undefined;
     const result = await this.#opts.functions.rollback(name, to);
     await this.#opts.functions.waitReady(result.to, this.#opts.deployWaitMs ?? 30_000);
+    await this.#opts.routed?.(result.storeRevision);
     return json(200, { from: result.from, to: result.to, url: this.#opts.functionUrl(name) });
   }
 
