@@ -90,7 +90,7 @@ export class WorkerInstance implements Instance {
       idleTimeout: Number.MAX_SAFE_INTEGER,
       concurrentTasksPerWorker: spec.config.concurrency,
       maxQueue: Math.max(64, spec.config.concurrency * 8),
-      atomics: 'disabled',
+      atomics: 'async',
       resourceLimits: { maxOldGenerationSizeMb: spec.config.memoryMb, maxYoungGenerationSizeMb: Math.min(32, Math.max(4, spec.config.memoryMb / 8)) },
       env: {},
       workerData: data,
