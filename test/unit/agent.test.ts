@@ -1,0 +1,172 @@
+/**
+ * The node agent's reconcile over the memory store, with a driver that only records what it
+ * was asked to do: which revisions it starts and stops, and what status it reports.
+ */
+import { afterEach, describe, expect, it } from 'vitest';
+import { FUNCTION_DEFAULTS, type FunctionRecord, keys, type RevisionRecord, type RevisionStatus } from '../../control/api/schema/function.ts';
+import { createMemoryStore, type Store } from '../../control/store/index.ts';
+import { TideError } from '../../lib/errors.ts';
+import { silentLogger } from '../../lib/log.ts';
+import { NodeAgent } from '../../runtime/agent/agent.ts';
+import type { Instance, InstanceSpec, SandboxDriver } from '../../runtime/sandbox/driver.ts';
+
+class RecordingDriver implements SandboxDriver {
+  readonly kind = 'worker' as const;
+  started: string[] = [];
+  stopped: string[] = [];
+  failOn = new Set<string>();
+  async start(spec: InstanceSpec): Promise<Instance> {
+    if (this.failOn.has(spec.revision)) throw new TideError('ERR_FUNCTION_INVALID', `cannot load ${spec.revision}`);
+    this.started.push(spec.revision);
+    return { spec, inflight: 0, dispatch: async () => {} };
+  }
+  async stop(instance: Instance): Promise<void> {
+    this.stopped.push(instance.spec.revision);
+  }
+  async probe(): Promise<boolean> {
+    return true;
+  }
+}
+
+function revision(fn: string, n: number, instances = 1): RevisionRecord {
+  return {
+    name: `${fn}-${String(n).padStart(5, '0')}`,
+    namespace: 'default',
+    function: fn,
+    number: n,
+    createdAt: new Date(0).toISOString(),
+    digest: 'a'.repeat(64),
+    templateHash: String(n),
+    source: `${fn}.ts`,
+    sandbox: 'worker',
+    env: {},
+    secrets: {},
+    config: { ...FUNCTION_DEFAULTS, instances },
+  };
+}
+
+async function putFunction(store: Store, fn: string, serving: string, latest = serving): Promise<void> {
+  const rec: FunctionRecord = {
+    name: fn,
+    namespace: 'default',
+    createdAt: new Date(0).toISOString(),
+    servingRevision: serving,
+    latestRevision: latest,
+    revisionCounter: 9,
+  };
+  await store.put(keys.function(fn), JSON.stringify(rec));
+}
+
+async function status(store: Store, rev: string): Promise<RevisionStatus | undefined> {
+  const kv = await store.get(keys.status(rev));
+  return kv ? (JSON.parse(kv.value) as RevisionStatus) : undefined;
+}
+
+const agents: NodeAgent[] = [];
+afterEach(async () => {
+  for (const a of agents.splice(0)) await a.close();
+});
+
+function makeAgent(store: Store, driver: SandboxDriver): NodeAgent {
+  const agent = new NodeAgent({
+    store,
+    driver,
+    log: silentLogger,
+    keys: { functions: keys.functions(), revisions: keys.revisions(), statuses: keys.statuses(), status: (r) => keys.status(r) },
+    bundlePath: (d) => `/bundles/${d}.mjs`,
+    drainMs: 10,
+  });
+  agents.push(agent);
+  return agent;
+}
+
+describe('node agent reconcile', () => {
+  it.each([
+    {
+      name: 'starts the serving revision with its instance count and reports ready',
+      revisions: [revision('a', 1, 3)],
+      functions: [['a', 'a-00001']],
+      wantStarted: ['a-00001', 'a-00001', 'a-00001'],
+      wantStatus: { 'a-00001': { phase: 'ready', readyInstances: 3, desiredInstances: 3 } },
+    },
+    {
+      name: 'runs only serving revisions, not every revision',
+      revisions: [revision('a', 1), revision('a', 2)],
+      functions: [['a', 'a-00002']],
+      wantStarted: ['a-00002'],
+      wantStatus: { 'a-00002': { phase: 'ready' } },
+    },
+    {
+      name: 'a function whose serving revision is missing starts nothing',
+      revisions: [],
+      functions: [['a', 'a-00007']],
+      wantStarted: [],
+      wantStatus: {},
+    },
+  ])('$name', async ({ revisions, functions, wantStarted, wantStatus }) => {
+    const store = createMemoryStore();
+    for (const r of revisions) await store.put(keys.revision(r.name), JSON.stringify(r));
+    for (const [fn, serving] of functions) await putFunction(store, fn as string, serving as string);
+    const driver = new RecordingDriver();
+    const agent = makeAgent(store, driver);
+    await agent.start();
+    await agent.settled();
+    expect(driver.started).toEqual(wantStarted);
+    for (const [rev, want] of Object.entries(wantStatus)) expect(await status(store, rev)).toMatchObject(want);
+    expect((await store.list(keys.statuses())).items.length).toBe(Object.keys(wantStatus).length);
+  });
+
+  it('switches revisions when the serving pointer moves, draining the old one', async () => {
+    const store = createMemoryStore();
+    await store.put(keys.revision('a-00001'), JSON.stringify(revision('a', 1)));
+    await store.put(keys.revision('a-00002'), JSON.stringify(revision('a', 2)));
+    await putFunction(store, 'a', 'a-00001');
+    const driver = new RecordingDriver();
+    const agent = makeAgent(store, driver);
+    await agent.start();
+    await agent.settled();
+    expect(agent.endpoint('a-00001')).toBeDefined();
+    await putFunction(store, 'a', 'a-00002');
+    await expect.poll(() => agent.endpoint('a-00002') !== undefined).toBe(true);
+    await expect.poll(() => driver.stopped).toEqual(['a-00001']);
+    expect(agent.endpoint('a-00001')).toBeUndefined();
+    expect(await status(store, 'a-00001')).toBeUndefined();
+  });
+
+  it('reports a revision that fails to start as failed, with the reason', async () => {
+    const store = createMemoryStore();
+    await store.put(keys.revision('b-00001'), JSON.stringify(revision('b', 1)));
+    await putFunction(store, 'b', 'b-00001');
+    const driver = new RecordingDriver();
+    driver.failOn.add('b-00001');
+    const agent = makeAgent(store, driver);
+    await agent.start();
+    await agent.settled();
+    expect(await status(store, 'b-00001')).toMatchObject({ phase: 'failed', lastError: 'cannot load b-00001' });
+    expect(agent.endpoint('b-00001')).toBeUndefined();
+  });
+
+  it('removes status left by an earlier run for revisions it no longer runs', async () => {
+    const store = createMemoryStore();
+    await store.put(keys.status('gone-00001'), JSON.stringify({ revision: 'gone-00001', phase: 'ready' }));
+    const agent = makeAgent(store, new RecordingDriver());
+    await agent.start();
+    await agent.settled();
+    expect(await status(store, 'gone-00001')).toBeUndefined();
+  });
+
+  it('stops everything when a function is deleted', async () => {
+    const store = createMemoryStore();
+    await store.put(keys.revision('c-00001'), JSON.stringify(revision('c', 1)));
+    await putFunction(store, 'c', 'c-00001');
+    const driver = new RecordingDriver();
+    const agent = makeAgent(store, driver);
+    await agent.start();
+    await agent.settled();
+    await store.txn([
+      { type: 'delete', key: keys.function('c') },
+      { type: 'delete', key: keys.revision('c-00001') },
+    ]);
+    await expect.poll(() => driver.stopped).toEqual(['c-00001']);
+  });
+});
