@@ -1,8 +1,8 @@
 /**
  * The embedded Store on SQLite (node:sqlite), one file under the data directory. WAL mode with
  * synchronous=NORMAL: a committed transaction survives a killed process (kill -9); only an OS
- * crash can lose the last few. One process owns the file (an exclusive lock); watches are fed
- * in-process, so a second writer is refused rather than silently missed.
+ * crash can lose the last few. Watches are fed in-process, so exactly one process may write the
+ * file: `tide up` holds a pid lock on its data directory and refuses to share it.
  *
  * Tables: kv (current state), events (the history watches resume from, trimmed to the last
  * `historyLimit` revisions), meta (schema version, compacted revision).
