@@ -63,7 +63,12 @@ export async function up(options: UpOptions = {}, log: Logger = createLogger({ l
   const functions = new Functions(store, blobs, { validate: (path) => validateWorkerBundle(path) });
 
   const access = accessLogger(config, dataDir);
-  const gateway = new Gateway({ domain: config.domain, log: log.child({ component: 'proxy.gateway' }), access, resolve: (rev) => agent.endpoint(rev) });
+  const gateway = new Gateway({
+    domain: config.domain,
+    log: log.child({ component: 'proxy.gateway' }),
+    access,
+    resolve: (t) => agent.endpoint(t.revision, t.function),
+  });
   let gatewayPort = config.port;
   const functionUrl = (name: string) => `http://${name}.${config.domain}${gatewayPort === 80 ? '' : `:${gatewayPort}`}`;
   const api = new ControlApi({

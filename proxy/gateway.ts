@@ -23,7 +23,8 @@ export interface Endpoint {
 export interface GatewayOptions {
   /** Host suffix: NAME.<domain> routes to function NAME. Default "localhost". */
   domain?: string;
-  resolve: (revision: string) => Endpoint | undefined;
+  /** The endpoint for a route: its revision, or while that starts, the function's previous ready one. */
+  resolve: (target: RouteTarget) => Endpoint | undefined;
   /** Access log sink; one object per request. */
   access?: Logger;
   log: Logger;
@@ -111,7 +112,7 @@ export class Gateway {
           { status: 413 },
         );
       }
-      const endpoint = this.#opts.resolve(target.revision);
+      const endpoint = this.#opts.resolve(target);
       if (!endpoint) {
         throw new TideError('ERR_PROXY_NOT_READY', `${target.function} (revision ${target.revision}) has no ready instance yet`, { status: 503 });
       }

@@ -5,10 +5,10 @@
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { TideError } from '../lib/errors.ts';
+import { discardRequestBody } from '../lib/net.ts';
 
-/** A refused body is read and dropped up to this many bytes so the client sees the answer, not a reset. */
-const DISCARD_BYTES = 4 * 1024 * 1024;
-const DISCARD_MS = 5000;
+/** A declared body larger than this is not drained after a refusal: the connection closes. */
+const DRAIN_LIMIT = 64 * 1024 * 1024;
 
 export function rescue(err: unknown, req: IncomingMessage, res: ServerResponse, requestId: string): void {
   const e = err instanceof TideError ? err : new TideError('ERR_INTERNAL', 'internal proxy error', { status: 502, cause: err });
@@ -25,25 +25,10 @@ export function rescue(err: unknown, req: IncomingMessage, res: ServerResponse, 
     'x-request-id': requestId,
   };
   if (status === 503) headers['retry-after'] = '1';
-  if (!req.complete) discard(req);
+  if (!req.complete) {
+    if (Number(req.headers['content-length'] ?? 0) > DRAIN_LIMIT) headers.connection = 'close';
+    else discardRequestBody(req, DRAIN_LIMIT);
+  }
   res.writeHead(status, headers);
   res.end(body);
-}
-
-/**
- * Reads and drops the rest of a request body we refused. Closing a socket with unread input
- * makes the kernel send a reset, which can destroy our response before the client reads it;
- * a body larger than DISCARD_BYTES, or slower than DISCARD_MS, does get the connection closed.
- */
-function discard(req: IncomingMessage): void {
-  let seen = 0;
-  const timer = setTimeout(() => req.socket.destroy(), DISCARD_MS);
-  timer.unref();
-  req.on('data', (chunk: Buffer) => {
-    seen += chunk.length;
-    if (seen > DISCARD_BYTES) req.socket.destroy();
-  });
-  req.once('end', () => clearTimeout(timer));
-  req.once('close', () => clearTimeout(timer));
-  req.resume();
 }

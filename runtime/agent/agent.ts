@@ -45,6 +45,8 @@ class RevisionSet implements RevisionEndpoint {
   readonly record: RevisionRecord;
   instances: Instance[] = [];
   status: RevisionStatus;
+  /** When it became ready (ms since epoch), 0 before. */
+  readySince = 0;
   #next = 0;
 
   constructor(record: RevisionRecord) {
@@ -93,10 +95,20 @@ export class NodeAgent {
     await this.#informer.start();
   }
 
-  /** The ready endpoint of a revision, if this node runs it. */
-  endpoint(revision: string): RevisionEndpoint | undefined {
+  /**
+   * Where a request for `revision` of `fn` goes: that revision when it is ready here, or else,
+   * while it starts, the function's previous revision that is still ready (so a deploy or a
+   * rollback never opens a window of 503s).
+   */
+  endpoint(revision: string, fn?: string): RevisionEndpoint | undefined {
     const set = this.#sets.get(revision);
-    return set && set.status.phase === 'ready' ? set : undefined;
+    if (set && set.status.phase === 'ready') return set;
+    if (fn === undefined) return undefined;
+    let fallback: RevisionSet | undefined;
+    for (const s of this.#sets.values()) {
+      if (s.record.function === fn && s.status.phase === 'ready' && (!fallback || s.readySince > fallback.readySince)) fallback = s;
+    }
+    return fallback;
   }
 
   /** One pass: start missing revisions, stop unwanted ones. Idempotent. */
@@ -116,14 +128,27 @@ export class NodeAgent {
       const rev = revisions.get(fn.servingRevision);
       if (rev) desired.set(rev.name, rev);
     }
+    // A name reused for different content (a function deleted and deployed again) is a new revision.
+    for (const [name, set] of this.#sets) {
+      const want = desired.get(name);
+      if (want && want.templateHash !== set.record.templateHash) await this.#stopRevision(set);
+    }
     for (const [name, rev] of desired) {
       if (!this.#sets.has(name) && !this.#starting.has(name)) {
         const p = this.#startRevision(rev).finally(() => this.#starting.delete(name));
         this.#starting.set(name, p);
       }
     }
+    const wantedFunctions = new Map([...desired.values()].map((r) => [r.function, r.name]));
     for (const [name, set] of this.#sets) {
-      if (!desired.has(name)) void this.#stopRevision(set);
+      if (desired.has(name)) continue;
+      // Keep serving the old revision until the function's new one is ready here (or while the
+      // new one has failed to start: the last ready revision keeps serving, as in Knative).
+      const next = wantedFunctions.get(set.record.function);
+      const nextSet = next === undefined ? undefined : this.#sets.get(next);
+      const nextNotReady = next !== undefined && (this.#starting.has(next) || (nextSet !== undefined && nextSet.status.phase !== 'ready'));
+      if (set.status.phase === 'ready' && nextNotReady) continue;
+      void this.#stopRevision(set);
     }
     // Status left by an earlier run of this node for revisions it no longer runs.
     for (const kv of statuses.items) {
@@ -159,32 +184,48 @@ export class NodeAgent {
     this.#sets.set(rev.name, set);
     await this.#writeStatus(set);
     const log = this.#log.child({ revision: rev.name });
-    try {
-      const started = await Promise.all(
-        Array.from({ length: rev.config.instances }, () =>
-          this.#opts.driver.start({
-            id: `${rev.name}-${randomBytes(3).toString('hex')}`,
-            function: rev.function,
-            revision: rev.name,
-            namespace: rev.namespace,
-            bundlePath: this.#opts.bundlePath(rev.digest),
-            env: { ...rev.env, ...rev.secrets },
-            config: rev.config,
-          }),
-        ),
-      );
-      if (this.#closed || this.#sets.get(rev.name) !== set) {
-        await Promise.all(started.map((i) => this.#opts.driver.stop(i, { drain: false })));
-        return;
-      }
+    const results = await Promise.allSettled(
+      Array.from({ length: rev.config.instances }, () =>
+        this.#opts.driver.start({
+          id: `${rev.name}-${randomBytes(3).toString('hex')}`,
+          function: rev.function,
+          revision: rev.name,
+          namespace: rev.namespace,
+          bundlePath: this.#opts.bundlePath(rev.digest),
+          env: { ...rev.env, ...rev.secrets },
+          config: rev.config,
+        }),
+      ),
+    );
+    const started = results.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
+    const failure = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    const superseded = this.#closed || this.#sets.get(rev.name) !== set;
+    if (superseded || failure) {
+      // All or nothing: a revision never serves with some of its instances failed.
+      await Promise.all(started.map((i) => this.#opts.driver.stop(i, { drain: false })));
+    }
+    if (superseded) {
+      this.#informer?.trigger(); // it may be wanted again by now
+      return;
+    }
+    if (failure) {
+      set.status = {
+        ...set.status,
+        phase: 'failed',
+        lastError: errorMessage(failure.reason),
+        lastErrorAt: new Date().toISOString(),
+        updatedAt: new Date().toISOString(),
+      };
+      log.error({ err: errorMessage(failure.reason) }, 'revision failed to start');
+    } else {
       set.instances = started;
+      set.readySince = Date.now();
       set.status = { ...set.status, phase: 'ready', readyInstances: started.length, updatedAt: new Date().toISOString() };
       log.info({ instances: started.length }, 'revision ready');
-    } catch (err) {
-      set.status = { ...set.status, phase: 'failed', lastError: errorMessage(err), lastErrorAt: new Date().toISOString(), updatedAt: new Date().toISOString() };
-      log.error({ err: errorMessage(err) }, 'revision failed to start');
     }
     await this.#writeStatus(set);
+    // Revisions kept serving while this one started can go now.
+    this.#informer?.trigger();
   }
 
   async #stopRevision(set: RevisionSet): Promise<void> {

@@ -14,6 +14,7 @@ import { pathToFileURL } from 'node:url';
 import { MessageChannel, type MessagePort } from 'node:worker_threads';
 import { Piscina } from 'piscina';
 import { TideError } from '../../../lib/errors.ts';
+import { discardRequestBody } from '../../../lib/net.ts';
 import type { DispatchMeta, Instance, InstanceEvent, InstanceSpec, SandboxDriver } from '../driver.ts';
 import { type HostData, type HostMessage, type MainMessage, RESPONSE_WINDOW, type RequestTask, type Task, type TaskResult } from './protocol.ts';
 
@@ -294,17 +295,28 @@ class Exchange {
     this.#taskDone = true;
     if (this.#settled || result.t !== 'response' || result.end) clearTimeout(this.#timer);
     if (this.#settled) {
-      result.t === 'response' && result.port?.close();
+      // Given up already (client gone, timed out): closing the port cancels the host's stream.
+      if (result.t === 'response') result.port?.close();
       return;
     }
+    try {
+      this.#respond(result);
+    } catch (err) {
+      this.#broken(err);
+    }
+  }
+
+  #respond(result: TaskResult): void {
     const res = this.#res;
     switch (result.t) {
-      case 'response':
+      case 'response': {
         if (result.end) {
-          const headers = stripLength(result.h);
-          headers.push('content-length', String(result.b?.length ?? 0));
+          const noBody = this.#req.method === 'HEAD' || result.s === 204 || result.s === 304 || result.s < 200;
+          // HEAD keeps the function's content-length; other complete bodies get their exact one.
+          const headers = this.#req.method === 'HEAD' ? result.h : stripLength(result.h);
+          if (!noBody) headers.push('content-length', String(result.b?.byteLength ?? 0));
           res.writeHead(result.s, headers);
-          res.end(result.b);
+          res.end(noBody ? undefined : result.b);
           this.#finish();
           return;
         }
@@ -315,12 +327,26 @@ class Exchange {
         // Port messages may start now: they can no longer overtake the head.
         this.#post({ t: 'ack', n: RESPONSE_WINDOW });
         return;
+      }
       case 'error':
         this.#fail(new TideError(result.code, result.message, { status: result.code === 'ERR_FUNCTION_THREW' ? 500 : 502 }));
         return;
       default:
         this.#fail(new TideError('ERR_INTERNAL', 'the function host answered a request with no response', { status: 502 }));
     }
+  }
+
+  /** Node refused what the function sent (a header with a control character, say). */
+  #broken(err: unknown): void {
+    if (this.#settled) return;
+    if (!this.#res.headersSent) {
+      for (const name of this.#res.getHeaderNames()) this.#res.removeHeader(name);
+      this.#fail(new TideError('ERR_FUNCTION_BAD_RESPONSE', `the function's response cannot be sent: ${describe(err)}`, { status: 502 }));
+    } else {
+      this.#res.destroy();
+      this.#finish();
+    }
+    this.#post({ t: 'cancel' });
   }
 
   #onMessage(m: HostMessage): void {
@@ -330,24 +356,29 @@ class Exchange {
     }
     if (this.#settled) return;
     const res = this.#res;
-    switch (m.t) {
-      case 'data':
-        if (res.write(m.c)) this.#post({ t: 'ack', n: 1 });
-        else res.once('drain', () => this.#post({ t: 'ack', n: 1 }));
-        return;
-      case 'end':
-        res.end();
-        this.#finish();
-        return;
-      case 'abort':
-        res.destroy(new Error(m.message));
-        this.#finish();
-        return;
+    try {
+      switch (m.t) {
+        case 'data':
+          if (res.write(m.c)) this.#post({ t: 'ack', n: 1 });
+          else res.once('drain', () => this.#post({ t: 'ack', n: 1 }));
+          return;
+        case 'end':
+          res.end();
+          this.#finish();
+          return;
+        case 'abort':
+          res.destroy(new Error(m.message));
+          this.#finish();
+          return;
+      }
+    } catch (err) {
+      this.#broken(err);
     }
   }
 
   async #pull(): Promise<void> {
-    this.#body ??= this.#req[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
+    if (this.#settled) return;
+    this.#body ??= this.#req.iterator({ destroyOnReturn: false }) as AsyncIterator<Buffer>;
     try {
       const { value, done } = await this.#body.next();
       if (done) {
@@ -383,6 +414,7 @@ class Exchange {
     this.#post({ t: 'cancel' });
     if (!this.#settled) {
       this.#settled = true;
+      this.#detachBody();
       this.#resolve();
     }
   }
@@ -437,6 +469,8 @@ class Exchange {
     this.#settled = true;
     clearTimeout(this.#timer);
     this.#release();
+    // A body the function did not read to the end is drained so the connection stays usable.
+    if (this.#detachBody()) discardRequestBody(this.#req);
     this.#resolve();
   }
 
@@ -446,7 +480,16 @@ class Exchange {
     this.#settled = true;
     if (this.#taskDone) clearTimeout(this.#timer);
     this.#release();
+    this.#detachBody(); // the error response drains the rest (proxy rescue)
     this.#reject(err);
+  }
+
+  /** Stops reading the request body for the function; true when some of it is still unread. */
+  #detachBody(): boolean {
+    const body = this.#body;
+    this.#body = undefined;
+    if (body) void body.return?.()?.catch?.(() => {});
+    return !this.#req.complete && (body !== undefined || this.#port !== undefined);
   }
 
   /** Closes our end of the port unless the host may still pull the request body. */

@@ -77,6 +77,14 @@ function microtasks(turns: number): Promise<null> {
   });
 }
 
+/** Response headers that describe one hop; Tide's own listener sets its framing. */
+const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'transfer-encoding', 'upgrade', 'proxy-connection', 'te', 'trailer', 'proxy-authenticate']);
+
+function notBytes(value: unknown): string {
+  const got = value === null ? 'null' : typeof value === 'object' ? (value.constructor?.name ?? 'object') : typeof value;
+  return `a response body chunk must be a Uint8Array (got ${got}); encode strings with TextEncoder`;
+}
+
 class Exchange {
   readonly #task: RequestTask;
   readonly #abort = new AbortController();
@@ -126,10 +134,11 @@ class Exchange {
     }
     const h: string[] = [];
     response.headers.forEach((value, name) => {
-      if (name !== 'set-cookie') h.push(name, value);
+      if (name !== 'set-cookie' && !HOP_BY_HOP.has(name)) h.push(name, value);
     });
     for (const cookie of response.headers.getSetCookie()) h.push('set-cookie', cookie);
     if (!response.body || task.method === 'HEAD') {
+      void response.body?.cancel().catch(() => {});
       this.#after();
       return { t: 'response', s: response.status, h, end: true };
     }
@@ -145,6 +154,11 @@ class Exchange {
     if (first.done) {
       this.#after();
       return { t: 'response', s: response.status, h, end: true };
+    }
+    if (!(first.value instanceof Uint8Array)) {
+      void reader.cancel().catch(() => {});
+      this.#after();
+      return { t: 'error', code: 'ERR_FUNCTION_BAD_RESPONSE', message: notBytes(first.value) };
     }
     // Bodies made from a string, a buffer or JSON are complete now; send them in one piece.
     const next = reader.read();
@@ -167,18 +181,20 @@ class Exchange {
 
   #listen(port: MessagePort): void {
     this.#port = port;
+    // Main closes its end when it gives up on the request (client gone, timed out).
+    port.once('close', () => this.#cancel());
     port.on('message', (m: MainMessage) => {
       switch (m.t) {
         case 'data':
-          this.#body?.enqueue(m.c);
-          this.#pulled?.();
-          break;
         case 'eof':
-          this.#body?.close();
-          this.#pulled?.();
-          break;
         case 'body-error':
-          this.#body?.error(new Error(m.message));
+          try {
+            if (m.t === 'data') this.#body?.enqueue(m.c);
+            else if (m.t === 'eof') this.#body?.close();
+            else this.#body?.error(new Error(m.message));
+          } catch {
+            // The function cancelled its request body; late chunks have nowhere to go.
+          }
           this.#pulled?.();
           break;
         case 'ack':
@@ -186,11 +202,15 @@ class Exchange {
           this.#creditWaiter?.();
           break;
         case 'cancel':
-          this.#abort.abort(new DOMException('the request was cancelled', 'AbortError'));
-          this.#creditWaiter?.();
+          this.#cancel();
           break;
       }
     });
+  }
+
+  #cancel(): void {
+    if (!this.#abort.signal.aborted) this.#abort.abort(new DOMException('the request was cancelled', 'AbortError'));
+    this.#creditWaiter?.();
   }
 
   #bodyStream(): ReadableStream<Uint8Array> {
@@ -233,6 +253,7 @@ class Exchange {
         const chunk = await next;
         if (!(await this.#credit())) return;
         if (chunk.done) break;
+        if (!(chunk.value instanceof Uint8Array)) throw new TypeError(notBytes(chunk.value));
         this.#post({ t: 'data', c: chunk.value });
         next = reader.read();
       }
