@@ -122,33 +122,40 @@ export class ControlApi {
 
   async #serveNode(req: IncomingMessage, res: ServerResponse): Promise<void> {
     try {
-      const declared = Number(req.headers['content-length'] ?? 0);
       const limit = this.#opts.maxBodyBytes ?? MAX_API_BODY;
+      const declared = Number(req.headers['content-length'] ?? 0);
       if (declared > limit) {
+        res.shouldKeepAlive = false;
         throw new TideError('ERR_PAYLOAD_TOO_LARGE', `request body of ${declared} bytes is over the API limit of ${limit}`, { status: 413 });
       }
+      // API bodies are small JSON documents: read them whole (bounded) before handling, so an
+      // early answer (401, 404) never leaves a half-read body on a keep-alive connection.
+      const hasBody = req.method !== 'GET' && req.method !== 'HEAD';
+      const body = hasBody ? await readBody(req, limit, res) : null;
       const ac = new AbortController();
       res.on('close', () => ac.abort());
-      const hasBody = req.method !== 'GET' && req.method !== 'HEAD';
       const request = new Request(`http://${req.headers.host ?? 'localhost'}${req.url ?? '/'}`, {
         method: req.method ?? 'GET',
         headers: req.headers as Record<string, string>,
-        body: hasBody ? (Readable.toWeb(req) as ReadableStream<Uint8Array>) : null,
-        duplex: 'half',
+        body: body ? body.toString('utf8') : null,
         signal: ac.signal,
-      } as RequestInit);
+      });
       const response = await this.handle(request);
       res.writeHead(response.status, Object.fromEntries(response.headers));
       if (!response.body) {
         res.end();
         return;
       }
-      const body = Readable.fromWeb(response.body as import('node:stream/web').ReadableStream);
-      body.on('error', () => res.destroy());
-      res.on('close', () => body.destroy());
-      body.pipe(res);
+      const out = Readable.fromWeb(response.body as import('node:stream/web').ReadableStream);
+      out.on('error', () => res.destroy());
+      res.on('close', () => out.destroy());
+      out.pipe(res);
     } catch (err) {
       const response = this.#error(err);
+      if (res.headersSent) {
+        res.destroy();
+        return;
+      }
       res.writeHead(response.status, Object.fromEntries(response.headers));
       res.end(await response.text());
     }
@@ -308,6 +315,21 @@ export class ControlApi {
 function redact(r: RevisionRecord) {
   const { secrets, ...rest } = r;
   return { ...rest, secrets: Object.keys(secrets) };
+}
+
+/** Reads a request body up to `limit` bytes; past it, 413 and the connection is closed after the answer. */
+async function readBody(req: IncomingMessage, limit: number, res: ServerResponse): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of req as AsyncIterable<Buffer>) {
+    size += chunk.length;
+    if (size > limit) {
+      res.shouldKeepAlive = false;
+      throw new TideError('ERR_PAYLOAD_TOO_LARGE', `request body is over the API limit of ${limit} bytes`, { status: 413 });
+    }
+    chunks.push(chunk);
+  }
+  return Buffer.concat(chunks);
 }
 
 async function readJson(req: Request): Promise<Record<string, unknown>> {

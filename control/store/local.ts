@@ -127,7 +127,7 @@ export class LocalStore implements Store {
     // History is read now, synchronously, so no write can slip between it and the live stream.
     const history = this.#backend.events(afterRevision, prefix);
     this.#watchers.add(watcher);
-    if (history.length > 0) queueMicrotask(() => watcher.cancelled || watcher.listener(history));
+    if (history.length > 0) queueMicrotask(() => this.#deliver(watcher, history));
     return {
       cancel: () => {
         watcher.cancelled = true;
@@ -152,14 +152,16 @@ export class LocalStore implements Store {
     for (const watcher of this.#watchers) {
       const mine = events.filter((e) => e.key.startsWith(watcher.prefix));
       if (mine.length === 0) continue;
-      queueMicrotask(() => {
-        if (watcher.cancelled) return;
-        try {
-          watcher.listener(mine);
-        } catch (err) {
-          watcher.onError?.(err instanceof Error ? err : new Error(String(err)));
-        }
-      });
+      queueMicrotask(() => this.#deliver(watcher, mine));
+    }
+  }
+
+  #deliver(watcher: Watcher, events: WatchEvent[]): void {
+    if (watcher.cancelled) return;
+    try {
+      watcher.listener(events);
+    } catch (err) {
+      watcher.onError?.(err instanceof Error ? err : new Error(String(err)));
     }
   }
 

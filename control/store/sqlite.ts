@@ -117,14 +117,15 @@ class SqliteBackend implements LocalBackend {
       for (const e of events) s.event.run(e.revision, e.type, e.key, e.value ?? null);
       s.setMeta.run('revision', String(rev));
       const floor = rev - this.#historyLimit;
-      if (floor > this.#compacted && rev % 100 === 0) {
+      const compact = floor > this.#compacted && rev % 100 === 0;
+      if (compact) {
         s.trim.run(floor);
         s.setMeta.run('compacted', String(floor));
-        this.#compacted = floor;
       }
       this.#db.exec('COMMIT');
+      if (compact) this.#compacted = floor;
     } catch (err) {
-      this.#db.exec('ROLLBACK');
+      if (this.#db.isTransaction) this.#db.exec('ROLLBACK');
       throw err;
     }
     this.#rev = rev;

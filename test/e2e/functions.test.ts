@@ -252,3 +252,104 @@ describe('cancellation', () => {
     expect(await restarts('context')).toBe(before);
   });
 });
+
+describe('what a function sends back cannot break Tide', () => {
+  it.each([
+    ['/bad-header', /cannot be sent/],
+    ['/number-chunk', /must be a Uint8Array \(got number\)/],
+    ['/string-chunk', /must be a Uint8Array \(got string\)/],
+  ])('%s gets a 502 and Tide keeps serving', async (path, message) => {
+    const r = await get('faults', path);
+    expect(r.status).toBe(502);
+    expect(r.headers['tide-proxy-error']).toBe('ERR_FUNCTION_BAD_RESPONSE');
+    expect(r.text).toMatch(message);
+    expect((await get('hello')).status).toBe(200);
+  });
+  it('strips hop-by-hop headers a function sets, keeps the rest, and the connection stays usable', async () => {
+    const { Agent } = await import('node:http');
+    const agent = new Agent({ keepAlive: true, maxSockets: 1 });
+    const { request } = await import('node:http');
+    const one = (path: string) =>
+      new Promise<{ status: number; headers: Record<string, unknown>; body: string }>((resolve, reject) => {
+        request({ port: t.gatewayPort, host: '127.0.0.1', path, agent, headers: { host: 'faults.localhost' } }, (res) => {
+          let body = '';
+          res.on('data', (d) => {
+            body += d;
+          });
+          res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }));
+        })
+          .on('error', reject)
+          .end();
+      });
+    const hop = await one('/hop');
+    expect(hop.body).toBe('hop');
+    expect(hop.headers['x-kept']).toBe('yes');
+    expect(hop.headers['transfer-encoding']).toBeUndefined();
+    expect(hop.headers['content-length']).toBe('3');
+    expect(hop.headers.connection).toBe('keep-alive');
+    expect((await one('/')).body).toBe('ok\n');
+    agent.destroy();
+  });
+  it('sends no content-length with 204, and none invented for HEAD', async () => {
+    const nc = await get('faults', '/no-content');
+    expect(nc.status).toBe(204);
+    expect(nc.headers['content-length']).toBeUndefined();
+    const head = await get('hello', '/', { method: 'HEAD' });
+    expect(head.status).toBe(200);
+    expect(head.headers['content-length']).not.toBe('0');
+  });
+});
+
+describe('request bodies a function does not finish reading', () => {
+  async function keepAliveClient() {
+    const { Agent, request } = await import('node:http');
+    const agent = new Agent({ keepAlive: true, maxSockets: 1 });
+    const send = (name: string, path: string, body?: Buffer, chunked = false) =>
+      new Promise<{ status: number; body: string }>((resolve, reject) => {
+        const headers: Record<string, string> = { host: `${name}.localhost`, ...(chunked ? { 'transfer-encoding': 'chunked' } : {}) };
+        const req = request({ port: t.gatewayPort, host: '127.0.0.1', path, method: body ? 'POST' : 'GET', agent, headers }, (res) => {
+          let text = '';
+          res.on('data', (d) => {
+            text += d;
+          });
+          res.on('end', () => resolve({ status: res.statusCode ?? 0, body: text }));
+        });
+        req.setTimeout(4000, () => req.destroy(new Error('stalled')));
+        req.on('error', reject);
+        req.end(body);
+      });
+    return { send, close: () => agent.destroy() };
+  }
+  it('a body read only in part is drained: the next request on the connection is answered', async () => {
+    const c = await keepAliveClient();
+    const r = await c.send('faults', '/partial', Buffer.alloc(200 * 1024, 1));
+    expect(r.status).toBe(200);
+    expect(r.body).toMatch(/^read \d+ bytes of it/);
+    expect((await c.send('faults', '/')).body).toBe('ok\n');
+    c.close();
+  });
+  it.each([false, true])('a body over the limit gets 413 and the connection stays usable (chunked: %s)', async (chunked) => {
+    const c = await keepAliveClient();
+    const big = await c.send('stream', '/', Buffer.alloc(3 * 1024 * 1024, 2), chunked);
+    expect(big.status).toBe(413);
+    expect((await c.send('stream', '/')).status).toBe(200);
+    c.close();
+  });
+});
+
+describe('a stream whose client left before it started', () => {
+  it('is cancelled instead of running on', async () => {
+    const id = `s${Date.now()}`;
+    const { request } = await import('node:http');
+    const req = request({ port: t.gatewayPort, host: '127.0.0.1', path: `/forever?id=${id}`, headers: { host: 'stream.localhost' } });
+    req.on('error', () => {});
+    req.end();
+    await new Promise((r) => setTimeout(r, 100));
+    req.destroy();
+    const logs = await eventually(async () => {
+      const res = await tide(['logs', 'stream', '--tail', '1000'], { dataDir: t.dataDir });
+      return res.stdout.includes(`stream ${id} cancelled`) ? res.stdout : undefined;
+    }, 5000);
+    expect(logs.split('\n').filter((l) => l.includes(`tick ${id}`)).length).toBeLessThan(3);
+  });
+});

@@ -120,6 +120,26 @@ describe('deploys and revisions', () => {
     const ok = await fetch(`${t.apiUrl}/v1/functions`, { headers: { authorization: `Bearer ${t.token}` } });
     expect(ok.status).toBe(200);
     expect(statSync(join(t.dataDir, 'token')).mode & 0o777).toBe(0o600);
+    // A refused request's body is read, so the keep-alive connection stays usable.
+    const { Agent, request } = await import('node:http');
+    const agent = new Agent({ keepAlive: true, maxSockets: 1 });
+    const url = new URL(t.apiUrl);
+    const call = (method: string, path: string, auth: string, body?: Buffer, chunked = false) =>
+      new Promise<number>((resolve, reject) => {
+        const headers: Record<string, string> = { authorization: `Bearer ${auth}`, ...(chunked ? { 'transfer-encoding': 'chunked' } : {}) };
+        const req = request({ host: url.hostname, port: url.port, path, method, agent, headers }, (res) => {
+          res.resume();
+          res.on('end', () => resolve(res.statusCode ?? 0));
+        });
+        req.setTimeout(4000, () => req.destroy(new Error('stalled')));
+        req.on('error', reject);
+        req.end(body);
+      });
+    expect(await call('POST', '/v1/functions/x/deploy', 'nope', Buffer.alloc(256 * 1024, 1))).toBe(401);
+    expect(await call('GET', '/v1/functions', t.token)).toBe(200);
+    // Over the API limit without a declared length: 413, not a parse error.
+    expect(await call('POST', '/v1/functions/x/deploy', t.token, Buffer.alloc(65 * 1024 * 1024, 1), true)).toBe(413);
+    agent.destroy();
     const cli = await tide(['get', 'functions', '--token', 'wrong'], { dataDir: t.dataDir });
     expect(cli.code).toBe(1);
     expect(cli.stderr).toContain('error: the API token is not valid');

@@ -15,8 +15,15 @@ class RecordingDriver implements SandboxDriver {
   started: string[] = [];
   stopped: string[] = [];
   failOn = new Set<string>();
+  /** Fail the n-th start call (1-based) only. */
+  failCall = 0;
+  /** Hold starts of these revisions until released. */
+  hold = new Map<string, Promise<void>>();
+  #calls = 0;
   async start(spec: InstanceSpec): Promise<Instance> {
-    if (this.failOn.has(spec.revision)) throw new TideError('ERR_FUNCTION_INVALID', `cannot load ${spec.revision}`);
+    const call = ++this.#calls;
+    await this.hold.get(spec.revision);
+    if (this.failOn.has(spec.revision) || call === this.failCall) throw new TideError('ERR_FUNCTION_INVALID', `cannot load ${spec.revision}`);
     this.started.push(spec.revision);
     return { spec, inflight: 0, dispatch: async () => {} };
   }
@@ -168,5 +175,40 @@ describe('node agent reconcile', () => {
       { type: 'delete', key: keys.revision('c-00001') },
     ]);
     await expect.poll(() => driver.stopped).toEqual(['c-00001']);
+  });
+
+  it('starts all instances of a revision or none: the ones that started are stopped again', async () => {
+    const store = createMemoryStore();
+    await store.put(keys.revision('d-00001'), JSON.stringify(revision('d', 1, 4)));
+    await putFunction(store, 'd', 'd-00001');
+    const driver = new RecordingDriver();
+    driver.failCall = 3;
+    const agent = makeAgent(store, driver);
+    await agent.start();
+    await agent.settled();
+    expect(driver.started).toHaveLength(3);
+    expect(driver.stopped).toEqual(['d-00001', 'd-00001', 'd-00001']);
+    expect(await status(store, 'd-00001')).toMatchObject({ phase: 'failed' });
+  });
+
+  it('keeps serving the previous revision until the new one is ready (no 503 window)', async () => {
+    const store = createMemoryStore();
+    await store.put(keys.revision('e-00001'), JSON.stringify(revision('e', 1)));
+    await store.put(keys.revision('e-00002'), JSON.stringify(revision('e', 2)));
+    await putFunction(store, 'e', 'e-00001');
+    const driver = new RecordingDriver();
+    let release = () => {};
+    driver.hold.set('e-00002', new Promise<void>((r) => (release = r)));
+    const agent = makeAgent(store, driver);
+    await agent.start();
+    await agent.settled();
+    await putFunction(store, 'e', 'e-00002');
+    await expect.poll(() => driver.hold.size > 0 && agent.endpoint('e-00002') === undefined).toBe(true);
+    await new Promise((r) => setTimeout(r, 50));
+    expect(agent.endpoint('e-00002', 'e')?.revision).toBe('e-00001');
+    expect(driver.stopped).toEqual([]);
+    release();
+    await expect.poll(() => agent.endpoint('e-00002', 'e')?.revision).toBe('e-00002');
+    await expect.poll(() => driver.stopped).toEqual(['e-00001']);
   });
 });
