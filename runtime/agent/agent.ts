@@ -47,6 +47,9 @@ class RevisionSet implements RevisionEndpoint {
   status: RevisionStatus;
   /** When it became ready (ms since epoch), 0 before. */
   readySince = 0;
+  /** Failed start attempts, and when the last one failed. */
+  attempts = 0;
+  failedAt = 0;
   #next = 0;
 
   constructor(record: RevisionRecord) {
@@ -76,6 +79,8 @@ export class NodeAgent {
   readonly #opts: AgentOptions;
   readonly #sets = new Map<string, RevisionSet>();
   readonly #starting = new Map<string, Promise<void>>();
+  /** Failed start attempts so far, for revisions being retried. */
+  readonly #retries = new Map<string, number>();
   readonly #log: Logger;
   #informer: Informer | undefined;
   #closed = false;
@@ -128,10 +133,16 @@ export class NodeAgent {
       const rev = revisions.get(fn.servingRevision);
       if (rev) desired.set(rev.name, rev);
     }
-    // A name reused for different content (a function deleted and deployed again) is a new revision.
     for (const [name, set] of this.#sets) {
       const want = desired.get(name);
-      if (want && want.templateHash !== set.record.templateHash) await this.#stopRevision(set);
+      if (!want) continue;
+      // A name reused for different content (a function deleted and deployed again) is a new revision.
+      if (want.templateHash !== set.record.templateHash) await this.#stopRevision(set);
+      // A revision that failed to start is tried again, backing off 2 s, 4 s, … up to 60 s.
+      else if (set.status.phase === 'failed' && Date.now() - set.failedAt >= Math.min(60_000, 1000 * 2 ** set.attempts)) {
+        this.#sets.delete(name);
+        this.#retries.set(name, set.attempts);
+      }
     }
     for (const [name, rev] of desired) {
       if (!this.#sets.has(name) && !this.#starting.has(name)) {
@@ -181,6 +192,8 @@ export class NodeAgent {
 
   async #startRevision(rev: RevisionRecord): Promise<void> {
     const set = new RevisionSet(rev);
+    set.attempts = this.#retries.get(rev.name) ?? 0;
+    this.#retries.delete(rev.name);
     this.#sets.set(rev.name, set);
     await this.#writeStatus(set);
     const log = this.#log.child({ revision: rev.name });
@@ -209,6 +222,8 @@ export class NodeAgent {
       return;
     }
     if (failure) {
+      set.attempts++;
+      set.failedAt = Date.now();
       set.status = {
         ...set.status,
         phase: 'failed',

@@ -211,4 +211,25 @@ describe('node agent reconcile', () => {
     await expect.poll(() => agent.endpoint('e-00002', 'e')?.revision).toBe('e-00002');
     await expect.poll(() => driver.stopped).toEqual(['e-00001']);
   });
+
+  it('tries a failed revision again after a back-off', async () => {
+    const store = createMemoryStore();
+    await store.put(keys.revision('f-00001'), JSON.stringify(revision('f', 1)));
+    await putFunction(store, 'f', 'f-00001');
+    const driver = new RecordingDriver();
+    driver.failOn.add('f-00001');
+    const agent = makeAgent(store, driver);
+    await agent.start();
+    await agent.settled();
+    expect(await status(store, 'f-00001')).toMatchObject({ phase: 'failed' });
+    driver.failOn.clear();
+    await agent.reconcile(); // too early: back-off is 2 s after the first failure
+    await agent.settled();
+    expect(agent.endpoint('f-00001')).toBeUndefined();
+    await new Promise((r) => setTimeout(r, 2100));
+    await agent.reconcile();
+    await agent.settled();
+    expect(agent.endpoint('f-00001')).toBeDefined();
+    expect(await status(store, 'f-00001')).toMatchObject({ phase: 'ready' });
+  });
 });
