@@ -87,6 +87,19 @@ function makeAgent(store: Store, driver: SandboxDriver): NodeAgent {
   return agent;
 }
 
+/** A store holding `revisions` with `fn` serving `serving`, and an agent started over it. */
+async function running(revisions: RevisionRecord[], fn: string, serving: string, prepare: (d: RecordingDriver) => void = () => {}) {
+  const store = createMemoryStore();
+  for (const r of revisions) await store.put(keys.revision(r.name), JSON.stringify(r));
+  await putFunction(store, fn, serving);
+  const driver = new RecordingDriver();
+  prepare(driver);
+  const agent = makeAgent(store, driver);
+  await agent.start();
+  await agent.settled();
+  return { store, driver, agent };
+}
+
 describe('node agent reconcile', () => {
   it.each([
     {
@@ -124,14 +137,7 @@ describe('node agent reconcile', () => {
   });
 
   it('switches revisions when the serving pointer moves, draining the old one', async () => {
-    const store = createMemoryStore();
-    await store.put(keys.revision('a-00001'), JSON.stringify(revision('a', 1)));
-    await store.put(keys.revision('a-00002'), JSON.stringify(revision('a', 2)));
-    await putFunction(store, 'a', 'a-00001');
-    const driver = new RecordingDriver();
-    const agent = makeAgent(store, driver);
-    await agent.start();
-    await agent.settled();
+    const { store, driver, agent } = await running([revision('a', 1), revision('a', 2)], 'a', 'a-00001');
     expect(agent.endpoint('a-00001')).toBeDefined();
     await putFunction(store, 'a', 'a-00002');
     await expect.poll(() => agent.endpoint('a-00002') !== undefined).toBe(true);
@@ -141,14 +147,9 @@ describe('node agent reconcile', () => {
   });
 
   it('reports a revision that fails to start as failed, with the reason', async () => {
-    const store = createMemoryStore();
-    await store.put(keys.revision('b-00001'), JSON.stringify(revision('b', 1)));
-    await putFunction(store, 'b', 'b-00001');
-    const driver = new RecordingDriver();
-    driver.failOn.add('b-00001');
-    const agent = makeAgent(store, driver);
-    await agent.start();
-    await agent.settled();
+    const { store, agent } = await running([revision('b', 1)], 'b', 'b-00001', (d) => {
+      d.failOn.add('b-00001');
+    });
     expect(await status(store, 'b-00001')).toMatchObject({ phase: 'failed', lastError: 'cannot load b-00001' });
     expect(agent.endpoint('b-00001')).toBeUndefined();
   });
@@ -163,13 +164,7 @@ describe('node agent reconcile', () => {
   });
 
   it('stops everything when a function is deleted', async () => {
-    const store = createMemoryStore();
-    await store.put(keys.revision('c-00001'), JSON.stringify(revision('c', 1)));
-    await putFunction(store, 'c', 'c-00001');
-    const driver = new RecordingDriver();
-    const agent = makeAgent(store, driver);
-    await agent.start();
-    await agent.settled();
+    const { store, driver } = await running([revision('c', 1)], 'c', 'c-00001');
     await store.txn([
       { type: 'delete', key: keys.function('c') },
       { type: 'delete', key: keys.revision('c-00001') },
@@ -178,30 +173,19 @@ describe('node agent reconcile', () => {
   });
 
   it('starts all instances of a revision or none: the ones that started are stopped again', async () => {
-    const store = createMemoryStore();
-    await store.put(keys.revision('d-00001'), JSON.stringify(revision('d', 1, 4)));
-    await putFunction(store, 'd', 'd-00001');
-    const driver = new RecordingDriver();
-    driver.failCall = 3;
-    const agent = makeAgent(store, driver);
-    await agent.start();
-    await agent.settled();
+    const { store, driver } = await running([revision('d', 1, 4)], 'd', 'd-00001', (d) => {
+      d.failCall = 3;
+    });
     expect(driver.started).toHaveLength(3);
     expect(driver.stopped).toEqual(['d-00001', 'd-00001', 'd-00001']);
     expect(await status(store, 'd-00001')).toMatchObject({ phase: 'failed' });
   });
 
   it('keeps serving the previous revision until the new one is ready (no 503 window)', async () => {
-    const store = createMemoryStore();
-    await store.put(keys.revision('e-00001'), JSON.stringify(revision('e', 1)));
-    await store.put(keys.revision('e-00002'), JSON.stringify(revision('e', 2)));
-    await putFunction(store, 'e', 'e-00001');
-    const driver = new RecordingDriver();
     let release = () => {};
-    driver.hold.set('e-00002', new Promise<void>((r) => (release = r)));
-    const agent = makeAgent(store, driver);
-    await agent.start();
-    await agent.settled();
+    const { store, driver, agent } = await running([revision('e', 1), revision('e', 2)], 'e', 'e-00001', (d) => {
+      d.hold.set('e-00002', new Promise<void>((r) => (release = r)));
+    });
     await putFunction(store, 'e', 'e-00002');
     await expect.poll(() => driver.hold.size > 0 && agent.endpoint('e-00002') === undefined).toBe(true);
     await new Promise((r) => setTimeout(r, 50));
@@ -213,14 +197,9 @@ describe('node agent reconcile', () => {
   });
 
   it('tries a failed revision again after a back-off', async () => {
-    const store = createMemoryStore();
-    await store.put(keys.revision('f-00001'), JSON.stringify(revision('f', 1)));
-    await putFunction(store, 'f', 'f-00001');
-    const driver = new RecordingDriver();
-    driver.failOn.add('f-00001');
-    const agent = makeAgent(store, driver);
-    await agent.start();
-    await agent.settled();
+    const { store, driver, agent } = await running([revision('f', 1)], 'f', 'f-00001', (d) => {
+      d.failOn.add('f-00001');
+    });
     expect(await status(store, 'f-00001')).toMatchObject({ phase: 'failed' });
     driver.failOn.clear();
     await agent.reconcile(); // too early: back-off is 2 s after the first failure
