@@ -1,0 +1,2 @@
+export * from './router.ts';
+export { TableRouter } from './table.ts';
