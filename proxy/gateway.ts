@@ -14,6 +14,7 @@ import { TideError } from '../lib/errors.ts';
 import type { Logger } from '../lib/log.ts';
 import { listen } from '../lib/net.ts';
 import { rescue } from './rescue.ts';
+import { normalizeHost, type Router, TableRouter } from './router/index.ts';
 
 /** The part of a revision endpoint the gateway needs (runtime's RevisionEndpoint fits). */
 export interface Endpoint {
@@ -42,6 +43,7 @@ export class Gateway {
   readonly #idPrefix = randomBytes(4).toString('hex');
   #seq = 0;
   #snapshot: Snapshot = { version: 0, routes: new Map() };
+  #router: Router<RouteTarget> = new TableRouter([]);
   #server: Server | undefined;
   #inflight = 0;
 
@@ -52,6 +54,13 @@ export class Gateway {
 
   /** Swaps in a new routing snapshot; requests already routed keep their target. */
   setSnapshot(snapshot: Snapshot): void {
+    // Compiled once per snapshot; requests only read it.
+    const hosts = [...snapshot.routes].map(([name, target]) => ({
+      name,
+      domains: [`${name}${this.#suffix}`],
+      routes: [{ name: 'default', match: {}, target }],
+    }));
+    this.#router = new TableRouter(hosts);
     this.#snapshot = snapshot;
   }
 
@@ -130,20 +139,17 @@ export class Gateway {
   #route(req: IncomingMessage): RouteTarget {
     const raw = req.headers.host;
     if (!raw) throw new TideError('ERR_BAD_REQUEST', 'the request has no Host header', { status: 400 });
-    let host = raw.toLowerCase();
-    const colon = host.lastIndexOf(':');
-    if (colon !== -1 && !host.endsWith(']')) host = host.slice(0, colon);
-    if (host.endsWith('.')) host = host.slice(0, -1);
+    const matched = this.#router.route({ host: raw, method: req.method ?? 'GET', url: req.url ?? '/', headers: req.headers });
+    if (matched) return matched.target;
+    const host = normalizeHost(raw);
     const name = host.endsWith(this.#suffix) ? host.slice(0, -this.#suffix.length) : undefined;
-    const target = name !== undefined && !name.includes('.') ? this.#snapshot.routes.get(name) : undefined;
-    if (!target) {
-      throw new TideError(
-        'ERR_PROXY_NO_ROUTE',
-        name ? `no function named "${name}" is deployed here (host ${raw})` : `no function serves host ${raw}; functions answer at NAME${this.#suffix}`,
-        { status: 404 },
-      );
-    }
-    return target;
+    throw new TideError(
+      'ERR_PROXY_NO_ROUTE',
+      name && !name.includes('.')
+        ? `no function named "${name}" is deployed here (host ${raw})`
+        : `no function serves host ${raw}; functions answer at NAME${this.#suffix}`,
+      { status: 404 },
+    );
   }
 
   /**
