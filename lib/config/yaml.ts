@@ -1,0 +1,135 @@
+/**
+ * Config files: YAML (many documents per file) checked against a JSON Schema, with every
+ * problem reported as file:line:column and the field's path. Nothing is returned unless the
+ * whole file is valid, so a caller applies all of it or none. Defaults declared in the schema
+ * are filled in (Ajv `useDefaults`), so the schema stays the one place they live.
+ */
+import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv';
+import { isMap, isSeq, LineCounter, type Node, parseAllDocuments } from 'yaml';
+import { TideError } from '../errors.ts';
+
+export interface ConfigIssue {
+  source: string;
+  line: number;
+  column: number;
+  /** JSON-pointer-like path of the field, e.g. /virtualHosts/0/routes/2/match. */
+  path: string;
+  message: string;
+}
+
+export function formatIssue(i: ConfigIssue): string {
+  return `${i.source}:${i.line}:${i.column}: ${i.path || '/'}: ${i.message}`;
+}
+
+export interface YamlDocument {
+  /** 0-based position of the document in its file. */
+  index: number;
+  value: unknown;
+  source: string;
+  /** Line and column of the value at `path`, or of the nearest enclosing value that exists. */
+  positionOf(path: (string | number)[], key?: boolean): { line: number; column: number };
+}
+
+function fail(issues: ConfigIssue[]): never {
+  const sorted = [...issues].sort((a, b) => a.line - b.line || a.column - b.column);
+  throw new TideError('ERR_CONFIG_INVALID', sorted.map(formatIssue).join('\n'), { status: 400, details: { issues: sorted } });
+}
+
+/** Parses every document of a YAML file; throws ERR_CONFIG_INVALID listing all syntax errors. */
+export function parseYaml(text: string, source: string): YamlDocument[] {
+  const lines = new LineCounter();
+  const docs = parseAllDocuments(text, { lineCounter: lines, prettyErrors: false, uniqueKeys: true });
+  const list = Array.isArray(docs) ? docs : [docs];
+  const issues: ConfigIssue[] = [];
+  for (const doc of list) {
+    for (const err of doc.errors) {
+      const pos = lines.linePos(err.pos[0]);
+      issues.push({ source, line: pos.line, column: pos.col, path: '', message: err.message.split('\n')[0] ?? err.message });
+    }
+  }
+  if (issues.length > 0) fail(issues);
+  return list
+    .filter((doc) => doc.contents !== null)
+    .map((doc, index) => ({
+      index,
+      source,
+      value: doc.toJS({ maxAliasCount: 100 }) as unknown,
+      positionOf(path, key = false) {
+        let node: unknown = doc.contents;
+        let at: Node | undefined = doc.contents ?? undefined;
+        for (const seg of path) {
+          if (isMap(node)) {
+            const pair = node.items.find((p) => String((p.key as { value?: unknown } | null)?.value) === String(seg));
+            if (!pair) break;
+            if (key && seg === path[path.length - 1]) {
+              at = pair.key as Node;
+              break;
+            }
+            node = pair.value;
+          } else if (isSeq(node)) {
+            node = node.items[Number(seg)];
+          } else break;
+          if (!node) break;
+          at = node as Node;
+        }
+        const offset = at?.range?.[0] ?? 0;
+        const pos = lines.linePos(offset);
+        return { line: pos.line, column: pos.col };
+      },
+    }));
+}
+
+const ajv = new Ajv({ allErrors: true, useDefaults: true, strict: false });
+const compiled = new WeakMap<object, ValidateFunction>();
+
+/**
+ * Checks one document against `schema` (filling defaults into it) and returns it typed; throws
+ * ERR_CONFIG_INVALID listing every problem with its position.
+ */
+export function validateDocument<T>(doc: YamlDocument, schema: object): T {
+  let check = compiled.get(schema);
+  if (!check) {
+    check = ajv.compile(schema);
+    compiled.set(schema, check);
+  }
+  if (check(doc.value)) return doc.value as T;
+  fail(issuesOf(doc, check.errors ?? []));
+}
+
+function issuesOf(doc: YamlDocument, errors: ErrorObject[]): ConfigIssue[] {
+  const seen = new Set<string>();
+  const issues: ConfigIssue[] = [];
+  // A union of literals fails once per literal; say it once, with all of them.
+  const allowed = new Map<string, unknown[]>();
+  for (const e of errors) {
+    if (e.keyword === 'const') allowed.set(e.instancePath, [...(allowed.get(e.instancePath) ?? []), (e.params as { allowedValue: unknown }).allowedValue]);
+  }
+  for (const e of errors) {
+    // anyOf/oneOf wrappers repeat what their branches said.
+    if (e.keyword === 'anyOf' || e.keyword === 'oneOf') continue;
+    const segs = e.instancePath
+      .split('/')
+      .slice(1)
+      .map((s) => s.replace(/~1/g, '/').replace(/~0/g, '~'));
+    let path = e.instancePath;
+    let message = e.message ?? 'is not valid';
+    let pos = doc.positionOf(segs);
+    if (e.keyword === 'additionalProperties') {
+      const extra = String((e.params as { additionalProperty: string }).additionalProperty);
+      path = `${e.instancePath}/${extra}`;
+      message = `unknown field "${extra}"`;
+      pos = doc.positionOf([...segs, extra], true);
+    } else if (e.keyword === 'required') {
+      message = `missing required field "${(e.params as { missingProperty: string }).missingProperty}"`;
+    } else if (e.keyword === 'const') {
+      message = `must be one of ${(allowed.get(e.instancePath) ?? []).map((v) => JSON.stringify(v)).join(', ')}`;
+    } else if (e.keyword === 'enum') {
+      message = `must be one of ${((e.params as { allowedValues: unknown[] }).allowedValues ?? []).map((v) => JSON.stringify(v)).join(', ')}`;
+    }
+    const k = `${path}|${message}`;
+    if (seen.has(k)) continue;
+    seen.add(k);
+    issues.push({ source: doc.source, line: pos.line, column: pos.column, path: `${doc.index > 0 ? `[doc ${doc.index + 1}]` : ''}${path}`, message });
+  }
+  return issues;
+}
