@@ -167,6 +167,22 @@ describe('faults stay inside their own request', () => {
     });
     expect(d.lastError).toMatch(/timeout|did not stop/);
   });
+  it('a stream whose thread dies under it is ended, not left hanging', async () => {
+    const { request } = await import('node:http');
+    const ended = new Promise<string>((resolve) => {
+      request({ port: t.gatewayPort, host: '127.0.0.1', path: '/tick', headers: { host: 'faults.localhost' } }, (res) => {
+        res.once('data', () => void get('faults', '/hog')); // kill the thread while the stream runs
+        res.on('error', () => resolve('error'));
+        res.on('close', () => resolve('closed'));
+        res.resume();
+      })
+        .on('error', () => resolve('error'))
+        .end();
+    });
+    const outcome = await Promise.race([ended, new Promise<string>((r) => setTimeout(() => r('hung'), 8000))]);
+    expect(outcome).not.toBe('hung');
+    await eventually(async () => (await get('faults', '/')).status === 200, 10_000);
+  });
   it('blowing the memory limit fails the request, replaces the thread and is reported', async () => {
     const r = await get('faults', '/hog');
     expect(r.status).toBe(500);

@@ -288,6 +288,12 @@ class Exchange {
     port.on('message', (m: HostMessage) => this.#onMessage(m));
     port.once('close', () => {
       this.#portClosed = true;
+      // The host's last message (end or abort) arrives before its close; a stream still open
+      // now lost its thread (killed or out of memory after its task had answered).
+      if (this.#streaming && !this.#settled) {
+        this.#res.destroy();
+        this.#finish();
+      }
     });
   }
 
