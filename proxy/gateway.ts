@@ -42,7 +42,7 @@ export class Gateway {
   readonly #suffix: string;
   readonly #idPrefix = randomBytes(4).toString('hex');
   #seq = 0;
-  #snapshot: Snapshot = { version: 0, routes: new Map() };
+  #snapshotVersion = 0;
   #router: Router<RouteTarget> = new TableRouter([]);
   #server: Server | undefined;
   #inflight = 0;
@@ -61,11 +61,11 @@ export class Gateway {
       routes: [{ name: 'default', match: {}, target }],
     }));
     this.#router = new TableRouter(hosts);
-    this.#snapshot = snapshot;
+    this.#snapshotVersion = snapshot.version;
   }
 
   get snapshotVersion(): number {
-    return this.#snapshot.version;
+    return this.#snapshotVersion;
   }
 
   async listen(port: number, host: string): Promise<AddressInfo> {
