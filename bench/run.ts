@@ -1,10 +1,10 @@
 /**
  * `npm run bench -- NAME [--json FILE]`: installs the benchmark tools (bench/package.json) if
- * missing, then runs bench/load/NAME.ts. Every benchmark starts its own loopback servers, runs
+ * any is missing, then runs bench/load/NAME.ts. Every benchmark starts its own loopback servers, runs
  * several interleaved rounds against its peers, and prints medians and ratios.
  */
 import { execFileSync } from 'node:child_process';
-import { existsSync, readdirSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 
 const here = import.meta.dirname;
@@ -24,8 +24,10 @@ if (!name || args.includes('--help') || !available.includes(name) || (jsonAt >= 
   process.exit(name && !available.includes(name) ? 2 : args.includes('--help') ? 0 : 2);
 }
 
-if (!existsSync(join(here, 'node_modules', 'autocannon'))) {
-  process.stderr.write('installing benchmark tools (bench/package.json)…\n');
+const deps = Object.keys((JSON.parse(readFileSync(join(here, 'package.json'), 'utf8')) as { dependencies?: Record<string, string> }).dependencies ?? {});
+const missing = deps.filter((d) => !existsSync(join(here, 'node_modules', d, 'package.json')));
+if (missing.length > 0) {
+  process.stderr.write(`installing benchmark tools (bench/package.json; missing ${missing.join(', ')})…\n`);
   execFileSync('npm', ['install', '--no-audit', '--no-fund', '--loglevel=error'], { cwd: here, stdio: 'inherit' });
 }
 

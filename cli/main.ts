@@ -7,6 +7,7 @@ import { resolve } from 'node:path';
 import { Command, CommanderError, Option } from 'commander';
 import { formatAge, parseDuration } from '../lib/duration.ts';
 import { errorMessage, TideError } from '../lib/errors.ts';
+import { createLogger } from '../lib/log.ts';
 import { bundleFunction } from './bundle.ts';
 import { ApiClient, type ConnectOptions, locate } from './client.ts';
 import { parseOutput, structured, table } from './print.ts';
@@ -128,6 +129,43 @@ export function program(): Command {
       for (const n of names) out(`  ${n}: http://${n}.${running.config.domain}:${new URL(running.gatewayUrl).port}/`);
       out('Press Ctrl+C to stop.');
       await waitForSignal(running.close);
+    });
+
+  prog
+    .command('proxy')
+    .description(
+      'run the mesh proxy on its own from a config file (listeners, virtual hosts, routes, clusters);\n' +
+        'the file is watched and re-read on SIGHUP: a valid change is applied atomically, a bad one is\n' +
+        'reported with line and column and the running config stays',
+    )
+    .requiredOption('-c, --config <file>', 'the proxy config file (YAML); see examples/proxy.yaml')
+    .option('--check', 'validate the file (schema, references, certificates) and exit')
+    .option('--no-watch', 'do not reload when the file changes (SIGHUP still reloads)')
+    .option('--access-log <where>', 'access log: a file or "-" for stdout (default off)')
+    .option('--drain <duration>', 'how long shutdown waits for in-flight requests', '10s')
+    .addOption(
+      new Option('--log-level <level>', 'log level of the proxy itself (stderr)').choices(['debug', 'info', 'warn', 'error', 'silent']).default('info'),
+    )
+    .action(async (o) => {
+      const { ProxyServer, loadConfig, ProxyMetrics } = await import('../proxy/standalone.ts');
+      if (o.check) {
+        const snapshot = loadConfig(resolve(o.config), 1, new ProxyMetrics());
+        await Promise.all([...snapshot.clusters.values()].map((c) => c.destroy()));
+        out(
+          `${o.config}: ok (${snapshot.listeners.length} listeners, ${snapshot.config.virtualHosts.length} virtual hosts, ${snapshot.clusters.size} clusters)`,
+        );
+        return;
+      }
+      const log = createLogger({ level: o.logLevel });
+      const access = o.accessLog ? createLogger({ level: 'info', destination: o.accessLog === '-' ? 1 : o.accessLog }) : undefined;
+      const server = new ProxyServer({ file: o.config, log, access, watch: o.watch, report: (line) => process.stderr.write(`tide proxy: ${line}\n`) });
+      await server.start();
+      for (const [name, a] of Object.entries(server.addresses())) {
+        const host = a.family === 'IPv6' ? `[${a.address}]` : a.address;
+        out(`tide proxy: ${name} listening on ${host}:${a.port}`);
+      }
+      process.on('SIGHUP', () => server.scheduleReload());
+      await waitForSignal(() => server.close(parseDuration(o.drain, '--drain')));
     });
 
   connectionOptions(

@@ -1,6 +1,6 @@
 /**
  * Shared benchmark machinery: knobs from env, CPU pinning, autocannon runs in a child process,
- * medians, the printed table and the JSON report `{results, ratios, versions, pinning, …}`.
+ * medians, the printed tables and the JSON report `{results, ratios, versions, pinning, …}`.
  */
 import { execFileSync, spawn } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
@@ -172,8 +172,13 @@ export function printTable(title: string, rows: Summary[]): void {
     String(r.non2xx),
     r.runs_rps.join(', '),
   ]);
+  printRows(title, headers, cells);
+}
+
+/** Prints a markdown table, columns padded to their widest cell. */
+export function printRows(title: string, headers: string[], cells: string[][]): void {
   const widths = headers.map((h, i) => Math.max(h.length, ...cells.map((c) => (c[i] ?? '').length)));
-  const line = (c: string[]) => `| ${c.map((x, i) => x.padEnd(widths[i] ?? 0)).join(' | ')} |`;
+  const line = (c: string[]) => `| ${headers.map((_, i) => (c[i] ?? '').padEnd(widths[i] ?? 0)).join(' | ')} |`;
   process.stdout.write(`\n${title}\n${line(headers)}\n|${widths.map((w) => '-'.repeat(w + 2)).join('|')}|\n${cells.map(line).join('\n')}\n`);
 }
 

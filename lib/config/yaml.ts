@@ -79,6 +79,36 @@ export function parseYaml(text: string, source: string): YamlDocument[] {
     }));
 }
 
+/**
+ * Throws ERR_CONFIG_INVALID for problems found after schema validation (a reference to a
+ * cluster that does not exist, a bad regular expression…), each placed at its field.
+ * Paths may be arrays or dotted strings like `virtualHosts[0].routes[2].match`.
+ */
+export function failAt(doc: YamlDocument, problems: { path: (string | number)[] | string; message: string }[]): never {
+  fail(
+    problems.map((p) => {
+      const segs = typeof p.path === 'string' ? fieldPath(p.path) : p.path;
+      const pos = doc.positionOf(segs);
+      return { source: doc.source, line: pos.line, column: pos.column, path: segs.length ? `/${segs.join('/')}` : '', message: p.message };
+    }),
+  );
+}
+
+/** `a[0].b.c[2]` → ['a', 0, 'b', 'c', 2]. */
+export function fieldPath(field: string): (string | number)[] {
+  const out: (string | number)[] = [];
+  for (const part of field.split('.')) {
+    const m = /^([^[\]]*)((?:\[\d+\])*)$/.exec(part);
+    if (!m) {
+      out.push(part);
+      continue;
+    }
+    if (m[1]) out.push(m[1]);
+    for (const idx of (m[2] ?? '').matchAll(/\[(\d+)\]/g)) out.push(Number(idx[1]));
+  }
+  return out;
+}
+
 const ajv = new Ajv({ allErrors: true, useDefaults: true, strict: false });
 const compiled = new WeakMap<object, ValidateFunction>();
 

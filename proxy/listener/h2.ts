@@ -1,0 +1,130 @@
+/**
+ * HTTP/2 requests (node:http2's compatibility API) turned into the proxy's ProxyRequest and
+ * Downstream, so HTTP/2 clients go through the same routing and layers as HTTP/1.1 ones;
+ * upstreams are still spoken to over HTTP/1.1 pools.
+ */
+import type { Http2ServerRequest, Http2ServerResponse } from 'node:http2';
+import { TideError } from '../../lib/errors.ts';
+import { normalizePath, type RequestHead } from '../http/parse.ts';
+import type { ConnectionInfo, Downstream } from '../http/types.ts';
+import type { DataPlane } from '../proxy.ts';
+import { errorResponse } from '../rescue.ts';
+
+const CONNECTION_SPECIFIC = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade', 'te', 'trailer', 'host']);
+
+export function handleH2Request(
+  req: Http2ServerRequest,
+  res: Http2ServerResponse,
+  conn: ConnectionInfo,
+  proxy: DataPlane,
+  maxBodyBytes: number,
+  refused: (status: number, err: TideError) => void,
+): void {
+  let head: RequestHead;
+  try {
+    head = headOf(req, maxBodyBytes);
+  } catch (err) {
+    const e = err instanceof TideError ? err : new TideError('ERR_BAD_REQUEST', String(err), { status: 400 });
+    refused(e.status ?? 400, e);
+    const r = errorResponse(e, '-');
+    res.writeHead(r.status, toObject(r.headers));
+    res.end(r.body);
+    return;
+  }
+  const hasBody = !req.stream.readableEnded && head.contentLength !== 0 && !(req.stream as unknown as { endAfterHeaders?: boolean }).endAfterHeaders;
+  const preq = proxy.request(head, hasBody ? req : null, conn, '2');
+  proxy.handle(preq, new H2Downstream(res));
+}
+
+function headOf(req: Http2ServerRequest, maxBodyBytes: number): RequestHead {
+  const url = req.url;
+  if (!(url.startsWith('/') || (url === '*' && req.method === 'OPTIONS')))
+    throw new TideError('ERR_BAD_REQUEST', `the :path "${url.slice(0, 60)}" is not a path`, { status: 400 });
+  if (req.method === 'CONNECT') throw new TideError('ERR_METHOD_NOT_ALLOWED', 'CONNECT is not supported by this proxy', { status: 405 });
+  const headers: Record<string, string> = Object.create(null);
+  for (const [name, value] of Object.entries(req.headers)) {
+    if (name.startsWith(':') || CONNECTION_SPECIFIC.has(name) || value === undefined) continue;
+    headers[name] = Array.isArray(value) ? value.join(name === 'cookie' ? '; ' : ', ') : value;
+  }
+  const declared = headers['content-length'];
+  let contentLength = -1;
+  if (declared !== undefined) {
+    if (!/^\d{1,15}$/.test(declared)) throw new TideError('ERR_BAD_REQUEST', 'content-length is not a number', { status: 400 });
+    contentLength = Number(declared);
+    if (contentLength > maxBodyBytes) {
+      throw new TideError('ERR_PAYLOAD_TOO_LARGE', `the request body (${contentLength} bytes) is over the limit of ${maxBodyBytes} bytes`, { status: 413 });
+    }
+  }
+  const host = req.authority || (req.headers.host as string | undefined) || '';
+  return {
+    method: req.method,
+    path: url === '*' ? url : normalizePath(url),
+    host,
+    minor: 1,
+    headers,
+    contentLength,
+    chunked: false,
+    close: false,
+    upgrade: undefined,
+    expectContinue: false,
+  };
+}
+
+function toObject(flat: string[]): Record<string, string | string[]> {
+  const out: Record<string, string | string[]> = {};
+  for (let i = 0; i < flat.length; i += 2) {
+    const name = (flat[i] as string).toLowerCase();
+    if (CONNECTION_SPECIFIC.has(name)) continue;
+    const v = flat[i + 1] as string;
+    const prev = out[name];
+    out[name] = prev === undefined ? v : Array.isArray(prev) ? [...prev, v] : [prev, v];
+  }
+  return out;
+}
+
+class H2Downstream implements Downstream {
+  readonly #res: Http2ServerResponse;
+  headersSent = false;
+  finished = false;
+
+  constructor(res: Http2ServerResponse) {
+    this.#res = res;
+  }
+
+  start(status: number, headers: string[], contentLength: number): void {
+    if (this.headersSent) return;
+    this.headersSent = true;
+    const h = toObject(headers);
+    if (contentLength >= 0) h['content-length'] = String(contentLength);
+    this.#res.writeHead(status, h);
+  }
+
+  write(chunk: Buffer): boolean {
+    return this.#res.write(chunk);
+  }
+
+  end(): void {
+    if (this.finished) return;
+    this.finished = true;
+    this.#res.end();
+  }
+
+  destroy(): void {
+    if (this.finished) return;
+    this.finished = true;
+    this.#res.stream.close(2 /* INTERNAL_ERROR */);
+  }
+
+  onDrain(cb: () => void): void {
+    this.#res.once('drain', cb);
+  }
+
+  onClose(cb: () => void): void {
+    this.#res.once('close', () => {
+      if (!this.finished) {
+        this.finished = true;
+        cb();
+      }
+    });
+  }
+}

@@ -1,0 +1,199 @@
+/**
+ * A proxy listener: the socket side of the data plane (not a layer). Plain TCP or TLS (SNI
+ * picks among several certificates; ALPN offers h2 and http/1.1), HTTP/1.1 on the proxy's own
+ * connection code (h1.ts) and HTTP/2 on node:http2 (h2c with prior knowledge on plain
+ * listeners, h2 by ALPN on TLS ones). Holds the connection limit, the deadline sweeper and
+ * graceful drain. Limits and certificates can be updated in place on a config reload.
+ */
+import { createServer as createH2Server, type Http2Server, type Http2ServerRequest, type Http2ServerResponse } from 'node:http2';
+import { type AddressInfo, createServer, type Server, type Socket } from 'node:net';
+import { createSecureContext, createServer as createTlsServer, type SecureContext, type TLSSocket } from 'node:tls';
+import { TideError } from '../../lib/errors.ts';
+import type { CompiledListener } from '../config/compile.ts';
+import type { ConnectionInfo } from '../http/types.ts';
+import type { ProxyMetrics } from '../metrics.ts';
+import type { DataPlane } from '../proxy.ts';
+import { H1Connection, type H1Hooks, type H1Limits } from './h1.ts';
+import { handleH2Request } from './h2.ts';
+
+const SWEEP_MS = 250;
+
+export class Listener {
+  readonly name: string;
+  #compiled: CompiledListener;
+  readonly #proxy: DataPlane;
+  readonly #metrics: ProxyMetrics;
+  readonly #server: Server;
+  readonly #h2: Http2Server;
+  readonly #conns = new Set<H1Connection>();
+  readonly #raw = new Set<Socket>();
+  #limits: H1Limits;
+  #contexts: { names: string[]; ctx: SecureContext }[] = [];
+  readonly #sweeper: NodeJS.Timeout;
+  #closing = false;
+
+  constructor(compiled: CompiledListener, proxy: DataPlane, metrics: ProxyMetrics) {
+    this.name = compiled.config.name;
+    this.#compiled = compiled;
+    this.#proxy = proxy;
+    this.#metrics = metrics;
+    this.#limits = limitsOf(compiled);
+    const tls = compiled.certificates.length > 0;
+    this.#h2 = createH2Server({ maxHeaderListPairs: compiled.config.limits.maxHeaders, maxSessionMemory: 10 });
+    this.#h2.on('request', (req: Http2ServerRequest, res: Http2ServerResponse) => {
+      const socket = req.socket as Socket;
+      const info: ConnectionInfo = {
+        remoteAddress: socket.remoteAddress ?? '',
+        remotePort: socket.remotePort ?? 0,
+        scheme: tls ? 'https' : 'http',
+        listener: this.name,
+      };
+      handleH2Request(req, res, info, this.#proxy, this.#limits.maxBodyBytes, (_status, err) => this.#metrics.refused(this.name, err.code));
+    });
+    this.#h2.on('sessionError', () => {});
+    if (tls) {
+      this.#contexts = contextsOf(compiled);
+      this.#server = createTlsServer(
+        {
+          ALPNProtocols: compiled.config.http2 ? ['h2', 'http/1.1'] : ['http/1.1'],
+          SNICallback: (servername, cb) => cb(null, this.#contextFor(servername)),
+          secureContext: this.#contexts[0]?.ctx,
+        },
+        (socket: TLSSocket) => {
+          if (socket.alpnProtocol === 'h2') this.#toH2(socket, Buffer.alloc(0));
+          else this.#accept(socket, 'https');
+        },
+      );
+      this.#server.on('tlsClientError', () => {});
+    } else {
+      this.#server = createServer({ noDelay: true }, (socket) => this.#accept(socket, 'http'));
+    }
+    this.#server.maxConnections = compiled.config.limits.maxConnections;
+    this.#sweeper = setInterval(() => {
+      const now = performance.now();
+      for (const c of this.#conns) c.expire(now);
+    }, SWEEP_MS);
+    this.#sweeper.unref();
+  }
+
+  async listen(): Promise<AddressInfo> {
+    const { address, port } = this.#compiled.config;
+    return new Promise((resolve, reject) => {
+      this.#server.once('error', (err: NodeJS.ErrnoException) =>
+        reject(
+          err.code === 'EADDRINUSE'
+            ? new TideError('ERR_ADDRESS_IN_USE', `listener ${this.name}: ${address}:${port} is already in use`, { cause: err })
+            : new TideError('ERR_INVALID_ARGUMENT', `listener ${this.name}: cannot listen on ${address}:${port}: ${err.message}`, { cause: err }),
+        ),
+      );
+      this.#server.listen(port, address, () => resolve(this.#server.address() as AddressInfo));
+    });
+  }
+
+  address(): AddressInfo {
+    return this.#server.address() as AddressInfo;
+  }
+
+  /** True when `next` can be applied to this listener without rebinding. */
+  sameBinding(next: CompiledListener): boolean {
+    const a = this.#compiled.config;
+    const b = next.config;
+    return a.address === b.address && a.port === b.port && this.#compiled.certificates.length > 0 === next.certificates.length > 0 && a.http2 === b.http2;
+  }
+
+  /** Takes new limits and certificates; open connections keep theirs. */
+  update(next: CompiledListener): void {
+    this.#compiled = next;
+    this.#limits = limitsOf(next);
+    this.#server.maxConnections = next.config.limits.maxConnections;
+    if (next.certificates.length > 0) this.#contexts = contextsOf(next);
+  }
+
+  #contextFor(servername: string): SecureContext | undefined {
+    const name = servername.toLowerCase();
+    for (const c of this.#contexts) {
+      for (const n of c.names) if (n === name || (n.startsWith('*.') && name.endsWith(n.slice(1)) && name.length > n.length - 1)) return c.ctx;
+    }
+    return this.#contexts[0]?.ctx;
+  }
+
+  #accept(socket: Socket, scheme: 'http' | 'https'): void {
+    if (this.#closing) {
+      socket.destroy();
+      return;
+    }
+    socket.setNoDelay(true);
+    const info: ConnectionInfo = { remoteAddress: socket.remoteAddress ?? '', remotePort: socket.remotePort ?? 0, scheme, listener: this.name };
+    const hooks: H1Hooks = {
+      onRequest: (head, body, res, conn) => this.#proxy.handle(this.#proxy.request(head, body, conn, head.minor === 0 ? '1.0' : '1.1'), res),
+      onUpgrade: (head, s, rest, conn) => {
+        this.#conns.delete(conn1);
+        this.#raw.add(s);
+        s.once('close', () => this.#raw.delete(s));
+        this.#proxy.upgrade(head, s, rest, conn);
+      },
+      onH2Preface: (s, rest) => {
+        this.#conns.delete(conn1);
+        this.#metrics.connections--;
+        if (this.#compiled.config.http2) this.#toH2(s, rest);
+        else s.destroy();
+      },
+      onRefused: (_status, err) => this.#metrics.refused(this.name, err.code),
+    };
+    const conn1 = new H1Connection(socket, info, this.#limits, hooks);
+    this.#conns.add(conn1);
+    this.#metrics.connections++;
+    socket.once('close', () => {
+      if (this.#conns.delete(conn1)) this.#metrics.connections--;
+    });
+    if (this.#closing) conn1.closeAfterResponse = true;
+  }
+
+  #toH2(socket: Socket, rest: Buffer): void {
+    if (rest.length > 0) socket.unshift(rest);
+    this.#raw.add(socket);
+    socket.once('close', () => this.#raw.delete(socket));
+    this.#h2.emit('connection', socket);
+  }
+
+  /**
+   * Stops accepting, lets requests in flight finish (up to `drainMs`), closes idle keep-alive
+   * connections as they become idle, then closes what is left.
+   */
+  async close(drainMs = 10_000): Promise<void> {
+    if (this.#closing) return;
+    this.#closing = true;
+    const closed = new Promise<void>((resolve) => this.#server.close(() => resolve()));
+    this.#h2.close();
+    const deadline = performance.now() + drainMs;
+    for (const c of this.#conns) c.closeAfterResponse = true;
+    while (performance.now() < deadline) {
+      for (const c of this.#conns) if (c.idle) c.socket.destroy();
+      if (this.#conns.size === 0 && this.#raw.size === 0) break;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    for (const c of this.#conns) c.socket.destroy();
+    for (const s of this.#raw) s.destroy();
+    clearInterval(this.#sweeper);
+    await closed;
+  }
+}
+
+function limitsOf(c: CompiledListener): H1Limits {
+  const l = c.config.limits;
+  return {
+    maxHeaderBytes: l.maxHeaderBytes,
+    maxHeaders: l.maxHeaders,
+    maxBodyBytes: l.maxBodyBytes,
+    headersTimeoutMs: c.headersTimeoutMs,
+    idleTimeoutMs: c.idleTimeoutMs,
+    bodyTimeoutMs: c.bodyTimeoutMs,
+  };
+}
+
+function contextsOf(c: CompiledListener): { names: string[]; ctx: SecureContext }[] {
+  return c.certificates.map((cert) => ({
+    names: cert.serverNames.map((n) => n.toLowerCase()),
+    ctx: createSecureContext({ cert: cert.cert, key: cert.key, minVersion: 'TLSv1.2' }),
+  }));
+}

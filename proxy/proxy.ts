@@ -1,0 +1,282 @@
+/**
+ * The proxy data plane: runs on one immutable ProxySnapshot at a time and swaps in a new one
+ * atomically (requests already routed finish on the stack they started with; clusters the new
+ * snapshot no longer uses drain and close). Listeners hand it requests; it sets the headers
+ * every request gets (x-request-id, x-forwarded-for/-proto/-host, forwarded, via), routes,
+ * runs the route's layer stack, writes the answer to the client, and counts it.
+ *
+ * Observe (outermost): metrics and the access log are written when the response ends.
+ */
+import { randomBytes } from 'node:crypto';
+import { connect, type Socket } from 'node:net';
+import type { Readable } from 'node:stream';
+import { TideError } from '../lib/errors.ts';
+import type { Logger } from '../lib/log.ts';
+import type { CompiledRoute, ProxySnapshot } from './config/compile.ts';
+import type { RequestHead } from './http/parse.ts';
+import { abortRequest, type ConnectionInfo, type Downstream, type ProxyRequest, type ResponseControl, type ResponseHandler } from './http/types.ts';
+import type { ProxyMetrics, RouteMetrics } from './metrics.ts';
+import { errorResponse } from './rescue.ts';
+
+export interface ProxyOptions {
+  metrics: ProxyMetrics;
+  log: Logger;
+  /** One line per request when set. */
+  access?: Logger | undefined;
+}
+
+const REQUEST_ID = /^[A-Za-z0-9._:@/+=-]{1,128}$/;
+
+export class DataPlane {
+  readonly #opts: ProxyOptions;
+  #snapshot: ProxySnapshot | undefined;
+  readonly #idPrefix = randomBytes(4).toString('hex');
+  #seq = 0;
+  inflight = 0;
+
+  readonly #unrouted: RouteMetrics;
+
+  constructor(opts: ProxyOptions) {
+    this.#opts = opts;
+    this.#unrouted = opts.metrics.route('', '');
+  }
+
+  get snapshot(): ProxySnapshot | undefined {
+    return this.#snapshot;
+  }
+
+  /** Swaps in `next`; clusters it did not take over are closed once their requests finish. */
+  apply(next: ProxySnapshot): void {
+    const prev = this.#snapshot;
+    this.#snapshot = next;
+    this.#opts.metrics.configVersion = next.version;
+    if (!prev) return;
+    const kept = new Set(next.clusters.values());
+    for (const c of prev.clusters.values()) {
+      if (!kept.has(c)) c.close().catch((err: unknown) => this.#opts.log.warn({ err, cluster: c.name }, 'closing a replaced cluster failed'));
+    }
+  }
+
+  async close(): Promise<void> {
+    const s = this.#snapshot;
+    this.#snapshot = undefined;
+    if (s) await Promise.all([...s.clusters.values()].map((c) => c.close()));
+  }
+
+  #requestId(given: string | undefined): string {
+    if (given !== undefined && REQUEST_ID.test(given)) return given;
+    return `${this.#idPrefix}-${(++this.#seq).toString(36)}`;
+  }
+
+  /** Builds the ProxyRequest for a parsed head and adds the forwarding headers. */
+  request(head: RequestHead, body: Readable | null, conn: ConnectionInfo, httpVersion: string): ProxyRequest {
+    const h = head.headers;
+    const id = this.#requestId(h['x-request-id']);
+    h['x-request-id'] = id;
+    const xff = h['x-forwarded-for'];
+    h['x-forwarded-for'] = xff === undefined ? conn.remoteAddress : `${xff}, ${conn.remoteAddress}`;
+    h['x-forwarded-proto'] = conn.scheme;
+    h['x-forwarded-host'] = head.host;
+    const fwd = `for=${conn.remoteAddress.includes(':') ? `"[${conn.remoteAddress}]"` : conn.remoteAddress};host=${quoteIfNeeded(head.host)};proto=${conn.scheme}`;
+    h.forwarded = h.forwarded === undefined ? fwd : `${h.forwarded}, ${fwd}`;
+    h.via = h.via === undefined ? `${httpVersion} tide` : `${h.via}, ${httpVersion} tide`;
+    return {
+      id,
+      method: head.method,
+      path: head.path,
+      host: head.host,
+      headers: h,
+      body,
+      contentLength: head.contentLength,
+      conn,
+      httpVersion,
+      startedAt: performance.now(),
+      route: undefined,
+      cluster: undefined,
+      endpoint: undefined,
+      attempts: 0,
+      aborted: undefined,
+      cancel: undefined,
+    };
+  }
+
+  /** Routes and answers one request. */
+  handle(req: ProxyRequest, res: Downstream): void {
+    this.inflight++;
+    const out = new Answer(this, req, res);
+    res.onClose(() => {
+      abortRequest(req, new TideError('ERR_PROXY_RESET', 'the client went away', { status: 499 }));
+      out.finish(499);
+    });
+    const snapshot = this.#snapshot;
+    const matched = snapshot?.router.route({ host: req.host, method: req.method, url: req.path, headers: req.headers });
+    if (!matched) {
+      out.onError(new TideError('ERR_PROXY_NO_ROUTE', `no route for ${req.method} ${req.host}${req.path.split('?')[0]}`, { status: 404 }));
+      return;
+    }
+    const route = matched.target;
+    out.route = route;
+    req.route = route.name;
+    const body = req.body;
+    if (body !== null && !Buffer.isBuffer(body) && route.bufferBodyUpTo > 0 && req.contentLength >= 0 && req.contentLength <= route.bufferBodyUpTo) {
+      // Held whole so a retry can send it again.
+      readWhole(body, req.contentLength)
+        .then((buf) => {
+          req.body = buf;
+          if (!req.aborted) route.dispatch(req, out);
+        })
+        .catch((err: unknown) =>
+          out.onError(err instanceof TideError ? err : new TideError('ERR_BAD_REQUEST', 'the request body could not be read', { status: 400 })),
+        );
+      return;
+    }
+    route.dispatch(req, out);
+  }
+
+  /** Counts and logs a finished request. */
+  done(req: ProxyRequest, route: CompiledRoute | undefined, status: number, error: string | undefined): void {
+    this.inflight--;
+    const seconds = (performance.now() - req.startedAt) / 1000;
+    (route?.metrics ?? this.#unrouted).count(req.cluster ?? '', status, seconds);
+    this.#opts.access?.info({
+      id: req.id,
+      method: req.method,
+      host: req.host,
+      path: req.path,
+      status,
+      ms: Math.round(seconds * 100_000) / 100,
+      route: req.route,
+      cluster: req.cluster,
+      endpoint: req.endpoint,
+      attempts: req.attempts,
+      error,
+    });
+  }
+
+  /** An Upgrade request (WebSocket…): routed like any other, then the two sockets are joined. */
+  upgrade(head: RequestHead, socket: Socket, rest: Buffer, conn: ConnectionInfo): void {
+    const req = this.request(head, null, conn, head.minor === 0 ? '1.0' : '1.1');
+    const fail = (err: TideError) => {
+      const r = errorResponse(err, req.id);
+      let text = `HTTP/1.1 ${r.status} ${err.code}\r\ncontent-length: ${r.body.length}\r\nconnection: close\r\n`;
+      for (let i = 0; i < r.headers.length; i += 2) text += `${r.headers[i]}: ${r.headers[i + 1]}\r\n`;
+      socket.end(Buffer.concat([Buffer.from(`${text}\r\n`, 'latin1'), r.body]));
+    };
+    const matched = this.#snapshot?.router.route({ host: req.host, method: req.method, url: req.path, headers: req.headers });
+    const cluster = matched ? this.#snapshot?.clusters.get(matched.target.upgradeCluster?.() ?? '') : undefined;
+    if (!matched || !cluster) {
+      fail(new TideError('ERR_PROXY_NO_ROUTE', `no upstream for the upgrade request to ${req.host}${req.path}`, { status: 404 }));
+      return;
+    }
+    const endpoint = cluster.pick();
+    const [host, port] = splitHostPort(endpoint.address);
+    const up = connect({ host, port, noDelay: true });
+    socket.on('error', () => up.destroy());
+    up.on('error', () => {
+      if (up.bytesRead === 0 && !socket.destroyed) fail(new TideError('ERR_PROXY_CONNECT', `could not connect to ${endpoint.address}`, { status: 503 }));
+      else socket.destroy();
+    });
+    up.on('connect', () => {
+      let text = `${req.method} ${req.path} HTTP/1.1\r\nhost: ${req.host}\r\nconnection: upgrade\r\nupgrade: ${head.upgrade}\r\n`;
+      for (const name in req.headers) if (name !== 'upgrade') text += `${name}: ${req.headers[name]}\r\n`;
+      up.write(`${text}\r\n`, 'latin1');
+      if (rest.length > 0) up.write(rest);
+      up.pipe(socket);
+      socket.pipe(up);
+    });
+    up.on('close', () => socket.destroy());
+    socket.on('close', () => up.destroy());
+  }
+}
+
+function quoteIfNeeded(v: string): string {
+  return /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/.test(v) ? v : `"${v.replace(/["\\]/g, '\\$&')}"`;
+}
+
+export function splitHostPort(address: string): [string, number] {
+  const i = address.lastIndexOf(':');
+  const host = address.slice(0, i);
+  return [host.startsWith('[') ? host.slice(1, -1) : host, Number(address.slice(i + 1))];
+}
+
+function readWhole(body: Readable, length: number): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const parts: Buffer[] = [];
+    body.on('data', (c: Buffer) => parts.push(c));
+    body.once('end', () => resolve(Buffer.concat(parts, length)));
+    body.once('error', reject);
+  });
+}
+
+/** The innermost ResponseHandler: writes the upstream's answer (or the error) to the client. */
+class Answer implements ResponseHandler {
+  readonly #proxy: DataPlane;
+  readonly #req: ProxyRequest;
+  readonly #res: Downstream;
+  route: CompiledRoute | undefined;
+  #status = 0;
+  #done = false;
+  #error: string | undefined;
+
+  constructor(proxy: DataPlane, req: ProxyRequest, res: Downstream) {
+    this.#proxy = proxy;
+    this.#req = req;
+    this.#res = res;
+  }
+
+  onHeaders(status: number, headers: string[], contentLength: number, ctl: ResponseControl): void {
+    if (this.#done) return;
+    this.#status = status;
+    headers.push('x-request-id', this.#req.id);
+    this.#res.start(status, headers, contentLength);
+    this.#ctl = ctl;
+  }
+
+  #ctl: ResponseControl | undefined;
+  #drainWait = false;
+
+  onData(chunk: Buffer): boolean {
+    if (this.#done) return true;
+    const ok = this.#res.write(chunk);
+    if (!ok && !this.#drainWait) {
+      this.#drainWait = true;
+      this.#res.onDrain(() => {
+        this.#drainWait = false;
+        this.#ctl?.resume();
+      });
+    }
+    return ok;
+  }
+
+  onEnd(): void {
+    if (this.#done) return;
+    this.#res.end();
+    this.finish(this.#status);
+  }
+
+  onError(err: unknown): void {
+    if (this.#done) return;
+    const r = errorResponse(err, this.#req.id);
+    this.#error = r.error.code;
+    if (r.error.code === 'ERR_INTERNAL') this.#proxyLogError(err);
+    if (this.#res.headersSent) {
+      this.#res.destroy();
+      this.finish(this.#status);
+      return;
+    }
+    this.#res.start(r.status, r.headers, r.body.length);
+    this.#res.write(r.body);
+    this.#res.end();
+    this.finish(r.status);
+  }
+
+  #proxyLogError(err: unknown): void {
+    process.emitWarning(`tide proxy: unexpected error on request ${this.#req.id}: ${err instanceof Error ? err.stack : String(err)}`);
+  }
+
+  finish(status: number): void {
+    if (this.#done) return;
+    this.#done = true;
+    this.#proxy.done(this.#req, this.route, status, this.#error);
+  }
+}
