@@ -17,6 +17,7 @@ import type { RequestHead } from './http/parse.ts';
 import { abortRequest, type ConnectionInfo, type Downstream, type ProxyRequest, type ResponseControl, type ResponseHandler } from './http/types.ts';
 import type { ProxyMetrics, RouteMetrics } from './metrics.ts';
 import { errorResponse } from './rescue.ts';
+import { splitHostPort } from './upstream/endpoint.ts';
 
 export interface ProxyOptions {
   metrics: ProxyMetrics;
@@ -191,12 +192,6 @@ export class DataPlane {
 
 function quoteIfNeeded(v: string): string {
   return /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/.test(v) ? v : `"${v.replace(/["\\]/g, '\\$&')}"`;
-}
-
-export function splitHostPort(address: string): [string, number] {
-  const i = address.lastIndexOf(':');
-  const host = address.slice(0, i);
-  return [host.startsWith('[') ? host.slice(1, -1) : host, Number(address.slice(i + 1))];
 }
 
 function readWhole(body: Readable, length: number): Promise<Buffer> {

@@ -147,6 +147,8 @@ export const ClusterSchema = Type.Object(
     /** `host:port` (IPv6 as `[::1]:port`). */
     endpoints: Type.Array(Type.String({ pattern: '^(\\[[0-9a-fA-F:.]+\\]|[a-zA-Z0-9.-]+):\\d{1,5}$', description: 'host:port' }), { minItems: 1 }),
     balancer: Type.Union([Type.Literal('round-robin'), Type.Literal('least-request'), Type.Literal('peak-ewma')], { default: 'round-robin' }),
+    /** The HTTP/1.1 client: `tide` (the proxy's own pool, fastest) or `undici`. */
+    client: Type.Union([Type.Literal('tide'), Type.Literal('undici')], { default: 'tide' }),
     /** Keep-alive connections per endpoint. */
     connectionsPerEndpoint: Type.Integer({ minimum: 1, maximum: 10000, default: 128 }),
     connectTimeout: Duration('5s'),

@@ -18,6 +18,7 @@
  * A cluster is built when a snapshot is applied and reused by the next snapshot if its config
  * did not change, so keep-alive pools survive reloads; replaced clusters drain (`close`).
  */
+import { request } from 'undici';
 import type { ClusterConfig } from '../../lib/config/proxy.ts';
 import { parseDuration } from '../../lib/duration.ts';
 import { TideError } from '../../lib/errors.ts';
@@ -48,7 +49,9 @@ export class Cluster {
     this.fingerprint = JSON.stringify(config);
     this.#metrics = metrics;
     const connectTimeoutMs = parseDuration(config.connectTimeout, 'connectTimeout');
-    this.endpoints = config.endpoints.map((a) => new UpstreamEndpoint(a, { connections: config.connectionsPerEndpoint, connectTimeoutMs }));
+    this.endpoints = config.endpoints.map(
+      (a) => new UpstreamEndpoint(a, { connections: config.connectionsPerEndpoint, connectTimeoutMs, client: config.client }),
+    );
     this.#capacity = config.connectionsPerEndpoint * this.endpoints.length;
     this.#baseEjectMs = parseDuration(config.outlierDetection.baseEjectionTime, 'baseEjectionTime');
     this.#maxEjectMs = parseDuration(config.outlierDetection.maxEjectionTime, 'maxEjectionTime');
@@ -130,15 +133,13 @@ export class Cluster {
     const run = () => {
       this.endpoints.forEach((e, i) => {
         const state = this.#checks[i] as { fails: number; passes: number };
-        e.pool
-          .request({
-            path: hc.path,
-            method: 'GET',
-            headers: { 'user-agent': 'tide-health-check' },
-            headersTimeout: timeout,
-            bodyTimeout: timeout,
-            signal: AbortSignal.timeout(timeout),
-          })
+        request(`http://${e.address}${hc.path}`, {
+          method: 'GET',
+          headers: { 'user-agent': 'tide-health-check' },
+          headersTimeout: timeout,
+          bodyTimeout: timeout,
+          signal: AbortSignal.timeout(timeout),
+        })
           .then(async (r) => {
             await r.body.dump();
             return r.statusCode >= 200 && r.statusCode < 400;

@@ -10,10 +10,21 @@
 import { type Dispatcher, Pool } from 'undici';
 import { TideError } from '../../lib/errors.ts';
 import type { ProxyRequest, ResponseControl, ResponseHandler } from '../http/types.ts';
+import { H1Pool } from './h1pool.ts';
 
 export interface EndpointOptions {
   connections: number;
   connectTimeoutMs: number;
+  /** `tide`: the proxy's own HTTP/1.1 pool (h1pool.ts); `undici`: an undici Pool. */
+  client: 'tide' | 'undici';
+}
+
+/** What the endpoint needs of a connection pool; both H1Pool and undici's Pool fit. */
+interface UpstreamPool {
+  dispatch(opts: { method: string; path: string; headers: string[]; body: ProxyRequest['body']; contentLength?: number }, handler: object): boolean;
+  close(): Promise<void>;
+  destroy(): Promise<void>;
+  readonly stats: { pending: number };
 }
 
 /** What a finished exchange tells the endpoint's statistics. */
@@ -26,7 +37,7 @@ const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'tra
 
 export class UpstreamEndpoint {
   readonly address: string;
-  readonly pool: Pool;
+  readonly pool: UpstreamPool;
   /** Requests in flight. */
   active = 0;
   /** Peak-EWMA of response-head latency, ms (0 until measured). */
@@ -41,15 +52,28 @@ export class UpstreamEndpoint {
 
   constructor(address: string, opts: EndpointOptions) {
     this.address = address;
-    this.pool = new Pool(`http://${address}`, {
-      connections: opts.connections,
-      pipelining: 1,
-      connectTimeout: opts.connectTimeoutMs,
-      keepAliveTimeout: 4000,
-      keepAliveMaxTimeout: 60_000,
-      headersTimeout: 0,
-      bodyTimeout: 0,
-    });
+    if (opts.client === 'undici') {
+      const pool = new Pool(`http://${address}`, {
+        connections: opts.connections,
+        pipelining: 1,
+        connectTimeout: opts.connectTimeoutMs,
+        keepAliveTimeout: 4000,
+        keepAliveMaxTimeout: 60_000,
+        headersTimeout: 0,
+        bodyTimeout: 0,
+      });
+      this.pool = {
+        dispatch: (o, h) => pool.dispatch({ ...o, idempotent: false, blocking: true, reset: false }, h as Dispatcher.DispatchHandler),
+        close: () => pool.close(),
+        destroy: () => pool.destroy(),
+        get stats() {
+          return pool.stats;
+        },
+      };
+    } else {
+      const [host, port] = splitHostPort(address);
+      this.pool = new H1Pool(host, port, { connections: opts.connections, connectTimeoutMs: opts.connectTimeoutMs });
+    }
   }
 
   /** Load for peak-EWMA: latency × (in flight + 1). Unmeasured endpoints look cheap, so they get tried. */
@@ -78,7 +102,7 @@ export class UpstreamEndpoint {
     const headers: string[] = ['host', req.host];
     for (const name in req.headers) headers.push(name, req.headers[name] as string);
     this.pool.dispatch(
-      { path: req.path, method: req.method, headers, body: req.body, idempotent: false, blocking: true, reset: false },
+      { path: req.path, method: req.method, headers, body: req.body, contentLength: req.contentLength },
       new Exchange(this, req, handler, done),
     );
   }
@@ -138,18 +162,21 @@ class Exchange {
     this.#status = statusCode;
     const now = performance.now();
     this.#endpoint?.observe(now - this.#started, now);
-    const raw = controller.rawHeaders as Buffer[] | null;
+    const raw = controller.rawHeaders as (Buffer | string)[] | null;
     let out: string[] = [];
     let connectionListed: string | undefined;
     if (raw) {
       for (let i = 0; i < raw.length; i += 2) {
-        const name = (raw[i] as Buffer).toString('latin1');
+        const n = raw[i] as Buffer | string;
+        const v = raw[i + 1] as Buffer | string;
+        const name = typeof n === 'string' ? n : n.toString('latin1');
+        const value = typeof v === 'string' ? v : v.toString('latin1');
         const lower = name.toLowerCase();
         if (HOP_BY_HOP.has(lower)) {
-          if (lower === 'connection') connectionListed = (raw[i + 1] as Buffer).toString('latin1').toLowerCase();
+          if (lower === 'connection') connectionListed = value.toLowerCase();
           continue;
         }
-        out.push(name, (raw[i + 1] as Buffer).toString('latin1'));
+        out.push(name, value);
       }
     }
     if (connectionListed) out = dropListed(out, connectionListed);
@@ -187,6 +214,12 @@ class Exchange {
     this.#ctl = null;
     done?.(outcome, this.#status);
   }
+}
+
+export function splitHostPort(address: string): [string, number] {
+  const i = address.lastIndexOf(':');
+  const host = address.slice(0, i);
+  return [host.startsWith('[') ? host.slice(1, -1) : host, Number(address.slice(i + 1))];
 }
 
 function dropListed(headers: string[], listed: string): string[] {

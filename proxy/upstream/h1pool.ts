@@ -1,0 +1,535 @@
+/**
+ * Tide's own HTTP/1.1 upstream connection pool: the hot path's client side. It speaks
+ * undici's dispatcher handler API (onRequestStart(controller), onResponseStart(controller,
+ * status, headers), onResponseData, onResponseEnd, onResponseError), so the endpoint layer can
+ * run on it or on an undici Pool (cluster `client: undici`) unchanged. Measured in bench/
+ * (see bench/results/proxy.md): undici's general-purpose client cost more CPU per request than
+ * the whole rest of the proxy, so the proxy carries this narrow one.
+ *
+ * - Keep-alive connections, most recently used first; idle ones close after `idleMs`.
+ * - One request per connection at a time (no pipelining); requests wait in a FIFO when all
+ *   `connections` are busy.
+ * - The request head and a small body leave in one write.
+ * - Responses are parsed strictly: status line, header names as tokens, no control
+ *   characters, no obs-fold, Content-Length digits only and never with Transfer-Encoding,
+ *   chunked bodies through the same strict decoder as requests. Anything else is
+ *   ERR_PROXY_UPSTREAM_PROTOCOL 502 and the connection is dropped.
+ * - The keep-alive race: a reused connection that the upstream closed just as the request
+ *   went out (closed or reset with no response byte) is retried once on a fresh connection
+ *   for replayable requests (idempotent method, empty or buffered body); it never surfaces as
+ *   a 502.
+ */
+import { connect, type Socket } from 'node:net';
+import type { Readable } from 'node:stream';
+import { TideError } from '../../lib/errors.ts';
+import { ChunkedDecoder } from '../http/chunked.ts';
+
+export interface PoolController {
+  rawHeaders: string[] | null;
+  pause(): void;
+  resume(): void;
+  abort(reason: Error): void;
+}
+
+export interface PoolHandler {
+  onRequestStart(controller: PoolController): void;
+  onResponseStart(controller: PoolController, statusCode: number, headers: Record<string, string>): void;
+  onResponseData(controller: PoolController, chunk: Buffer): void;
+  onResponseEnd(controller: PoolController, trailers: Record<string, string>): void;
+  onResponseError(controller: PoolController, error: Error): void;
+}
+
+export interface PoolRequest {
+  method: string;
+  path: string;
+  /** Flat [name, value, …]; must include host. */
+  headers: string[];
+  body: Buffer | Readable | null;
+  /** Declared length of a streamed body; -1 when unknown (sent chunked). */
+  contentLength?: number;
+}
+
+export interface H1PoolOptions {
+  connections: number;
+  connectTimeoutMs: number;
+  idleMs?: number;
+  maxResponseHeadBytes?: number;
+}
+
+const CRLF2 = Buffer.from('\r\n\r\n');
+const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE', 'TRACE']);
+const TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
+// biome-ignore lint/suspicious/noControlCharactersInRegex: finding control characters is the point
+const CTL = /[\x00-\x08\x0a-\x1f\x7f]/;
+const STATUS_LINE = /^HTTP\/1\.([01]) (\d{3})(?: [^\r\n]*)?$/;
+const COALESCE_MAX = 16 * 1024;
+
+function protocolError(message: string): TideError {
+  return new TideError('ERR_PROXY_UPSTREAM_PROTOCOL', `the upstream sent an invalid response: ${message}`, { status: 502 });
+}
+
+export class H1Pool {
+  readonly #host: string;
+  readonly #port: number;
+  readonly #opts: Required<H1PoolOptions>;
+  readonly #idle: Conn[] = [];
+  readonly #all = new Set<Conn>();
+  readonly #queue: Exchange[] = [];
+  #queueHead = 0;
+  #closing: (() => void) | undefined;
+  #closed = false;
+  readonly #sweeper: NodeJS.Timeout;
+
+  constructor(host: string, port: number, opts: H1PoolOptions) {
+    this.#host = host;
+    this.#port = port;
+    this.#opts = { idleMs: 4000, maxResponseHeadBytes: 64 * 1024, ...opts };
+    this.#sweeper = setInterval(() => this.#sweep(), 1000);
+    this.#sweeper.unref();
+  }
+
+  /** Requests waiting for a connection. */
+  get stats(): { pending: number; connected: number } {
+    return { pending: this.#queue.length - this.#queueHead, connected: this.#all.size };
+  }
+
+  dispatch(req: PoolRequest, handler: PoolHandler): boolean {
+    const ex = new Exchange(req, handler);
+    if (this.#closed) {
+      handler.onResponseError(ex, new TideError('ERR_PROXY_CONNECT', 'the upstream pool is closed', { status: 503 }));
+      return false;
+    }
+    this.#send(ex);
+    return true;
+  }
+
+  #send(ex: Exchange): void {
+    const conn = this.#idle.pop();
+    if (conn) {
+      conn.run(ex, true);
+      return;
+    }
+    if (this.#all.size < this.#opts.connections) {
+      this.#open().run(ex, false);
+      return;
+    }
+    this.#queue.push(ex);
+  }
+
+  #open(): Conn {
+    const socket = connect({ host: this.#host, port: this.#port, noDelay: true });
+    const conn = new Conn(socket, this, this.#opts);
+    this.#all.add(conn);
+    return conn;
+  }
+
+  /** A connection finished its exchange and can be reused. */
+  release(conn: Conn): void {
+    if (this.#queueHead < this.#queue.length) {
+      const next = this.#queue[this.#queueHead] as Exchange;
+      this.#queue[this.#queueHead++] = undefined as unknown as Exchange;
+      if (this.#queueHead > 1024 && this.#queueHead * 2 > this.#queue.length) {
+        this.#queue.splice(0, this.#queueHead);
+        this.#queueHead = 0;
+      }
+      conn.run(next, true);
+      return;
+    }
+    conn.idleSince = performance.now();
+    this.#idle.push(conn);
+    if (this.#closing && this.#idle.length === this.#all.size) this.#finishClose();
+  }
+
+  /** A connection is gone (closed by either side). */
+  forget(conn: Conn): void {
+    if (!this.#all.delete(conn)) return;
+    const i = this.#idle.indexOf(conn);
+    if (i !== -1) this.#idle.splice(i, 1);
+    // Someone waiting can have the freed slot.
+    if (this.#queueHead < this.#queue.length && this.#all.size < this.#opts.connections && !this.#closed) {
+      const next = this.#queue[this.#queueHead] as Exchange;
+      this.#queue[this.#queueHead++] = undefined as unknown as Exchange;
+      this.#open().run(next, false);
+    }
+    if (this.#closing && this.#idle.length === this.#all.size) this.#finishClose();
+  }
+
+  /** Retries an exchange that met the keep-alive race on a fresh connection. */
+  retryFresh(ex: Exchange): void {
+    if (this.#closed) {
+      ex.fail(new TideError('ERR_PROXY_CONNECT', 'the upstream pool is closed', { status: 503 }));
+      return;
+    }
+    if (this.#all.size < this.#opts.connections) this.#open().run(ex, false);
+    else this.#queue.unshift(ex);
+  }
+
+  #sweep(): void {
+    const cutoff = performance.now() - this.#opts.idleMs;
+    for (let i = this.#idle.length - 1; i >= 0; i--) {
+      const c = this.#idle[i] as Conn;
+      if (c.idleSince < cutoff) c.socket.destroy();
+    }
+  }
+
+  #finishClose(): void {
+    for (const c of this.#idle) c.socket.destroy();
+    const done = this.#closing;
+    this.#closing = undefined;
+    clearInterval(this.#sweeper);
+    done?.();
+  }
+
+  /** Lets requests in flight finish, then closes every connection. */
+  close(): Promise<void> {
+    this.#closed = true;
+    if (this.#idle.length === this.#all.size) {
+      this.#finishClose();
+      clearInterval(this.#sweeper);
+      return Promise.resolve();
+    }
+    return new Promise((resolve) => {
+      this.#closing = resolve;
+    });
+  }
+
+  destroy(): Promise<void> {
+    this.#closed = true;
+    clearInterval(this.#sweeper);
+    for (const c of this.#all) c.socket.destroy();
+    for (let i = this.#queueHead; i < this.#queue.length; i++)
+      this.#queue[i]?.fail(new TideError('ERR_PROXY_CONNECT', 'the upstream pool was destroyed', { status: 503 }));
+    this.#queue.length = 0;
+    this.#queueHead = 0;
+    const done = this.#closing;
+    this.#closing = undefined;
+    done?.();
+    return Promise.resolve();
+  }
+}
+
+/** One request and its response, and the controller handed to the handler. */
+class Exchange implements PoolController {
+  readonly req: PoolRequest;
+  handler: PoolHandler | null;
+  rawHeaders: string[] | null = null;
+  conn: Conn | null = null;
+  aborted = false;
+  paused = false;
+  retried = false;
+
+  constructor(req: PoolRequest, handler: PoolHandler) {
+    this.req = req;
+    this.handler = handler;
+    handler.onRequestStart(this);
+  }
+
+  pause(): void {
+    this.paused = true;
+    this.conn?.socket.pause();
+  }
+
+  resume(): void {
+    this.paused = false;
+    this.conn?.socket.resume();
+  }
+
+  abort(reason: Error): void {
+    if (this.aborted || !this.handler) return;
+    this.aborted = true;
+    const conn = this.conn;
+    this.conn = null;
+    conn?.abandon();
+    this.fail(reason);
+  }
+
+  fail(err: Error): void {
+    const h = this.handler;
+    this.handler = null;
+    h?.onResponseError(this, err);
+  }
+
+  get replayable(): boolean {
+    return !this.retried && IDEMPOTENT.has(this.req.method) && (this.req.body === null || Buffer.isBuffer(this.req.body));
+  }
+}
+
+const S_HEAD = 0;
+const S_FIXED = 1;
+const S_CHUNKED = 2;
+const S_UNTIL_CLOSE = 3;
+
+/** One keep-alive connection. */
+class Conn {
+  readonly socket: Socket;
+  readonly #pool: H1Pool;
+  readonly #opts: Required<H1PoolOptions>;
+  #ex: Exchange | null = null;
+  #reused = false;
+  #connected = false;
+  #buf: Buffer | null = null;
+  #state = S_HEAD;
+  #left = 0;
+  #chunked: ChunkedDecoder | null = null;
+  #keepAlive = true;
+  #gotBytes = false;
+  #connectTimer: NodeJS.Timeout | undefined;
+  idleSince = 0;
+
+  constructor(socket: Socket, pool: H1Pool, opts: Required<H1PoolOptions>) {
+    this.socket = socket;
+    this.#pool = pool;
+    this.#opts = opts;
+    this.#connectTimer = setTimeout(() => {
+      if (!this.#connected) socket.destroy(Object.assign(new Error('connect timeout'), { code: 'UND_ERR_CONNECT_TIMEOUT' }));
+    }, opts.connectTimeoutMs);
+    socket.once('connect', () => {
+      this.#connected = true;
+      clearTimeout(this.#connectTimer);
+    });
+    socket.on('data', (d: Buffer) => this.#onData(d));
+    socket.on('error', (err) => this.#onGone(err));
+    socket.on('close', () => this.#onGone(undefined));
+  }
+
+  run(ex: Exchange, reused: boolean): void {
+    if (ex.aborted) {
+      this.#pool.release(this);
+      return;
+    }
+    this.#ex = ex;
+    ex.conn = this;
+    this.#reused = reused;
+    this.#state = S_HEAD;
+    this.#gotBytes = false;
+    this.#keepAlive = true;
+    const r = ex.req;
+    let head = `${r.method} ${r.path} HTTP/1.1\r\n`;
+    const h = r.headers;
+    for (let i = 0; i < h.length; i += 2) head += `${h[i]}: ${h[i + 1]}\r\n`;
+    const body = r.body;
+    if (body === null) {
+      if (r.method === 'POST' || r.method === 'PUT' || r.method === 'PATCH') head += 'content-length: 0\r\n';
+      this.socket.write(`${head}\r\n`, 'latin1');
+    } else if (Buffer.isBuffer(body)) {
+      head += `content-length: ${body.length}\r\n\r\n`;
+      if (body.length <= COALESCE_MAX) {
+        const out = Buffer.allocUnsafe(head.length + body.length);
+        const at = out.write(head, 0, 'latin1');
+        body.copy(out, at);
+        this.socket.write(out);
+      } else {
+        this.socket.cork();
+        this.socket.write(head, 'latin1');
+        this.socket.write(body);
+        this.socket.uncork();
+      }
+    } else {
+      this.#streamBody(head, body, r.contentLength ?? -1);
+    }
+    if (ex.paused) this.socket.pause();
+  }
+
+  #streamBody(head: string, body: Readable, length: number): void {
+    const chunked = length < 0;
+    this.socket.write(`${head}${chunked ? 'transfer-encoding: chunked\r\n' : `content-length: ${length}\r\n`}\r\n`, 'latin1');
+    const ex = this.#ex;
+    const onData = (c: Buffer) => {
+      if (this.#ex !== ex) return;
+      let ok: boolean;
+      if (chunked) {
+        this.socket.cork();
+        this.socket.write(`${c.length.toString(16)}\r\n`, 'latin1');
+        this.socket.write(c);
+        ok = this.socket.write('\r\n', 'latin1');
+        this.socket.uncork();
+      } else {
+        ok = this.socket.write(c);
+      }
+      if (!ok) {
+        body.pause();
+        this.socket.once('drain', () => body.resume());
+      }
+    };
+    body.on('data', onData);
+    body.once('end', () => {
+      if (chunked && this.#ex === ex) this.socket.write('0\r\n\r\n', 'latin1');
+    });
+    body.once('error', (err) => {
+      if (this.#ex !== ex) return;
+      this.socket.destroy();
+      ex?.fail(err instanceof TideError ? err : new TideError('ERR_BAD_REQUEST', 'the request body failed', { status: 400, cause: err }));
+    });
+  }
+
+  /** The exchange was aborted: this connection cannot be reused. */
+  abandon(): void {
+    this.#ex = null;
+    this.socket.destroy();
+  }
+
+  #onData(d: Buffer): void {
+    const ex = this.#ex;
+    if (!ex) {
+      // Bytes with no request outstanding: the upstream is out of step. Drop the connection.
+      this.socket.destroy();
+      return;
+    }
+    this.#gotBytes = true;
+    try {
+      this.#consume(ex, d);
+    } catch (err) {
+      this.#ex = null;
+      this.socket.destroy();
+      ex.fail(err instanceof TideError ? err : protocolError(String(err)));
+    }
+  }
+
+  #consume(ex: Exchange, d: Buffer): void {
+    let chunk: Buffer | null = d;
+    while (chunk !== null && chunk.length > 0 && this.#ex === ex) {
+      if (this.#state === S_HEAD) {
+        const buf: Buffer = this.#buf === null ? chunk : Buffer.concat([this.#buf, chunk]);
+        const end = buf.indexOf(CRLF2);
+        if (end === -1) {
+          if (buf.length > this.#opts.maxResponseHeadBytes) throw protocolError('the response head is too large');
+          this.#buf = buf;
+          return;
+        }
+        this.#buf = null;
+        const rest = buf.subarray(end + 4);
+        const informational = this.#head(ex, buf.toString('latin1', 0, end));
+        chunk = rest;
+        if (informational) continue;
+        if (this.#state === S_HEAD) {
+          this.#complete(ex, rest);
+          return;
+        }
+        continue;
+      }
+      if (this.#state === S_FIXED) {
+        const take = Math.min(this.#left, chunk.length);
+        this.#left -= take;
+        const part = take === chunk.length ? chunk : chunk.subarray(0, take);
+        if (take > 0) ex.handler?.onResponseData(ex, part);
+        if (this.#left === 0) {
+          this.#complete(ex, chunk.subarray(take));
+          return;
+        }
+        return;
+      }
+      if (this.#state === S_CHUNKED) {
+        const decoder = this.#chunked as ChunkedDecoder;
+        const used = decoder.feed(chunk, (data) => ex.handler?.onResponseData(ex, data));
+        if (decoder.done) {
+          this.#complete(ex, chunk.subarray(used));
+          return;
+        }
+        return;
+      }
+      // S_UNTIL_CLOSE
+      ex.handler?.onResponseData(ex, chunk);
+      return;
+    }
+  }
+
+  /** Parses a response head; returns true for a 1xx to skip. */
+  #head(ex: Exchange, text: string): boolean {
+    const lines = text.split('\r\n');
+    const m = STATUS_LINE.exec(lines[0] as string);
+    if (!m) throw protocolError('bad status line');
+    const status = Number(m[2]);
+    const raw: string[] = [];
+    let cl = -1;
+    let te: string | undefined;
+    let connection = '';
+    for (let i = 1; i < lines.length; i++) {
+      const line = lines[i] as string;
+      const colon = line.indexOf(':');
+      if (colon <= 0) throw protocolError(line.length && (line[0] === ' ' || line[0] === '\t') ? 'obsolete line folding' : 'a header line without a name');
+      const name = line.slice(0, colon);
+      if (!TOKEN.test(name)) throw protocolError(`bad header name`);
+      if (CTL.test(line)) throw protocolError(`a control character in header ${name}`);
+      const value = line.slice(colon + 1).trim();
+      const lower = name.length === 14 || name.length === 17 || name.length === 10 ? name.toLowerCase() : '';
+      if (lower === 'content-length') {
+        if (!/^\d{1,15}$/.test(value) || (cl !== -1 && cl !== Number(value))) throw protocolError('bad Content-Length');
+        cl = Number(value);
+      } else if (lower === 'transfer-encoding') {
+        te = te === undefined ? value : `${te}, ${value}`;
+      } else if (lower === 'connection') {
+        connection += `${value.toLowerCase()},`;
+      }
+      raw.push(name, value);
+    }
+    if (status < 200 && status !== 101) return true;
+    if (status === 101) throw protocolError('an unexpected 101 Switching Protocols');
+    if (te !== undefined && cl !== -1) throw protocolError('both Content-Length and Transfer-Encoding');
+    this.#keepAlive = m[1] === '1' ? !connection.includes('close') : connection.includes('keep-alive');
+    const noBody = ex.req.method === 'HEAD' || status === 204 || status === 304;
+    if (noBody) this.#state = S_HEAD;
+    else if (te !== undefined) {
+      if (!/(^|,)\s*chunked\s*$/i.test(te)) {
+        this.#state = S_UNTIL_CLOSE;
+        this.#keepAlive = false;
+      } else {
+        this.#state = S_CHUNKED;
+        this.#chunked = new ChunkedDecoder();
+      }
+    } else if (cl >= 0) {
+      this.#state = cl === 0 ? S_HEAD : S_FIXED;
+      this.#left = cl;
+    } else {
+      this.#state = S_UNTIL_CLOSE;
+      this.#keepAlive = false;
+    }
+    ex.rawHeaders = raw;
+    ex.handler?.onResponseStart(ex, status, cl >= 0 ? { 'content-length': String(cl) } : {});
+    return false;
+  }
+
+  #complete(ex: Exchange, rest: Buffer): void {
+    this.#ex = null;
+    ex.conn = null;
+    this.#chunked = null;
+    this.#state = S_HEAD;
+    const h = ex.handler;
+    ex.handler = null;
+    if (rest.length > 0 || !this.#keepAlive) this.socket.destroy();
+    else {
+      if (this.socket.isPaused()) this.socket.resume();
+      this.#pool.release(this);
+    }
+    h?.onResponseEnd(ex, {});
+  }
+
+  #onGone(err: Error | undefined): void {
+    clearTimeout(this.#connectTimer);
+    const ex = this.#ex;
+    this.#ex = null;
+    if (ex && !ex.aborted) {
+      ex.conn = null;
+      if (this.#state === S_UNTIL_CLOSE && !err) {
+        const h = ex.handler;
+        ex.handler = null;
+        h?.onResponseEnd(ex, {});
+      } else if (!this.#connected) {
+        const code = (err as NodeJS.ErrnoException | undefined)?.code ?? 'ECONNREFUSED';
+        ex.fail(new TideError('ERR_PROXY_CONNECT', `could not connect to the upstream (${code})`, { status: 503, cause: err }));
+      } else if (this.#reused && !this.#gotBytes && ex.replayable) {
+        ex.retried = true;
+        this.#pool.retryFresh(ex);
+      } else {
+        const responded = ex.rawHeaders !== null;
+        ex.fail(
+          new TideError(
+            'ERR_PROXY_RESET',
+            responded ? 'the upstream connection closed in the middle of the response' : 'the upstream closed the connection before answering',
+            { status: 502, cause: err, details: { responded } },
+          ),
+        );
+      }
+    }
+    this.#pool.forget(this);
+  }
+}
