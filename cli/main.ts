@@ -134,9 +134,8 @@ export function program(): Command {
   prog
     .command('proxy')
     .description(
-      'run the mesh proxy on its own from a config file (listeners, virtual hosts, routes, clusters);\n' +
-        'the file is watched and re-read on SIGHUP: a valid change is applied atomically, a bad one is\n' +
-        'reported with line and column and the running config stays',
+      'run the mesh proxy on its own from a config file (listeners, virtual hosts, routes, clusters). ' +
+        'The file is watched and re-read on SIGHUP: a valid change is applied atomically; a bad one is reported with line and column and the running config stays.',
     )
     .requiredOption('-c, --config <file>', 'the proxy config file (YAML); see examples/proxy.yaml')
     .option('--check', 'validate the file (schema, references, certificates) and exit')

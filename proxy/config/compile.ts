@@ -91,11 +91,9 @@ export function compileSnapshot(config: ProxyConfig, version: number, metrics: P
       checkRoute(r, at, clusterConfigs, problems);
     });
   });
-  if (problems.length > 0) throw invalid(problems);
-
   // Validate the matches (regexes, domains) before building anything that holds sockets.
-  const probe = tryRouter(config, () => ({}) as CompiledRoute, problems);
-  if (!probe) throw invalid(problems);
+  tryRouter(config, () => ({}) as CompiledRoute, problems);
+  if (problems.length > 0) throw invalid(problems);
 
   const clusters = new Map<string, Cluster>();
   for (const [name, c] of clusterConfigs) {
