@@ -78,7 +78,8 @@ export class DataPlane {
     h['x-forwarded-for'] = xff === undefined ? conn.remoteAddress : `${xff}, ${conn.remoteAddress}`;
     h['x-forwarded-proto'] = conn.scheme;
     h['x-forwarded-host'] = head.host;
-    const fwd = `for=${conn.remoteAddress.includes(':') ? `"[${conn.remoteAddress}]"` : conn.remoteAddress};host=${quoteIfNeeded(head.host)};proto=${conn.scheme}`;
+    const hostPart = head.host === '' ? '' : `;host=${quoteIfNeeded(head.host)}`;
+    const fwd = `for=${conn.remoteAddress.includes(':') ? `"[${conn.remoteAddress}]"` : conn.remoteAddress}${hostPart};proto=${conn.scheme}`;
     h.forwarded = h.forwarded === undefined ? fwd : `${h.forwarded}, ${fwd}`;
     h.via = h.via === undefined ? `${httpVersion} tide` : `${h.via}, ${httpVersion} tide`;
     return {

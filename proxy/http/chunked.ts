@@ -1,6 +1,6 @@
 /**
  * A streaming, strict decoder for chunked request bodies (RFC 9112 §7.1). Sizes are hex digits
- * only (at most 15, so they cannot overflow), extensions are tokens and quoted strings with no
+ * only (at most 15 digits and 2^44, so they stay exact integers), extensions are tokens and quoted strings with no
  * control characters, every chunk ends in CRLF, and the trailer section is read and dropped
  * (its total size bounded). Anything else is a 400: a proxy that reads a chunk boundary
  * differently from its upstream is a request-smuggling hole.
@@ -39,6 +39,7 @@ export class ChunkedDecoder {
   #trailerBytes = 0;
   #trailerLineEmpty = true;
   #quoted = false;
+  #escaped = false;
 
   get done(): boolean {
     return this.#state === S_DONE;
@@ -58,6 +59,7 @@ export class ChunkedDecoder {
           const h = hexValue(c);
           if (h >= 0) {
             if (++this.#digits > 15) throw bad('the chunk size is too long');
+            if (this.#size > 0xfffffffffff) throw bad('the chunk size is too large');
             this.#size = this.#size * 16 + h;
           } else if (this.#digits === 0) {
             throw bad('a chunk size must start with a hex digit');
@@ -73,7 +75,9 @@ export class ChunkedDecoder {
           break;
         }
         case S_EXT: {
-          if (c === 34 /* " */) this.#quoted = !this.#quoted;
+          if (this.#escaped) this.#escaped = false;
+          else if (c === 92 /* \ */ && this.#quoted) this.#escaped = true;
+          else if (c === 34 /* " */) this.#quoted = !this.#quoted;
           if (c === 13 && !this.#quoted) this.#state = S_SIZE_LF;
           else if ((c < 32 && c !== 9) || c === 127) throw bad('a chunk extension has a control character');
           if (++this.#line > MAX_LINE) throw bad('a chunk extension is too long');

@@ -185,6 +185,8 @@ export class H1Connection {
       const pending = this.#buf;
       this.#buf = null;
       if (pending !== null) this.#feedBody(pending);
+      // Refused while reading the body bytes that came with the head: never dispatch it.
+      if (this.#state === S_DONE) return;
     } else {
       this.#setDeadline('none', 0);
     }
