@@ -17,6 +17,7 @@ import type { RequestHead } from './http/parse.ts';
 import { abortRequest, type ConnectionInfo, type Downstream, type ProxyRequest, type ResponseControl, type ResponseHandler } from './http/types.ts';
 import type { ProxyMetrics, RouteMetrics } from './metrics.ts';
 import { errorResponse } from './rescue.ts';
+import type { Cluster } from './upstream/cluster.ts';
 import { splitHostPort } from './upstream/endpoint.ts';
 
 export interface ProxyOptions {
@@ -31,6 +32,7 @@ const REQUEST_ID = /^[A-Za-z0-9._:@/+=-]{1,128}$/;
 export class DataPlane {
   readonly #opts: ProxyOptions;
   #snapshot: ProxySnapshot | undefined;
+  readonly #retired = new Set<ProxySnapshot>();
   readonly #idPrefix = randomBytes(4).toString('hex');
   #seq = 0;
   inflight = 0;
@@ -46,22 +48,42 @@ export class DataPlane {
     return this.#snapshot;
   }
 
-  /** Swaps in `next`; clusters it did not take over are closed once their requests finish. */
+  /**
+   * Swaps in `next`. The previous snapshot retires: requests routed on it finish on its stacks
+   * (a fault delay, a retry back-off or a buffered body may still dispatch later), and its
+   * clusters that no live snapshot uses are closed once its last request is done.
+   */
   apply(next: ProxySnapshot): void {
     const prev = this.#snapshot;
     this.#snapshot = next;
     this.#opts.metrics.configVersion = next.version;
     if (!prev) return;
-    const kept = new Set(next.clusters.values());
-    for (const c of prev.clusters.values()) {
-      if (!kept.has(c)) c.close().catch((err: unknown) => this.#opts.log.warn({ err, cluster: c.name }, 'closing a replaced cluster failed'));
+    this.#retired.add(prev);
+    this.#reap();
+  }
+
+  /** Closes the clusters of retired snapshots that have no request left and that no live snapshot uses. */
+  #reap(): void {
+    const done = [...this.#retired].filter((s) => s.inflight === 0);
+    if (done.length === 0) return;
+    for (const s of done) this.#retired.delete(s);
+    const live = new Set<Cluster>(this.#snapshot?.clusters.values() ?? []);
+    for (const s of this.#retired) for (const c of s.clusters.values()) live.add(c);
+    for (const s of done) {
+      for (const c of s.clusters.values()) {
+        if (live.has(c)) continue;
+        live.add(c); // close once
+        c.close().catch((err: unknown) => this.#opts.log.warn({ err, cluster: c.name }, 'closing a replaced cluster failed'));
+      }
     }
   }
 
   async close(): Promise<void> {
-    const s = this.#snapshot;
+    const all = new Set<Cluster>();
+    for (const s of [this.#snapshot, ...this.#retired]) for (const c of s?.clusters.values() ?? []) all.add(c);
     this.#snapshot = undefined;
-    if (s) await Promise.all([...s.clusters.values()].map((c) => c.close()));
+    this.#retired.clear();
+    await Promise.all([...all].map((c) => c.close()));
   }
 
   #requestId(given: string | undefined): string {
@@ -111,6 +133,10 @@ export class DataPlane {
       out.finish(499);
     });
     const snapshot = this.#snapshot;
+    if (snapshot) {
+      snapshot.inflight++;
+      out.snapshot = snapshot;
+    }
     const matched = snapshot?.router.route({ host: req.host, method: req.method, url: req.path, headers: req.headers });
     if (!matched) {
       out.onError(new TideError('ERR_PROXY_NO_ROUTE', `no route for ${req.method} ${req.host}${req.path.split('?')[0]}`, { status: 404 }));
@@ -136,8 +162,9 @@ export class DataPlane {
   }
 
   /** Counts and logs a finished request. */
-  done(req: ProxyRequest, route: CompiledRoute | undefined, status: number, error: string | undefined): void {
+  done(req: ProxyRequest, route: CompiledRoute | undefined, snapshot: ProxySnapshot | undefined, status: number, error: string | undefined): void {
     this.inflight--;
+    if (snapshot && --snapshot.inflight === 0 && this.#retired.has(snapshot)) this.#reap();
     const seconds = (performance.now() - req.startedAt) / 1000;
     (route?.metrics ?? this.#unrouted).count(req.cluster ?? '', status, seconds);
     this.#opts.access?.info({
@@ -170,6 +197,8 @@ export class DataPlane {
       fail(new TideError('ERR_PROXY_NO_ROUTE', `no upstream for the upgrade request to ${req.host}${req.path}`, { status: 404 }));
       return;
     }
+    req.route = matched.target.name;
+    matched.target.editRequest?.(req);
     const endpoint = cluster.pick();
     const [host, port] = splitHostPort(endpoint.address);
     const up = connect({ host, port, noDelay: true });
@@ -210,6 +239,7 @@ class Answer implements ResponseHandler {
   readonly #req: ProxyRequest;
   readonly #res: Downstream;
   route: CompiledRoute | undefined;
+  snapshot: ProxySnapshot | undefined;
   #status = 0;
   #done = false;
   #error: string | undefined;
@@ -273,6 +303,6 @@ class Answer implements ResponseHandler {
   finish(status: number): void {
     if (this.#done) return;
     this.#done = true;
-    this.#proxy.done(this.#req, this.route, status, this.#error);
+    this.#proxy.done(this.#req, this.route, this.snapshot, status, this.#error);
   }
 }

@@ -14,9 +14,9 @@ import { createSecureContext } from 'node:tls';
 import type { ClusterConfig, ListenerConfig, ProxyConfig, RouteConfig } from '../../lib/config/proxy.ts';
 import { parseDuration } from '../../lib/duration.ts';
 import { TideError } from '../../lib/errors.ts';
-import { compose, type Dispatch } from '../http/types.ts';
+import { compose, type Dispatch, type ProxyRequest } from '../http/types.ts';
 import { faultLayer } from '../layers/fault.ts';
-import { headersLayer } from '../layers/headers.ts';
+import { headersLayer, requestEditor } from '../layers/headers.ts';
 import { directResponse, redirect } from '../layers/respond.ts';
 import { RetryBudget, retryLayer } from '../layers/retry.ts';
 import { splitDispatch } from '../layers/split.ts';
@@ -34,6 +34,8 @@ export interface CompiledRoute {
   /** For Upgrade requests (WebSocket): picks the cluster by weight; undefined for routes without backends. */
   upgradeCluster: (() => string) | undefined;
   metrics: RouteMetrics;
+  /** The route's request rewrites and header edits, for upgrade requests (which skip the layers). */
+  editRequest: ((req: ProxyRequest) => void) | undefined;
 }
 
 export interface TlsCertificate {
@@ -56,6 +58,8 @@ export interface ProxySnapshot {
   clusters: Map<string, Cluster>;
   listeners: CompiledListener[];
   config: ProxyConfig;
+  /** Requests routed on this snapshot and not finished (kept by the data plane). */
+  inflight: number;
 }
 
 export interface Problem {
@@ -101,7 +105,7 @@ export function compileSnapshot(config: ProxyConfig, version: number, metrics: P
     clusters.set(name, old && old.fingerprint === JSON.stringify(c) ? old : new Cluster(c, metrics));
   }
   const router = tryRouter(config, (vhName, r) => compileRoute(vhName, r, clusters, metrics), problems) as Router<CompiledRoute>;
-  return { version, router, clusters, listeners, config };
+  return { version, router, clusters, listeners, config, inflight: 0 };
 }
 
 function invalid(problems: Problem[]): TideError {
@@ -179,7 +183,7 @@ function compileRoute(vh: string, r: RouteConfig, clusters: Map<string, Cluster>
           }
           return (live[live.length - 1] as { cluster: string }).cluster;
         };
-  return { virtualHost: vh, name: r.name, dispatch, bufferBodyUpTo, upgradeCluster, metrics: metrics.route(vh, r.name) };
+  return { virtualHost: vh, name: r.name, dispatch, bufferBodyUpTo, upgradeCluster, metrics: metrics.route(vh, r.name), editRequest: requestEditor(r, prefix) };
 }
 
 function compileListeners(config: ProxyConfig, problems: Problem[]): CompiledListener[] {

@@ -5,20 +5,19 @@
  * the proxy before routing; see proxy.ts.)
  */
 import type { RouteConfig } from '../../lib/config/proxy.ts';
-import type { Dispatch, ResponseControl, ResponseHandler } from '../http/types.ts';
+import type { Dispatch, ProxyRequest, ResponseControl, ResponseHandler } from '../http/types.ts';
 
 type Edits = NonNullable<RouteConfig['requestHeaders']>;
 
-export function headersLayer(route: RouteConfig, matchedPrefix: string | undefined): ((next: Dispatch) => Dispatch) | undefined {
+/** The request half of a route's edits (rewrites, header set/add/remove), or undefined when it has none. */
+export function requestEditor(route: RouteConfig, matchedPrefix: string | undefined): ((req: ProxyRequest) => void) | undefined {
   const rw = route.rewrite;
   const reqEdits = route.requestHeaders;
-  const resEdits = route.responseHeaders;
-  if (!rw && !reqEdits && !resEdits) return undefined;
+  if (!rw && !reqEdits) return undefined;
   const setReq = Object.entries(reqEdits?.set ?? {}).map(([k, v]) => [k.toLowerCase(), v] as const);
   const addReq = Object.entries(reqEdits?.add ?? {}).map(([k, v]) => [k.toLowerCase(), v] as const);
   const removeReq = (reqEdits?.remove ?? []).map((k) => k.toLowerCase());
-  const editResponse = resEdits ? responseEditor(resEdits) : undefined;
-  return (next) => (req, handler) => {
+  return (req) => {
     if (rw?.prefix !== undefined && matchedPrefix !== undefined && req.path.startsWith(matchedPrefix)) {
       const rest = req.path.slice(matchedPrefix.length);
       req.path = rw.prefix.endsWith('/') && rest.startsWith('/') ? rw.prefix + rest.slice(1) : rw.prefix + rest;
@@ -28,6 +27,15 @@ export function headersLayer(route: RouteConfig, matchedPrefix: string | undefin
     for (const k of removeReq) delete req.headers[k];
     for (const [k, v] of setReq) req.headers[k] = v;
     for (const [k, v] of addReq) req.headers[k] = req.headers[k] === undefined ? v : `${req.headers[k]}, ${v}`;
+  };
+}
+
+export function headersLayer(route: RouteConfig, matchedPrefix: string | undefined): ((next: Dispatch) => Dispatch) | undefined {
+  const editRequest = requestEditor(route, matchedPrefix);
+  const editResponse = route.responseHeaders ? responseEditor(route.responseHeaders) : undefined;
+  if (!editRequest && !editResponse) return undefined;
+  return (next) => (req, handler) => {
+    editRequest?.(req);
     next(req, editResponse ? wrap(handler, editResponse) : handler);
   };
 }

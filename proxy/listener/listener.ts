@@ -57,7 +57,10 @@ export class Listener {
         {
           ALPNProtocols: compiled.config.http2 ? ['h2', 'http/1.1'] : ['http/1.1'],
           SNICallback: (servername, cb) => cb(null, this.#contextFor(servername)),
-          secureContext: this.#contexts[0]?.ctx,
+          // The default certificate, for clients that send no SNI (or a name no certificate lists).
+          cert: compiled.certificates[0]?.cert,
+          key: compiled.certificates[0]?.key,
+          minVersion: 'TLSv1.2',
         },
         (socket: TLSSocket) => {
           if (socket.alpnProtocol === 'h2') this.#toH2(socket, Buffer.alloc(0));
@@ -106,7 +109,11 @@ export class Listener {
     this.#compiled = next;
     this.#limits = limitsOf(next);
     this.#server.maxConnections = next.config.limits.maxConnections;
-    if (next.certificates.length > 0) this.#contexts = contextsOf(next);
+    const first = next.certificates[0];
+    if (first) {
+      this.#contexts = contextsOf(next);
+      (this.#server as import('node:tls').Server).setSecureContext({ cert: first.cert, key: first.key, minVersion: 'TLSv1.2' });
+    }
   }
 
   #contextFor(servername: string): SecureContext | undefined {

@@ -5,7 +5,7 @@
 import { execFileSync } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { createServer, type IncomingHttpHeaders, type Server } from 'node:http';
-import { type ClientHttp2Session, connect as h2connect, type IncomingHttpHeaders as H2Headers, type OutgoingHttpHeaders } from 'node:http2';
+import { type ClientHttp2Session, type IncomingHttpHeaders as H2Headers, connect as h2connect, type OutgoingHttpHeaders } from 'node:http2';
 import { request as httpsRequest } from 'node:https';
 import { type AddressInfo, connect as netConnect, type Socket } from 'node:net';
 import { join } from 'node:path';
@@ -79,8 +79,12 @@ interface H2Answer {
 }
 
 function h2request(session: ClientHttp2Session, headers: OutgoingHttpHeaders): Promise<H2Answer> {
+  return h2post(session, headers, undefined);
+}
+
+function h2post(session: ClientHttp2Session, headers: OutgoingHttpHeaders, body: string | undefined): Promise<H2Answer> {
   return new Promise((resolve, reject) => {
-    const req = session.request(headers);
+    const req = session.request(headers, { endStream: body === undefined });
     let status = 0;
     let got: H2Headers = {};
     const chunks: Buffer[] = [];
@@ -92,7 +96,7 @@ function h2request(session: ClientHttp2Session, headers: OutgoingHttpHeaders): P
     req.on('data', (c: Buffer) => chunks.push(c));
     req.on('end', () => resolve({ status, headers: got, text: Buffer.concat(chunks).toString() }));
     req.on('error', reject);
-    req.end();
+    req.end(body);
   });
 }
 
@@ -106,7 +110,8 @@ function closeH2(session: ClientHttp2Session): Promise<void> {
 /** The subject CN of the certificate the server presents for `servername` (and whether `ca` trusts it). */
 function peerCertificate(port: number, servername: string, ca?: Buffer): Promise<{ cn: string; authorized: boolean }> {
   return new Promise((resolve, reject) => {
-    const s = tlsConnect({ host: '127.0.0.1', port, servername, ca, rejectUnauthorized: false }, () => {
+    // An empty servername sends no SNI (as for a client connecting by IP address).
+    const s = tlsConnect({ host: '127.0.0.1', port, servername: servername || undefined, ca, rejectUnauthorized: false }, () => {
       const cert = s.getPeerCertificate();
       const cn = cert.subject?.CN;
       resolve({ cn: Array.isArray(cn) ? cn.join(',') : String(cn), authorized: s.authorized });
@@ -124,22 +129,19 @@ function httpsGet(
   ca: Buffer,
 ): Promise<{ status: number; headers: IncomingHttpHeaders; text: string; alpn: string | false | null }> {
   return new Promise((resolve, reject) => {
-    const req = httpsRequest(
-      { host: '127.0.0.1', port, path, servername: host, ca, headers: { host }, agent: false, ALPNProtocols: ['http/1.1'] },
-      (res) => {
-        const chunks: Buffer[] = [];
-        res.on('data', (c: Buffer) => chunks.push(c));
-        res.on('end', () =>
-          resolve({
-            status: res.statusCode ?? 0,
-            headers: res.headers,
-            text: Buffer.concat(chunks).toString(),
-            alpn: (res.socket as import('node:tls').TLSSocket).alpnProtocol,
-          }),
-        );
-        res.on('error', reject);
-      },
-    );
+    const req = httpsRequest({ host: '127.0.0.1', port, path, servername: host, ca, headers: { host }, agent: false }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () =>
+        resolve({
+          status: res.statusCode ?? 0,
+          headers: res.headers,
+          text: Buffer.concat(chunks).toString(),
+          alpn: (res.socket as import('node:tls').TLSSocket).alpnProtocol,
+        }),
+      );
+      res.on('error', reject);
+    });
     req.setTimeout(5000, () => req.destroy(new Error('request timed out')));
     req.on('error', reject);
     req.end();
@@ -229,7 +231,8 @@ describe('tide proxy routing', () => {
   let b: Upstream;
   let ws: Server;
   let wsPort = 0;
-  const wsSeen: IncomingHttpHeaders[] = [];
+  const wsSeen: { url: string; headers: IncomingHttpHeaders }[] = [];
+  const wsSockets = new Set<import('node:stream').Duplex>();
   let proxy: RunningProxy;
   let certs: { a: ReturnType<typeof makeCert>; b: ReturnType<typeof makeCert> };
   let pool: Pool | undefined;
@@ -242,11 +245,18 @@ describe('tide proxy routing', () => {
       res.end('upgrade required');
     });
     ws.on('upgrade', (req, socket, head: Buffer) => {
-      wsSeen.push(req.headers);
+      wsSeen.push({ url: req.url ?? '', headers: req.headers });
+      wsSockets.add(socket);
+      socket.on('close', () => wsSockets.delete(socket));
       socket.on('error', () => {});
+      // http servers allow half-open sockets: end ours when the proxy ends its side.
+      socket.on('end', () => socket.end());
       socket.write(`HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: ${req.headers.upgrade}\r\n\r\n`);
       if (head.length > 0) socket.write(head);
-      socket.on('data', (d: Buffer) => socket.write(d));
+      socket.on('data', (d: Buffer) => {
+        if (d.toString('latin1').endsWith('CLOSE')) socket.end('bye');
+        else socket.write(d);
+      });
     });
     await new Promise<void>((r) => ws.listen(0, '127.0.0.1', r));
     wsPort = (ws.address() as AddressInfo).port;
@@ -363,6 +373,11 @@ virtualHosts:
   - name: ws
     domains: [ws.test]
     routes:
+      - name: ws-rewrite
+        match: { path: { prefix: /ws/ } }
+        rewrite: { prefix: /, host: ws.internal }
+        requestHeaders: { set: { x-route: ws-rewrite }, remove: [x-secret] }
+        backends: [{ cluster: ws }]
       - { name: ws, backends: [{ cluster: ws }] }
   - name: metrics
     domains: [metrics.test]
@@ -382,6 +397,7 @@ clusters:
     await a?.close();
     await b?.close();
     if (ws) {
+      for (const s of wsSockets) s.destroy();
       ws.closeAllConnections();
       await new Promise<void>((r) => ws.close(() => r()));
     }
@@ -665,6 +681,9 @@ virtualHosts:
         // Several streams on the one session.
         const many = await Promise.all(Array.from({ length: 10 }, (_, i) => h2request(session, { ':path': `/exact?i=${i}`, ':authority': 'match.test' })));
         expect(many.map((m) => `${m.status} ${m.text}`)).toEqual(Array.from({ length: 10 }, () => '200 exact'));
+        const post = await h2post(session, { ':path': '/api/h2c-post', ':authority': 'edit.test', ':method': 'POST' }, 'h2 body');
+        expect(post.status).toBe(200);
+        expect(a.seen.at(-1)).toMatchObject({ method: 'POST', url: '/h2c-post', body: 'h2 body' });
         const none = await h2request(session, { ':path': '/', ':authority': 'nobody.invalid' });
         expect(none.status).toBe(404);
         expect(none.headers['tide-proxy-error']).toBe('ERR_PROXY_NO_ROUTE');
@@ -717,6 +736,47 @@ virtualHosts:
     });
   });
 
+  describe('TLS default certificate and certificate reloads', () => {
+    it('presents the first certificate to a client that sends no SNI (connects by IP address)', async () => {
+      const port = proxy.ports.tls as number;
+      // Node sends no SNI for an IP address: the listener's default (first) certificate must answer.
+      expect(await peerCertificate(port, '')).toMatchObject({ cn: 'a.test' });
+    });
+
+    it('serves the reloaded certificates to new connections, the default one included', async () => {
+      const tlsConfig = (first: 'a' | 'b') => {
+        const order = first === 'a' ? [certs.a, certs.b] : [certs.b, certs.a];
+        const names = first === 'a' ? ['a.test', 'b.test'] : ['b.test', 'a.test'];
+        return `
+listeners:
+  - name: tls
+    port: 0
+    tls:
+      certificates:
+        - { cert: '${order[0]?.cert}', key: '${order[0]?.key}', serverNames: [${names[0]}] }
+        - { cert: '${order[1]?.cert}', key: '${order[1]?.key}', serverNames: [${names[1]}] }
+virtualHosts:
+  - name: all
+    domains: ['*']
+    routes: [{ name: r, directResponse: { status: 200, body: hi } }]
+`;
+      };
+      const p = await startProxy(tlsConfig('a'));
+      try {
+        expect(await peerCertificate(p.port, 'a.test')).toMatchObject({ cn: 'a.test' });
+        expect(await peerCertificate(p.port, 'other.test')).toMatchObject({ cn: 'a.test' });
+        p.write(tlsConfig('b'));
+        expect(await p.server.reload()).toEqual({ applied: true });
+        expect(await peerCertificate(p.port, 'a.test')).toMatchObject({ cn: 'a.test' });
+        expect(await peerCertificate(p.port, 'b.test')).toMatchObject({ cn: 'b.test' });
+        expect(await peerCertificate(p.port, 'other.test')).toMatchObject({ cn: 'b.test' });
+        expect(await peerCertificate(p.port, '')).toMatchObject({ cn: 'b.test' });
+      } finally {
+        await p.close();
+      }
+    });
+  });
+
   describe('Upgrade', () => {
     it('passes a WebSocket-style upgrade through and round-trips bytes both ways', async () => {
       const socket = netConnect({ host: '127.0.0.1', port: proxy.port });
@@ -739,10 +799,65 @@ virtualHosts:
         const bin = Buffer.from([0, 1, 2, 255, 254, 10, 13]);
         socket.write(bin);
         await rd.until(bin.toString('latin1'), from);
-        const seen = wsSeen.at(-1) ?? {};
-        expect(seen.upgrade).toBe('tide-echo');
-        expect(seen['x-client']).toBe('raw');
-        expect(seen.host).toBe('ws.test');
+        const seen = wsSeen.at(-1);
+        expect(seen?.url).toBe('/chat?room=1');
+        expect(seen?.headers.upgrade).toBe('tide-echo');
+        expect(seen?.headers['x-client']).toBe('raw');
+        expect(seen?.headers.host).toBe('ws.test');
+        expect(seen?.headers['x-forwarded-for']).toBe('127.0.0.1');
+        expect(wsSockets.size).toBe(1);
+      } finally {
+        socket.destroy();
+      }
+      // The client went away: the proxy closes the upstream side too.
+      await eventually(() => wsSockets.size === 0, 3000);
+    });
+
+    it("applies the route's rewrites and request header edits to an upgrade request", async () => {
+      const socket = netConnect({ host: '127.0.0.1', port: proxy.port });
+      socket.on('error', () => {});
+      const rd = socketReader(socket);
+      try {
+        socket.write('GET /ws/chat?room=2 HTTP/1.1\r\nHost: ws.test\r\nConnection: Upgrade\r\nUpgrade: tide-echo\r\nX-Secret: s3cr3t\r\n\r\n');
+        const headEnd = await rd.until('\r\n\r\n');
+        expect(rd.text()).toMatch(/^HTTP\/1\.1 101 /);
+        socket.write('hello;');
+        await rd.until('hello;', headEnd + 4);
+        const seen = wsSeen.at(-1);
+        expect(seen?.url).toBe('/chat?room=2');
+        expect(seen?.headers.host).toBe('ws.internal');
+        expect(seen?.headers['x-route']).toBe('ws-rewrite');
+        expect(seen?.headers['x-secret']).toBeUndefined();
+      } finally {
+        socket.destroy();
+      }
+    });
+
+    it('closes the client side when the upstream ends the upgraded connection', async () => {
+      const socket = netConnect({ host: '127.0.0.1', port: proxy.port });
+      socket.on('error', () => {});
+      const rd = socketReader(socket);
+      try {
+        socket.write('GET /chat HTTP/1.1\r\nHost: ws.test\r\nConnection: upgrade\r\nUpgrade: tide-echo\r\n\r\n');
+        const headEnd = await rd.until('\r\n\r\n');
+        expect(rd.text()).toMatch(/^HTTP\/1\.1 101 /);
+        socket.write('CLOSE');
+        await rd.until('bye', headEnd);
+        await new Promise<void>((resolve, reject) => {
+          const t = setTimeout(() => reject(new Error('the proxy kept the client socket open after the upstream closed')), 3000);
+          if (socket.destroyed || socket.readableEnded) {
+            clearTimeout(t);
+            resolve();
+          }
+          socket.once('end', () => {
+            clearTimeout(t);
+            resolve();
+          });
+          socket.once('close', () => {
+            clearTimeout(t);
+            resolve();
+          });
+        });
       } finally {
         socket.destroy();
       }
@@ -1016,7 +1131,12 @@ clusters:
     try {
       await sleep(150);
       for (let i = 0; i < 10; i++) {
-        proxy.write(config(i % 2 === 0 ? 'a' : 'b', i % 3 === 0 ? `\n      - { name: extra-${i}, match: { path: { exact: /extra } }, directResponse: { status: 204 } }` : ''));
+        proxy.write(
+          config(
+            i % 2 === 0 ? 'a' : 'b',
+            i % 3 === 0 ? `\n      - { name: extra-${i}, match: { path: { exact: /extra } }, directResponse: { status: 204 } }` : '',
+          ),
+        );
         results.push(await proxy.server.reload());
         await sleep(120);
       }
@@ -1033,6 +1153,50 @@ clusters:
     expect(r.byUpstream.get('b') ?? 0).toBeGreaterThan(0);
     // The last config (i = 9) routes to b.
     expect(await upstreamOf()).toBe('200 b');
+  });
+
+  it('reloads that replace a cluster do not fail requests already routed to it (delayed by a fault)', async () => {
+    // One cluster "app" whose endpoint alternates a/b: each reload builds a new cluster and retires
+    // the old one while requests routed on the old snapshot are still waiting out their delay.
+    const appConfig = (ep: string) => `
+listeners: [{ name: main, port: 0 }]
+virtualHosts:
+  - name: all
+    domains: ['*']
+    routes:
+      - name: main
+        backends: [{ cluster: app }]
+        fault: { delay: { duration: 20ms, percent: 100 } }
+clusters:
+  - { name: app, endpoints: ['${ep}'] }
+`;
+    const p = await startProxy(appConfig(a.address));
+    const clients = new Pool(`http://127.0.0.1:${p.port}`, { connections: 20 });
+    let stop = false;
+    try {
+      const running = load(clients, { total: 20_000, concurrency: 20, maxMs: 5000, stop: () => stop }, () => ({ path: '/', headers: { host: 'reload.test' } }));
+      const results: { applied: boolean }[] = [];
+      try {
+        await sleep(100);
+        for (let i = 0; i < 10; i++) {
+          p.write(appConfig(i % 2 === 0 ? b.address : a.address));
+          results.push(await p.server.reload());
+          await sleep(100);
+        }
+      } finally {
+        stop = true;
+      }
+      const r = await running;
+      expect(results.every((x) => x.applied)).toBe(true);
+      expect(r.failures.slice(0, 5)).toEqual([]);
+      expect(r.failures.length).toBe(0);
+      expect(r.byUpstream.get('a') ?? 0).toBeGreaterThan(0);
+      expect(r.byUpstream.get('b') ?? 0).toBeGreaterThan(0);
+    } finally {
+      stop = true;
+      await clients.close();
+      await p.close();
+    }
   });
 
   it('rejects invalid YAML with line:col, keeps serving the old config, and shows lastError on /config', async () => {
