@@ -118,6 +118,7 @@ export class DataPlane {
       route: undefined,
       cluster: undefined,
       endpoint: undefined,
+      tried: undefined,
       attempts: 0,
       aborted: undefined,
       cancel: undefined,

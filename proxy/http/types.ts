@@ -40,6 +40,8 @@ export interface ProxyRequest {
   route: string | undefined;
   cluster: string | undefined;
   endpoint: string | undefined;
+  /** Endpoints earlier tries failed on; the balancer avoids them when it can. */
+  tried?: string[] | undefined;
   attempts: number;
   /** Set once the request is abandoned (client gone, timeout); layers stop working on it. */
   aborted: TideError | undefined;

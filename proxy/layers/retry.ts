@@ -113,6 +113,13 @@ export function retryLayer(p: RetryParams): (next: Dispatch) => Dispatch {
     let discarding = false;
     let settled = false;
     let timer: NodeJS.Timeout | undefined;
+    // A retry counts against the cluster's maxRetries until it settles.
+    let holdsRetrySlot = n > 0;
+    const releaseSlot = () => {
+      if (!holdsRetrySlot) return;
+      holdsRetrySlot = false;
+      p.cluster.retriesActive--;
+    };
     if (perTryMs > 0) {
       timer = setTimeout(() => {
         if (committed || settled) return;
@@ -123,14 +130,22 @@ export function retryLayer(p: RetryParams): (next: Dispatch) => Dispatch {
     }
     const again = () => {
       settled = true;
+      releaseSlot();
+      if (req.endpoint) {
+        if (req.tried) req.tried.push(req.endpoint);
+        else req.tried = [req.endpoint];
+      }
       p.metrics.retry(p.cluster.name);
       p.cluster.retriesActive++;
       const wait = baseMs * 2 ** n;
       const delay = Math.random() * Math.min(maxMs, wait);
       const t = setTimeout(() => {
-        p.cluster.retriesActive--;
         req.cancel = undefined;
-        if (!req.aborted) attempt(next, req, handler, n + 1);
+        if (req.aborted) {
+          p.cluster.retriesActive--;
+          return;
+        }
+        attempt(next, req, handler, n + 1);
       }, delay);
       req.cancel = (err) => {
         clearTimeout(t);
@@ -153,13 +168,19 @@ export function retryLayer(p: RetryParams): (next: Dispatch) => Dispatch {
       },
       onEnd() {
         if (discarding) again();
-        else handler.onEnd();
+        else {
+          releaseSlot();
+          handler.onEnd();
+        }
       },
       onError(err: TideError) {
         if (timer) clearTimeout(timer);
         if (!committed && !discarding && retriableError(err) && mayRetry(req, n)) again();
         else if (discarding && !req.aborted && n < c.attempts) again();
-        else handler.onError(req.aborted ?? err);
+        else {
+          releaseSlot();
+          handler.onError(req.aborted ?? err);
+        }
       },
     });
   }

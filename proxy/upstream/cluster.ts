@@ -74,7 +74,7 @@ export class Cluster {
       handler.onError(circuitOpen(this.name, `${cb.maxPending} requests waiting for a connection`));
       return;
     }
-    const endpoint = this.pick();
+    const endpoint = this.pick(req.tried);
     req.endpoint = endpoint.address;
     this.active++;
     endpoint.dispatch(req, handler, (outcome, status) => {
@@ -83,17 +83,19 @@ export class Cluster {
     });
   }
 
-  pick(): UpstreamEndpoint {
+  /** An endpoint for the next request, avoiding `avoid` (endpoints earlier tries failed on) when another is eligible. */
+  pick(avoid?: string[]): UpstreamEndpoint {
     const all = this.endpoints;
     if (all.length === 1) return all[0] as UpstreamEndpoint;
     const now = performance.now();
     let eligible: UpstreamEndpoint[] | undefined;
     for (let i = 0; i < all.length; i++) {
       const e = all[i] as UpstreamEndpoint;
-      const ok = e.healthy && (e.ejectedUntil === 0 || now >= e.ejectedUntil);
+      const ok = e.healthy && (e.ejectedUntil === 0 || now >= e.ejectedUntil) && (avoid === undefined || !avoid.includes(e.address));
       if (!ok && eligible === undefined) eligible = all.slice(0, i);
       else if (ok && eligible !== undefined) eligible.push(e);
     }
+    if (eligible !== undefined && eligible.length === 0 && avoid !== undefined) return this.pick();
     const from = eligible === undefined ? all : eligible.length === 0 ? all : eligible;
     return this.#pick(from);
   }
@@ -106,7 +108,9 @@ export class Cluster {
 
   #record(e: UpstreamEndpoint, outcome: Outcome, _status: number): void {
     const od = this.config.outlierDetection;
-    if (outcome === 'ok' || outcome === 'aborted') {
+    // An abandoned request says nothing about the endpoint either way.
+    if (outcome === 'aborted') return;
+    if (outcome === 'ok') {
       e.consecutiveFailures = 0;
       return;
     }

@@ -104,7 +104,12 @@ export class H1Pool {
   }
 
   #send(ex: Exchange): void {
-    const conn = this.#idle.pop();
+    const now = performance.now();
+    let conn = this.#idle.pop();
+    while (conn?.expired(now)) {
+      conn.socket.destroy();
+      conn = this.#idle.pop();
+    }
     if (conn) {
       conn.run(ex, true);
       return;
@@ -125,13 +130,12 @@ export class H1Pool {
 
   /** A connection finished its exchange and can be reused. */
   release(conn: Conn): void {
-    if (this.#queueHead < this.#queue.length) {
-      const next = this.#queue[this.#queueHead] as Exchange;
-      this.#queue[this.#queueHead++] = undefined as unknown as Exchange;
-      if (this.#queueHead > 1024 && this.#queueHead * 2 > this.#queue.length) {
-        this.#queue.splice(0, this.#queueHead);
-        this.#queueHead = 0;
-      }
+    if (conn.expired(performance.now())) {
+      conn.socket.destroy();
+      return;
+    }
+    const next = this.#takeQueued();
+    if (next) {
       conn.run(next, true);
       return;
     }
@@ -140,16 +144,29 @@ export class H1Pool {
     if (this.#closing && this.#idle.length === this.#all.size) this.#finishClose();
   }
 
+  /** The oldest waiting exchange that is still wanted. */
+  #takeQueued(): Exchange | undefined {
+    while (this.#queueHead < this.#queue.length) {
+      const next = this.#queue[this.#queueHead];
+      this.#queue[this.#queueHead++] = undefined as unknown as Exchange;
+      if (this.#queueHead > 1024 && this.#queueHead * 2 > this.#queue.length) {
+        this.#queue.splice(0, this.#queueHead);
+        this.#queueHead = 0;
+      }
+      if (next && !next.aborted) return next;
+    }
+    return undefined;
+  }
+
   /** A connection is gone (closed by either side). */
   forget(conn: Conn): void {
     if (!this.#all.delete(conn)) return;
     const i = this.#idle.indexOf(conn);
     if (i !== -1) this.#idle.splice(i, 1);
     // Someone waiting can have the freed slot.
-    if (this.#queueHead < this.#queue.length && this.#all.size < this.#opts.connections && !this.#closed) {
-      const next = this.#queue[this.#queueHead] as Exchange;
-      this.#queue[this.#queueHead++] = undefined as unknown as Exchange;
-      this.#open().run(next, false);
+    if (this.#all.size < this.#opts.connections && !this.#closed) {
+      const next = this.#takeQueued();
+      if (next) this.#open().run(next, false);
     }
     if (this.#closing && this.#idle.length === this.#all.size) this.#finishClose();
   }
@@ -161,6 +178,7 @@ export class H1Pool {
       return;
     }
     if (this.#all.size < this.#opts.connections) this.#open().run(ex, false);
+    else if (this.#queueHead > 0) this.#queue[--this.#queueHead] = ex;
     else this.#queue.unshift(ex);
   }
 
@@ -274,7 +292,16 @@ class Conn {
   #keepAlive = true;
   #gotBytes = false;
   #connectTimer: NodeJS.Timeout | undefined;
+  /** The request body has been sent whole (a response may come before it is). */
+  #bodySent = true;
+  /** When the upstream said it would close an idle connection (`Keep-Alive: timeout=N`); 0 if it did not. */
+  #expiresAt = 0;
   idleSince = 0;
+
+  /** True when the upstream's announced keep-alive timeout has (nearly) passed. */
+  expired(now: number): boolean {
+    return this.#expiresAt !== 0 && now >= this.#expiresAt;
+  }
 
   constructor(socket: Socket, pool: H1Pool, opts: Required<H1PoolOptions>) {
     this.socket = socket;
@@ -303,6 +330,7 @@ class Conn {
     this.#state = S_HEAD;
     this.#gotBytes = false;
     this.#keepAlive = true;
+    this.#bodySent = true;
     const r = ex.req;
     let head = `${r.method} ${r.path} HTTP/1.1\r\n`;
     const h = r.headers;
@@ -332,6 +360,7 @@ class Conn {
 
   #streamBody(head: string, body: Readable, length: number): void {
     const chunked = length < 0;
+    this.#bodySent = false;
     this.socket.write(`${head}${chunked ? 'transfer-encoding: chunked\r\n' : `content-length: ${length}\r\n`}\r\n`, 'latin1');
     const ex = this.#ex;
     const onData = (c: Buffer) => {
@@ -353,7 +382,9 @@ class Conn {
     };
     body.on('data', onData);
     body.once('end', () => {
-      if (chunked && this.#ex === ex) this.socket.write('0\r\n\r\n', 'latin1');
+      if (this.#ex !== ex) return;
+      this.#bodySent = true;
+      if (chunked) this.socket.write('0\r\n\r\n', 'latin1');
     });
     body.once('error', (err) => {
       if (this.#ex !== ex) return;
@@ -436,6 +467,7 @@ class Conn {
   /** Parses a response head; returns true for a 1xx to skip. */
   #head(ex: Exchange, text: string): boolean {
     const lines = text.split('\r\n');
+    this.#expiresAt = 0;
     const m = STATUS_LINE.exec(lines[0] as string);
     if (!m) throw protocolError('bad status line');
     const status = Number(m[2]);
@@ -459,6 +491,10 @@ class Conn {
         te = te === undefined ? value : `${te}, ${value}`;
       } else if (lower === 'connection') {
         connection += `${value.toLowerCase()},`;
+      } else if (name.length === 10 && name.toLowerCase() === 'keep-alive') {
+        const t = /(?:^|,)\s*timeout\s*=\s*(\d+)/i.exec(value);
+        // Stop reusing the connection a little before the upstream closes it.
+        if (t) this.#expiresAt = performance.now() + Math.max(0, Number(t[1]) * 1000 - 500);
       }
       raw.push(name, value);
     }
@@ -495,7 +531,8 @@ class Conn {
     this.#state = S_HEAD;
     const h = ex.handler;
     ex.handler = null;
-    if (rest.length > 0 || !this.#keepAlive) this.socket.destroy();
+    // Bytes after the response, a close asked for, or a request body still going out: not reusable.
+    if (rest.length > 0 || !this.#keepAlive || !this.#bodySent) this.socket.destroy();
     else {
       if (this.socket.isPaused()) this.socket.resume();
       this.#pool.release(this);
