@@ -314,6 +314,9 @@ class BodyStream extends Readable {
   constructor(socket: Socket, onFirstRead: (() => void) | undefined) {
     super({ highWaterMark: 64 * 1024 });
     this.#socket = socket;
+    // A body refused or cut off before anyone reads it must not become an uncaught 'error';
+    // readers attach their own listeners.
+    this.on('error', () => {});
     this.#onFirstRead = onFirstRead;
   }
 
