@@ -126,6 +126,12 @@ export async function up(options: UpOptions = {}, log: Logger = createLogger({ l
     return { config, gatewayUrl, apiUrl, functions, close };
   } catch (err) {
     await close().catch(() => {});
+    if (err instanceof TideError && err.code === 'ERR_ADDRESS_IN_USE') {
+      throw new TideError('ERR_ADDRESS_IN_USE', `${err.message.replace(/^listener gateway: /, '').replace(/ is already in use$/, '')}: the port is taken`, {
+        hint: 'pick others with --port and --api-port (0 picks a free one)',
+        cause: err,
+      });
+    }
     if ((err as NodeJS.ErrnoException).code === 'EADDRINUSE') {
       throw new TideError('ERR_ADDRESS_IN_USE', `${(err as Error).message.replace(/^listen /, '')}: the port is taken`, {
         hint: 'pick others with --port and --api-port (0 picks a free one)',

@@ -1,2 +1,2 @@
 export { type Endpoint, Gateway, type GatewayOptions } from './gateway.ts';
-export { rescue } from './rescue.ts';
+export { errorResponse } from './rescue.ts';

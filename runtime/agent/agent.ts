@@ -6,13 +6,12 @@
  * for a revision's endpoint; it never decides routing.
  */
 import { randomBytes } from 'node:crypto';
-import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { FunctionRecord, RevisionRecord, RevisionStatus } from '../../control/api/schema/function.ts';
 import type { Store } from '../../control/store/index.ts';
 import { errorMessage, TideError } from '../../lib/errors.ts';
 import { Informer } from '../../lib/informer.ts';
 import type { Logger } from '../../lib/log.ts';
-import type { DispatchMeta, Instance, InstanceEvent, SandboxDriver } from '../sandbox/driver.ts';
+import type { DispatchMeta, Instance, InstanceEvent, SandboxDriver, SandboxRequest, SandboxResponse } from '../sandbox/driver.ts';
 
 /** The store layout the agent reads; passed in so runtime/ imports only types from control/. */
 export interface AgentKeys {
@@ -37,7 +36,7 @@ export interface AgentOptions {
 /** What the gateway dispatches to: all ready instances of one revision. */
 export interface RevisionEndpoint {
   readonly revision: string;
-  dispatch(req: IncomingMessage, res: ServerResponse, meta: DispatchMeta): Promise<void>;
+  dispatch(req: SandboxRequest, res: SandboxResponse, meta: DispatchMeta): Promise<void>;
 }
 
 class RevisionSet implements RevisionEndpoint {
@@ -65,7 +64,7 @@ class RevisionSet implements RevisionEndpoint {
     };
   }
 
-  dispatch(req: IncomingMessage, res: ServerResponse, meta: DispatchMeta): Promise<void> {
+  dispatch(req: SandboxRequest, res: SandboxResponse, meta: DispatchMeta): Promise<void> {
     const list = this.instances;
     if (list.length === 0) return Promise.reject(new TideError('ERR_PROXY_NOT_READY', `revision ${this.revision} has no ready instance`, { status: 503 }));
     // Least in-flight, ties broken round robin.

@@ -3,7 +3,6 @@
  * The node agent starts and stops Instances; the proxy sends requests to them through
  * `dispatch`. Everything above this file is sandbox-agnostic.
  */
-import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { FunctionConfig } from '../../control/api/schema/function.ts';
 
 export interface InstanceSpec {
@@ -17,6 +16,44 @@ export interface InstanceSpec {
   /** Env and secrets, as the function's `env` argument sees them. */
   env: Record<string, string>;
   config: FunctionConfig;
+}
+
+/**
+ * A request as a sandbox sees it, whatever listener it came from (the proxy's own HTTP/1.1 and
+ * HTTP/2 listeners, or node:http). `sandbox/http.ts` adapts node:http's pair.
+ */
+export interface SandboxRequest {
+  method: string;
+  /** The absolute URL the function sees (scheme, the Host the client used, path and query). */
+  url: string;
+  /** Flat `[name, value, …]`, hop-by-hop headers removed. */
+  headers: string[];
+  /** The body, read on demand; null when there is none. */
+  body: AsyncIterator<Buffer> | null;
+  /** True once the whole body has arrived. */
+  readonly complete: boolean;
+  /** Reads and drops the rest of the body (the function did not want it). */
+  discard(): void;
+}
+
+/** Where a sandbox writes its answer. */
+export interface SandboxResponse {
+  readonly headersSent: boolean;
+  /** True once the response was ended (or destroyed). */
+  readonly finished: boolean;
+  /**
+   * Sends status and headers (flat). Throws, writing nothing, when a header is not valid HTTP
+   * (a name that is not a token, a value with a control character).
+   */
+  writeHead(status: number, headers: string[]): void;
+  /** false: wait for `onDrain`. */
+  write(chunk: Uint8Array): boolean;
+  onDrain(cb: () => void): void;
+  end(chunk?: Uint8Array): void;
+  /** Cuts the response off (reset or closed connection). */
+  destroy(err?: Error): void;
+  /** Called once if the client goes away before the response is finished. */
+  onClose(cb: () => void): void;
 }
 
 export interface DispatchMeta {
@@ -45,7 +82,7 @@ export interface Instance {
    * (the proxy's rescue turns that into a status); once headers are out, errors end the
    * connection instead.
    */
-  dispatch(req: IncomingMessage, res: ServerResponse, meta: DispatchMeta): Promise<void>;
+  dispatch(req: SandboxRequest, res: SandboxResponse, meta: DispatchMeta): Promise<void>;
 }
 
 export interface SandboxDriver {

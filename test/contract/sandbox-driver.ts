@@ -10,6 +10,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { FUNCTION_DEFAULTS } from '../../control/api/schema/function.ts';
 import { isTideError } from '../../lib/errors.ts';
 import type { Instance, InstanceSpec, SandboxDriver } from '../../runtime/sandbox/driver.ts';
+import { fromNodeRequest, fromNodeResponse } from '../helpers/sandbox-http.ts';
 import { http, tempDir } from '../helpers/tide.ts';
 
 const MODULE = `
@@ -57,10 +58,12 @@ export function sandboxDriverContract(name: string, makeDriver: () => SandboxDri
 
     async function serve(inst: Instance): Promise<number> {
       const server: Server = createServer((req, res) => {
-        inst.dispatch(req, res, { requestId: 'r1', scheme: 'http' }).catch((err: Error & { status?: number; code?: string }) => {
-          res.writeHead(err.status ?? 500, { 'x-code': err.code ?? '' });
-          res.end(err.message);
-        });
+        inst
+          .dispatch(fromNodeRequest(req, 'http'), fromNodeResponse(res), { requestId: 'r1', scheme: 'http' })
+          .catch((err: Error & { status?: number; code?: string }) => {
+            res.writeHead(err.status ?? 500, { 'x-code': err.code ?? '' });
+            res.end(err.message);
+          });
       });
       await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
       cleanups.push(() => new Promise<void>((r) => server.close(() => r())));

@@ -9,19 +9,14 @@
  * cancel; a task still running `killGraceMs` later (a loop, a hung await) gets its thread
  * terminated and replaced, and the instance reports it.
  */
-import type { IncomingMessage, ServerResponse } from 'node:http';
 import { pathToFileURL } from 'node:url';
 import { MessageChannel, type MessagePort } from 'node:worker_threads';
 import { Piscina } from 'piscina';
 import { TideError } from '../../../lib/errors.ts';
-import { discardRequestBody } from '../../../lib/net.ts';
-import type { DispatchMeta, Instance, InstanceEvent, InstanceSpec, SandboxDriver } from '../driver.ts';
+import type { DispatchMeta, Instance, InstanceEvent, InstanceSpec, SandboxDriver, SandboxRequest, SandboxResponse } from '../driver.ts';
 import { type HostData, type HostMessage, type MainMessage, RESPONSE_WINDOW, type RequestTask, type Task, type TaskResult } from './protocol.ts';
 
 const HOST_URL = new URL('./host.ts', import.meta.url).href;
-
-/** Request headers that describe one hop, not the request; never passed to a function. */
-const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'transfer-encoding', 'upgrade', 'proxy-connection', 'te', 'trailer']);
 
 export interface WorkerDriverOptions {
   /** Called when an instance's thread is replaced (timeout kill, memory limit, crash). */
@@ -130,7 +125,7 @@ export class WorkerInstance implements Instance {
     }
   }
 
-  dispatch(req: IncomingMessage, res: ServerResponse, meta: DispatchMeta): Promise<void> {
+  dispatch(req: SandboxRequest, res: SandboxResponse, meta: DispatchMeta): Promise<void> {
     if (this.#closed) return Promise.reject(new TideError('ERR_SANDBOX_CLOSED', `instance ${this.spec.id} is stopping`, { status: 503 }));
     this.#inflight++;
     return new Promise<void>((resolve, reject) => {
@@ -225,8 +220,8 @@ export class WorkerInstance implements Instance {
 /** One request's trip through an instance. */
 class Exchange {
   readonly #inst: WorkerInstance;
-  readonly #req: IncomingMessage;
-  readonly #res: ServerResponse;
+  readonly #req: SandboxRequest;
+  readonly #res: SandboxResponse;
   readonly #meta: DispatchMeta;
   readonly #resolve: () => void;
   readonly #reject: (err: Error) => void;
@@ -241,7 +236,7 @@ class Exchange {
   #portClosed = false;
   #timer: NodeJS.Timeout | undefined;
 
-  constructor(inst: WorkerInstance, req: IncomingMessage, res: ServerResponse, meta: DispatchMeta, resolve: () => void, reject: (err: Error) => void) {
+  constructor(inst: WorkerInstance, req: SandboxRequest, res: SandboxResponse, meta: DispatchMeta, resolve: () => void, reject: (err: Error) => void) {
     this.#inst = inst;
     this.#req = req;
     this.#res = res;
@@ -252,30 +247,23 @@ class Exchange {
 
   start(): void {
     const req = this.#req;
-    const raw = req.rawHeaders;
-    const headers: string[] = [];
-    for (let i = 0; i < raw.length; i += 2) {
-      const name = raw[i] as string;
-      if (!HOP_BY_HOP.has(name.toLowerCase())) headers.push(name, raw[i + 1] as string);
-    }
-    headers.push('x-request-id', this.#meta.requestId);
-    const method = req.method ?? 'GET';
-    const hasBody = method !== 'GET' && method !== 'HEAD' && (req.headers['transfer-encoding'] !== undefined || Number(req.headers['content-length'] ?? 0) > 0);
+    const headers = req.headers;
+    let hasId = false;
+    for (let i = 0; i < headers.length; i += 2) if ((headers[i] as string).toLowerCase() === 'x-request-id') hasId = true;
+    if (!hasId) headers.push('x-request-id', this.#meta.requestId);
     const task: RequestTask = {
       kind: 'request',
-      method,
-      url: `${this.#meta.scheme}://${req.headers.host ?? 'localhost'}${req.url ?? '/'}`,
+      method: req.method,
+      url: req.url,
       headers,
       requestId: this.#meta.requestId,
     };
-    if (hasBody) {
+    if (req.body !== null) {
       const { port1, port2 } = new MessageChannel();
       this.#attach(port1);
       task.port = port2;
     }
-    this.#res.on('close', () => {
-      if (!this.#res.writableFinished) this.#cancel();
-    });
+    this.#res.onClose(() => this.#cancel());
     this.#timer = setTimeout(() => this.#onTimeout(), this.#inst.spec.config.timeoutMs);
     this.#inst.run(task).then(
       (result) => this.#onResult(result),
@@ -346,7 +334,6 @@ class Exchange {
   #broken(err: unknown): void {
     if (this.#settled) return;
     if (!this.#res.headersSent) {
-      for (const name of this.#res.getHeaderNames()) this.#res.removeHeader(name);
       this.#fail(new TideError('ERR_FUNCTION_BAD_RESPONSE', `the function's response cannot be sent: ${describe(err)}`, { status: 502 }));
     } else {
       this.#res.destroy();
@@ -366,7 +353,7 @@ class Exchange {
       switch (m.t) {
         case 'data':
           if (res.write(m.c)) this.#post({ t: 'ack', n: 1 });
-          else res.once('drain', () => this.#post({ t: 'ack', n: 1 }));
+          else res.onDrain(() => this.#post({ t: 'ack', n: 1 }));
           return;
         case 'end':
           res.end();
@@ -384,7 +371,11 @@ class Exchange {
 
   async #pull(): Promise<void> {
     if (this.#settled) return;
-    this.#body ??= this.#req.iterator({ destroyOnReturn: false }) as AsyncIterator<Buffer>;
+    this.#body ??= this.#req.body ?? undefined;
+    if (!this.#body) {
+      this.#post({ t: 'eof' });
+      return;
+    }
     try {
       const { value, done } = await this.#body.next();
       if (done) {
@@ -476,7 +467,7 @@ class Exchange {
     clearTimeout(this.#timer);
     this.#release();
     // A body the function did not read to the end is drained so the connection stays usable.
-    if (this.#detachBody()) discardRequestBody(this.#req);
+    if (this.#detachBody()) this.#req.discard();
     this.#resolve();
   }
 
@@ -500,7 +491,7 @@ class Exchange {
 
   /** Closes our end of the port unless the host may still pull the request body. */
   #release(): void {
-    if (this.#port && this.#res.writableFinished) {
+    if (this.#port && this.#res.finished) {
       this.#port.close();
     }
   }
