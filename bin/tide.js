@@ -9,5 +9,11 @@ if (major < 22 || (major === 22 && minor < 18)) {
   );
   process.exit(1);
 }
+// V8's allocation-site pretenuring misjudges the proxy's per-request objects as long-lived:
+// it allocates them in the old generation, where (dead) they keep young objects alive through
+// scavenges, so every scavenge promotes megabytes and takes several ms (the proxy's p99). Off,
+// scavenges promote almost nothing (bench/results/proxy.md has the numbers).
+const v8 = await import('node:v8');
+v8.setFlagsFromString('--no-allocation-site-pretenuring');
 const { main } = await import('../cli/main.ts');
 process.exitCode = await main(process.argv);
