@@ -13,7 +13,7 @@
  * - a scale-down waits until it has been wanted for scaleDownDelay; the last instance goes only
  *   after scaleToZeroGracePeriod without traffic; minScale/maxScale bound everything.
  */
-import { panicWindowMs, type ScalingSpec } from '../config.ts';
+import type { ScalingSpec } from '../config.ts';
 
 export interface Observed {
   /** Average concurrency (or rps, per spec.metric) over the stable window, whole revision. */
