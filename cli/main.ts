@@ -8,10 +8,9 @@ import { Command, CommanderError, Option } from 'commander';
 import { formatAge, parseDuration } from '../lib/duration.ts';
 import { errorMessage, TideError } from '../lib/errors.ts';
 import { createLogger } from '../lib/log.ts';
-import { bundleFunction } from './bundle.ts';
 import { ApiClient, type ConnectOptions, locate } from './client.ts';
 import { parseOutput, structured, table } from './print.ts';
-import { up, VERSION } from './up.ts';
+import { VERSION } from './version.ts';
 
 interface FunctionView {
   name: string;
@@ -113,6 +112,8 @@ export function program(): Command {
     .option('--drain <duration>', 'how long shutdown waits for in-flight requests', '30s')
     .addOption(new Option('--log-level <level>', 'log level of Tide itself (stderr)').choices(['debug', 'info', 'warn', 'error', 'silent']).default('info'))
     .action(async (o) => {
+      // Loaded on use: `tide proxy` and the client commands do not need the whole control plane.
+      const { up } = await import('./up.ts');
       const running = await up({
         dataDir: o.dataDir,
         host: o.host,
@@ -190,6 +191,7 @@ export function program(): Command {
         .replace(/\.[^.]*$/, '')
         .toLowerCase();
     const started = performance.now();
+    const { bundleFunction } = await import('./bundle.ts');
     const bundle = await bundleFunction(file);
     for (const w of bundle.warnings) process.stderr.write(`${w}\n`);
     const api = await client(o);

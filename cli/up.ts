@@ -15,7 +15,9 @@ import { Gateway } from '../proxy/index.ts';
 import { FunctionLogs, NodeAgent, validateWorkerBundle, WorkerDriver } from '../runtime/index.ts';
 import { bundleFunction } from './bundle.ts';
 
-export const VERSION = '0.1.0';
+export { VERSION } from './version.ts';
+
+import { VERSION } from './version.ts';
 
 export interface Running {
   config: UpConfig;
