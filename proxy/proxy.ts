@@ -13,6 +13,7 @@ import type { Readable } from 'node:stream';
 import { TideError } from '../lib/errors.ts';
 import type { Logger } from '../lib/log.ts';
 import type { CompiledRoute, ProxySnapshot } from './config/compile.ts';
+import { ChunkedDecoder } from './http/chunked.ts';
 import type { RequestHead } from './http/parse.ts';
 import { abortRequest, type ConnectionInfo, type Downstream, type ProxyRequest, type ResponseControl, type ResponseHandler } from './http/types.ts';
 import type { ProxyMetrics, RouteMetrics } from './metrics.ts';
@@ -183,7 +184,12 @@ export class DataPlane {
     });
   }
 
-  /** An Upgrade request (WebSocket…): routed like any other, then the two sockets are joined. */
+  /**
+   * An Upgrade request (WebSocket…): routed like any other. The sockets are joined only when the
+   * upstream answers 101; until then nothing the client sends goes upstream, so an upstream that
+   * ignores Upgrade cannot become a tunnel past routing. Any other answer is relayed and both
+   * connections close. Upgrade requests may not carry a body.
+   */
   upgrade(head: RequestHead, socket: Socket, rest: Buffer, conn: ConnectionInfo): void {
     const req = this.request(head, null, conn, head.minor === 0 ? '1.0' : '1.1');
     const fail = (err: TideError) => {
@@ -191,7 +197,13 @@ export class DataPlane {
       let text = `HTTP/1.1 ${r.status} ${err.code}\r\ncontent-length: ${r.body.length}\r\nconnection: close\r\n`;
       for (let i = 0; i < r.headers.length; i += 2) text += `${r.headers[i]}: ${r.headers[i + 1]}\r\n`;
       socket.end(Buffer.concat([Buffer.from(`${text}\r\n`, 'latin1'), r.body]));
+      socket.resume(); // read and drop what the client still sends while our answer goes out
+      setTimeout(() => socket.destroy(), 2000).unref();
     };
+    if (head.contentLength !== 0) {
+      fail(new TideError('ERR_BAD_REQUEST', 'an Upgrade request cannot carry a body', { status: 400 }));
+      return;
+    }
     const matched = this.#snapshot?.router.route({ host: req.host, method: req.method, url: req.path, headers: req.headers });
     const cluster = matched ? this.#snapshot?.clusters.get(matched.target.upgradeCluster?.() ?? '') : undefined;
     if (!matched || !cluster) {
@@ -203,6 +215,7 @@ export class DataPlane {
     const endpoint = cluster.pick();
     const [host, port] = splitHostPort(endpoint.address);
     const up = connect({ host, port, noDelay: true });
+    let joined = false;
     socket.on('error', () => up.destroy());
     up.on('error', () => {
       if (up.bytesRead === 0 && !socket.destroyed) fail(new TideError('ERR_PROXY_CONNECT', `could not connect to ${endpoint.address}`, { status: 503 }));
@@ -212,13 +225,86 @@ export class DataPlane {
       let text = `${req.method} ${req.path} HTTP/1.1\r\nhost: ${req.host}\r\nconnection: upgrade\r\nupgrade: ${head.upgrade}\r\n`;
       for (const name in req.headers) if (name !== 'upgrade') text += `${name}: ${req.headers[name]}\r\n`;
       up.write(`${text}\r\n`, 'latin1');
+    });
+    // Read the upstream's answer head before anything else moves.
+    let answer: Buffer | null = null;
+    const onHead = (d: Buffer) => {
+      answer = answer === null ? d : Buffer.concat([answer, d]);
+      const end = answer.indexOf('\r\n\r\n');
+      if (end === -1) {
+        if (answer.length > 64 * 1024) socket.destroy();
+        return;
+      }
+      up.off('data', onHead);
+      up.pause();
+      const headText = answer.toString('latin1', 0, end);
+      const switched = /^HTTP\/1\.1 101 /.test(headText);
+      if (!switched) {
+        // Not switching: relay this one answer, then close both sides.
+        socket.resume();
+        socket.on('data', () => {});
+        relayOne(headText, answer.subarray(end + 4), up, socket);
+        return;
+      }
+      socket.write(answer);
+      joined = true;
       if (rest.length > 0) up.write(rest);
       up.pipe(socket);
       socket.pipe(up);
+    };
+    up.on('data', onHead);
+    up.on('close', () => {
+      if (joined || answer !== null) socket.end();
+      else socket.destroy();
     });
-    up.on('close', () => socket.destroy());
     socket.on('close', () => up.destroy());
   }
+}
+
+/** Relays one HTTP/1.1 response (head already read) from `up` to `client`, framed by its headers, then closes both. */
+function relayOne(head: string, first: Buffer, up: Socket, client: Socket): void {
+  const lengthMatch = /\r\ncontent-length:[ \t]*(\d+)[ \t]*(\r\n|$)/i.exec(head);
+  const chunked = /\r\ntransfer-encoding:[^\r]*chunked/i.test(head);
+  client.write(`${head.replace(/\r\nconnection:[^\r]*/gi, '')}\r\nconnection: close\r\n\r\n`, 'latin1');
+  const done = () => {
+    client.end();
+    up.destroy();
+  };
+  const status = Number(head.slice(9, 12));
+  const bodyless = status === 204 || status === 304 || (status >= 100 && status < 200);
+  let left = bodyless ? 0 : lengthMatch ? Number(lengthMatch[1]) : -1;
+  const decoder = chunked && !bodyless ? new ChunkedDecoder() : undefined;
+  const feed = (d: Buffer): boolean => {
+    if (decoder) {
+      let used = 0;
+      try {
+        used = decoder.feed(d, () => {});
+      } catch {
+        client.destroy();
+        up.destroy();
+        return true;
+      }
+      client.write(d.subarray(0, used));
+      if (decoder.done) done();
+      return decoder.done;
+    }
+    if (left >= 0) {
+      const take = Math.min(left, d.length);
+      client.write(d.subarray(0, take));
+      left -= take;
+      if (left === 0) done();
+      return left === 0;
+    }
+    client.write(d);
+    return false;
+  };
+  if (left === 0 || (first.length > 0 && feed(first))) {
+    if (left === 0) done();
+    return;
+  }
+  up.on('data', (d: Buffer) => feed(d));
+  up.on('end', done);
+  up.resume();
 }
 
 function quoteIfNeeded(v: string): string {

@@ -81,7 +81,8 @@ class SandboxAnswer implements SandboxResponse {
   #handler: ResponseHandler | null;
   headersSent = false;
   finished = false;
-  #drain: (() => void) | undefined;
+  /** Every write that returned false waits here (each is one credit of the sandbox's window). */
+  #drain: (() => void)[] = [];
   readonly #ctl: ResponseControl;
 
   constructor(req: ProxyRequest, handler: ResponseHandler) {
@@ -90,9 +91,9 @@ class SandboxAnswer implements SandboxResponse {
     this.#ctl = {
       pause: () => {},
       resume: () => {
-        const cb = this.#drain;
-        this.#drain = undefined;
-        cb?.();
+        const cbs = this.#drain;
+        this.#drain = [];
+        for (const cb of cbs) cb();
       },
       abort: () => {},
     };
@@ -124,7 +125,7 @@ class SandboxAnswer implements SandboxResponse {
   }
 
   onDrain(cb: () => void): void {
-    this.#drain = cb;
+    this.#drain.push(cb);
   }
 
   end(chunk?: Uint8Array): void {

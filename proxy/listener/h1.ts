@@ -59,12 +59,13 @@ export class H1Connection {
   #first = true;
   /** When the current deadline passes; 0 for none. What it means depends on the state. */
   deadline = 0;
-  #deadlineKind: 'idle' | 'head' | 'body' | 'none' = 'idle';
+  #deadlineKind: 'idle' | 'head' | 'body' | 'linger' | 'none' = 'idle';
   #res: H1Response | null = null;
   #body: BodyStream | null = null;
   #bodyLeft = 0;
   #chunked: ChunkedDecoder | null = null;
   #bodyBytes = 0;
+  #parsing = false;
   /** Draining: finish the current response, then close. */
   closeAfterResponse = false;
 
@@ -85,8 +86,16 @@ export class H1Connection {
 
   /** Called by the listener's sweeper. */
   expire(now: number): void {
-    if (this.deadline === 0 || now < this.deadline || this.#state === S_DONE) return;
+    if (this.deadline === 0 || now < this.deadline) return;
     const kind = this.#deadlineKind;
+    if (this.#state === S_DONE) {
+      // Lingering after a close: the client had its time to read our answer.
+      if (kind === 'linger') {
+        this.deadline = 0;
+        this.socket.destroy();
+      }
+      return;
+    }
     this.deadline = 0;
     if (kind === 'idle') this.socket.destroy();
     else if (kind === 'head') this.#refuse(new TideError('ERR_REQUEST_TIMEOUT', 'the request head took too long to arrive', { status: 408 }));
@@ -116,6 +125,18 @@ export class H1Connection {
   }
 
   #parse(): void {
+    // Responses made synchronously (a 404, a direct response) finish inside this loop; their
+    // responseDone must not start another parse, or a pipelined burst recurses per request.
+    if (this.#parsing) return;
+    this.#parsing = true;
+    try {
+      this.#parseLoop();
+    } finally {
+      this.#parsing = false;
+    }
+  }
+
+  #parseLoop(): void {
     while (this.#state === S_IDLE && this.#buf !== null) {
       const buf: Buffer = this.#buf;
       if (this.#first && buf.length >= 3 && buf[0] === 0x50 && buf[1] === 0x52 && buf[2] === 0x49) {
@@ -176,7 +197,14 @@ export class H1Connection {
     this.#res = res;
     let body: BodyStream | null = null;
     if (head.contentLength !== 0) {
-      body = new BodyStream(this.socket, head.expectContinue ? () => this.socket.write(CONTINUE) : undefined);
+      body = new BodyStream(
+        this.socket,
+        head.expectContinue && head.minor === 1
+          ? () => {
+              if (!res.headersSent && this.#res === res) this.socket.write(CONTINUE);
+            }
+          : undefined,
+      );
       this.#body = body;
       this.#bodyBytes = 0;
       if (head.chunked) this.#chunked = new ChunkedDecoder();
@@ -278,7 +306,7 @@ export class H1Connection {
     this.#body = null;
     this.socket.end();
     this.socket.resume();
-    this.#deadlineKind = 'idle';
+    this.#deadlineKind = 'linger';
     this.deadline = performance.now() + LINGER_MS;
   }
 
@@ -345,6 +373,8 @@ export class H1Response implements Downstream {
   #chunked = false;
   #keepAlive: boolean;
   #noBody = false;
+  /** Body bytes still owed when a length was declared; -1 when the body is framed otherwise. */
+  #left = -1;
   #closeCbs: (() => void) | undefined;
 
   constructor(conn: H1Connection, head: RequestHead) {
@@ -366,6 +396,7 @@ export class H1Response implements Downstream {
     this.#noBody = head.method === 'HEAD' || status === 204 || status === 304 || (status >= 100 && status < 200);
     if (contentLength >= 0) {
       if (status !== 204 && status !== 304) out += `content-length: ${contentLength}\r\n`;
+      if (!this.#noBody) this.#left = contentLength;
     } else if (!this.#noBody) {
       if (head.minor === 1) {
         this.#chunked = true;
@@ -382,6 +413,14 @@ export class H1Response implements Downstream {
 
   write(chunk: Buffer): boolean {
     if (this.finished || chunk.length === 0 || this.#noBody) return true;
+    if (this.#left >= 0) {
+      // More bytes than the declared length would be read as the next response: cut it off.
+      if (chunk.length > this.#left) {
+        this.destroy();
+        return true;
+      }
+      this.#left -= chunk.length;
+    }
     const socket = this.#conn.socket;
     const pending = this.#pendingHead;
     if (pending !== null) {
@@ -410,6 +449,11 @@ export class H1Response implements Downstream {
 
   end(): void {
     if (this.finished) return;
+    if (this.#left > 0) {
+      // Fewer bytes than declared: the client must see a broken response, not wait or misframe.
+      this.destroy();
+      return;
+    }
     this.finished = true;
     const socket = this.#conn.socket;
     let tail = this.#pendingHead ?? '';

@@ -4,6 +4,7 @@
  * upstreams are still spoken to over HTTP/1.1 pools.
  */
 import type { Http2ServerRequest, Http2ServerResponse } from 'node:http2';
+import { type Readable, Transform } from 'node:stream';
 import { TideError } from '../../lib/errors.ts';
 import { normalizePath, type RequestHead } from '../http/parse.ts';
 import type { ConnectionInfo, Downstream } from '../http/types.ts';
@@ -32,8 +33,23 @@ export function handleH2Request(
     return;
   }
   const hasBody = !req.stream.readableEnded && head.contentLength !== 0 && !(req.stream as unknown as { endAfterHeaders?: boolean }).endAfterHeaders;
-  const preq = proxy.request(head, hasBody ? req : null, conn, '2');
+  const preq = proxy.request(head, hasBody ? limitBody(req, maxBodyBytes) : null, conn, '2');
   proxy.handle(preq, new H2Downstream(res));
+}
+
+/** The request body, cut off with 413 past `max` bytes (HTTP/2 bodies need not declare a length). */
+function limitBody(body: Http2ServerRequest, max: number): Readable {
+  let seen = 0;
+  const limited = new Transform({
+    transform(chunk: Buffer, _enc, cb) {
+      seen += chunk.length;
+      if (seen > max) cb(new TideError('ERR_PAYLOAD_TOO_LARGE', `the request body is over the limit of ${max} bytes`, { status: 413 }));
+      else cb(null, chunk);
+    },
+  });
+  limited.on('error', () => {});
+  body.on('error', (err) => limited.destroy(err));
+  return body.pipe(limited);
 }
 
 function headOf(req: Http2ServerRequest, maxBodyBytes: number): RequestHead {
@@ -43,10 +59,11 @@ function headOf(req: Http2ServerRequest, maxBodyBytes: number): RequestHead {
   if (req.method === 'CONNECT') throw new TideError('ERR_METHOD_NOT_ALLOWED', 'CONNECT is not supported by this proxy', { status: 405 });
   const headers: Record<string, string> = Object.create(null);
   for (const [name, value] of Object.entries(req.headers)) {
-    if (name.startsWith(':') || CONNECTION_SPECIFIC.has(name) || value === undefined) continue;
+    // content-length travels as contentLength; the upstream pool frames the body itself.
+    if (name.startsWith(':') || CONNECTION_SPECIFIC.has(name) || name === 'content-length' || value === undefined) continue;
     headers[name] = Array.isArray(value) ? value.join(name === 'cookie' ? '; ' : ', ') : value;
   }
-  const declared = headers['content-length'];
+  const declared = req.headers['content-length'] as string | undefined;
   let contentLength = -1;
   if (declared !== undefined) {
     if (!/^\d{1,15}$/.test(declared)) throw new TideError('ERR_BAD_REQUEST', 'content-length is not a number', { status: 400 });

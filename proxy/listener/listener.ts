@@ -40,6 +40,8 @@ export class Listener {
     this.#limits = limitsOf(compiled);
     const tls = compiled.certificates.length > 0;
     this.#h2 = createH2Server({ maxHeaderListPairs: compiled.config.limits.maxHeaders, maxSessionMemory: 10 });
+    // An HTTP/2 connection idle (no frames) for the listener's idle timeout is closed.
+    this.#h2.setTimeout(compiled.idleTimeoutMs);
     this.#h2.on('request', (req: Http2ServerRequest, res: Http2ServerResponse) => {
       const socket = req.socket as Socket;
       const info: ConnectionInfo = {
@@ -134,14 +136,13 @@ export class Listener {
     const hooks: H1Hooks = {
       onRequest: (head, body, res, conn) => this.#proxy.handle(this.#proxy.request(head, body, conn, head.minor === 0 ? '1.0' : '1.1'), res),
       onUpgrade: (head, s, rest, conn) => {
-        this.#conns.delete(conn1);
+        if (this.#conns.delete(conn1)) this.#metrics.connections--;
         this.#raw.add(s);
         s.once('close', () => this.#raw.delete(s));
         this.#proxy.upgrade(head, s, rest, conn);
       },
       onH2Preface: (s, rest) => {
-        this.#conns.delete(conn1);
-        this.#metrics.connections--;
+        if (this.#conns.delete(conn1)) this.#metrics.connections--;
         if (this.#compiled.config.http2) this.#toH2(s, rest);
         else s.destroy();
       },

@@ -100,7 +100,11 @@ export class UpstreamEndpoint {
   dispatch(req: ProxyRequest, handler: ResponseHandler, done: (outcome: Outcome, status: number) => void): void {
     this.active++;
     const headers: string[] = ['host', req.host];
-    for (const name in req.headers) headers.push(name, req.headers[name] as string);
+    for (const name in req.headers) {
+      // The pool frames the body itself (content-length or chunked).
+      if (name === 'content-length' || name === 'transfer-encoding') continue;
+      headers.push(name, req.headers[name] as string);
+    }
     this.pool.dispatch(
       { path: req.path, method: req.method, headers, body: req.body, contentLength: req.contentLength },
       new Exchange(this, req, handler, done),

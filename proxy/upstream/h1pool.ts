@@ -106,7 +106,7 @@ export class H1Pool {
   #send(ex: Exchange): void {
     const now = performance.now();
     let conn = this.#idle.pop();
-    while (conn?.expired(now)) {
+    while (conn && (conn.socket.destroyed || conn.expired(now))) {
       conn.socket.destroy();
       conn = this.#idle.pop();
     }
@@ -186,7 +186,11 @@ export class H1Pool {
     const cutoff = performance.now() - this.#opts.idleMs;
     for (let i = this.#idle.length - 1; i >= 0; i--) {
       const c = this.#idle[i] as Conn;
-      if (c.idleSince < cutoff) c.socket.destroy();
+      if (c.idleSince < cutoff) {
+        // Out of the idle list now: a request sent before 'close' would meet a dead socket.
+        this.#idle.splice(i, 1);
+        c.socket.destroy();
+      }
     }
   }
 
@@ -412,7 +416,7 @@ class Conn {
     } catch (err) {
       this.#ex = null;
       this.socket.destroy();
-      ex.fail(err instanceof TideError ? err : protocolError(String(err)));
+      ex.fail(err instanceof TideError && err.code === 'ERR_PROXY_UPSTREAM_PROTOCOL' ? err : protocolError(err instanceof Error ? err.message : String(err)));
     }
   }
 

@@ -66,6 +66,26 @@ describe('gateway routing', () => {
     expect(smuggle.text.match(/HTTP\/1\.1 /g)).toHaveLength(1);
     expect(smuggle.closed).toBe(true);
   });
+  it('cuts off a function that streams past its declared content-length: no second response on the connection', async () => {
+    const { rawRequest } = await import('../helpers/proxy.ts');
+    const r = await rawRequest(
+      t.gatewayPort,
+      'GET /split HTTP/1.1\r\nHost: faults.localhost\r\n\r\nGET /victim HTTP/1.1\r\nHost: faults.localhost\r\n\r\n',
+      3000,
+    );
+    expect(r.text).not.toContain('x-injected');
+    expect(r.text).not.toContain('INJECTED');
+    expect(r.text.match(/HTTP\/1\.1 200/g)).toHaveLength(1);
+    expect(r.closed).toBe(true);
+  });
+  it('sends 100 Continue only before the response head, never inside a body', async () => {
+    const { rawRequest } = await import('../helpers/proxy.ts');
+    const head = 'POST /early HTTP/1.1\r\nHost: faults.localhost\r\nContent-Length: 5\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n';
+    const r = await rawRequest(t.gatewayPort, [head, 'hello'], 3000, 300);
+    expect(r.text).toContain('start;');
+    expect(r.text).toContain('got:hello');
+    expect(r.text).not.toContain('100 Continue');
+  });
   it('answers an unknown host with 404 and a clear body', async () => {
     const r = await get('nosuch');
     expect(r.status).toBe(404);
