@@ -164,7 +164,7 @@ export function program(): Command {
         const host = a.family === 'IPv6' ? `[${a.address}]` : a.address;
         out(`tide proxy: ${name} listening on ${host}:${a.port}`);
       }
-      process.on('SIGHUP', () => server.scheduleReload());
+      process.on('SIGHUP', () => server.scheduleReload(true));
       await waitForSignal(() => server.close(parseDuration(o.drain, '--drain')));
     });
 

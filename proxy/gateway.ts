@@ -85,6 +85,7 @@ export class Gateway {
       upgradeCluster: undefined,
       metrics: this.metrics.route(virtualHost, virtualHost === '*' ? 'unknown' : 'default'),
       editRequest: undefined,
+      timeoutMs: 0,
     };
   }
 

@@ -192,7 +192,9 @@ export class DataPlane {
    */
   upgrade(head: RequestHead, socket: Socket, rest: Buffer, conn: ConnectionInfo): void {
     const req = this.request(head, null, conn, head.minor === 0 ? '1.0' : '1.1');
+    let failed = false;
     const fail = (err: TideError) => {
+      failed = true;
       const r = errorResponse(err, req.id);
       let text = `HTTP/1.1 ${r.status} ${err.code}\r\ncontent-length: ${r.body.length}\r\nconnection: close\r\n`;
       for (let i = 0; i < r.headers.length; i += 2) text += `${r.headers[i]}: ${r.headers[i + 1]}\r\n`;
@@ -216,6 +218,15 @@ export class DataPlane {
     const [host, port] = splitHostPort(endpoint.address);
     const up = connect({ host, port, noDelay: true });
     let joined = false;
+    // Connecting and the upstream's answer head must come within the route timeout.
+    const timeoutMs = matched.target.timeoutMs;
+    if (timeoutMs > 0) {
+      up.setTimeout(timeoutMs, () => {
+        if (joined || answer !== null) return;
+        fail(new TideError('ERR_PROXY_TIMEOUT', `the upstream did not answer the upgrade request within ${timeoutMs} ms`, { status: 504 }));
+        up.destroy();
+      });
+    }
     socket.on('error', () => up.destroy());
     up.on('error', () => {
       if (up.bytesRead === 0 && !socket.destroyed) fail(new TideError('ERR_PROXY_CONNECT', `could not connect to ${endpoint.address}`, { status: 503 }));
@@ -236,6 +247,7 @@ export class DataPlane {
         return;
       }
       up.off('data', onHead);
+      up.setTimeout(0);
       up.pause();
       const headText = answer.toString('latin1', 0, end);
       const switched = /^HTTP\/1\.1 101 /.test(headText);
@@ -254,6 +266,7 @@ export class DataPlane {
     };
     up.on('data', onHead);
     up.on('close', () => {
+      if (failed) return; // our error answer is on its way; fail() closes the client
       if (joined || answer !== null) socket.end();
       else socket.destroy();
     });

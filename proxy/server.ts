@@ -69,6 +69,7 @@ export class ProxyServer {
   #reloading: Promise<void> = Promise.resolve();
   #debounce: NodeJS.Timeout | undefined;
   #closed = false;
+  #force = false;
 
   constructor(opts: ProxyServerOptions) {
     this.#opts = opts;
@@ -108,18 +109,23 @@ export class ProxyServer {
     }
   }
 
-  scheduleReload(): void {
+  /** Reloads soon (changes come in bursts). `force`: even if the file is unchanged (SIGHUP). */
+  scheduleReload(force = false): void {
     if (this.#closed) return;
+    this.#force ||= force;
     if (this.#debounce) clearTimeout(this.#debounce);
     this.#debounce = setTimeout(() => {
+      const forced = this.#force;
+      this.#force = false;
       this.#reloading = this.#reloading.then(async () => {
-        await this.reload();
+        await this.reload({ force: forced });
       });
     }, 100);
   }
 
   /** Re-reads the file; applies it whole or not at all. Resolves either way (problems are logged). */
-  async reload(): Promise<{ applied: boolean; error?: string }> {
+  async reload(options: { force?: boolean } = {}): Promise<{ applied: boolean; error?: string }> {
+    if (this.#closed) return { applied: false };
     const file = resolve(this.#opts.file);
     let text: string;
     try {
@@ -128,7 +134,8 @@ export class ProxyServer {
       return this.#reject(`cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? err}`);
     }
     const hash = hashOf(text);
-    if (hash === this.#hash) return { applied: false };
+    // An unchanged file is skipped unless forced (SIGHUP): certificate files it names may have been renewed.
+    if (hash === this.#hash && !options.force) return { applied: false };
     let snapshot: ProxySnapshot;
     try {
       snapshot = loadConfig(file, this.#version + 1, this.metrics, this.proxy.snapshot);
@@ -160,10 +167,16 @@ export class ProxyServer {
     return { applied: false, error: message };
   }
 
-  /** Binds new listeners first (failing the swap if one cannot bind), then swaps the snapshot. */
+  /**
+   * Binds new listeners first (failing the swap if one cannot bind), then swaps the snapshot.
+   * A listener moving to another address is bound before the old one closes; one rebinding the
+   * same address (a TLS or HTTP/2 change) must close first, and is reopened as it was if the
+   * new one cannot bind.
+   */
   async #swap(snapshot: ProxySnapshot): Promise<void> {
     const started: Listener[] = [];
     const keep = new Map<string, Listener>();
+    const closedFirst: Listener[] = [];
     try {
       for (const l of snapshot.listeners) {
         const old = this.#listeners.get(l.config.name);
@@ -172,18 +185,29 @@ export class ProxyServer {
           continue;
         }
         const fresh = new Listener(l, this.proxy, this.metrics);
-        if (old) await old.close(0); // rebinding the same name: the old socket must go first
+        if (old?.sameAddress(l)) {
+          await old.close(0);
+          closedFirst.push(old);
+        }
         await fresh.listen();
         started.push(fresh);
+        if (this.#closed) throw new TideError('ERR_INVALID_ARGUMENT', 'the proxy is shutting down');
       }
     } catch (err) {
       await Promise.all(started.map((l) => l.close(0)));
+      for (const old of closedFirst) {
+        const again = new Listener(old.compiled, this.proxy, this.metrics);
+        await again.listen().then(
+          () => this.#listeners.set(old.name, again),
+          (e: unknown) => this.#opts.log.error({ err: e, listener: old.name }, 'could not reopen a listener after a failed reload'),
+        );
+      }
       throw err;
     }
     this.proxy.apply(snapshot);
     for (const l of snapshot.listeners) keep.get(l.config.name)?.update(l);
     const next = new Map<string, Listener>([...keep, ...started.map((l) => [l.name, l] as const)]);
-    for (const [name, l] of this.#listeners) if (!next.has(name)) void l.close();
+    for (const [name, l] of this.#listeners) if (next.get(name) !== l && !closedFirst.includes(l)) void l.close();
     this.#listeners.clear();
     for (const [name, l] of next) this.#listeners.set(name, l);
     this.#version = snapshot.version;
@@ -215,6 +239,8 @@ export class ProxyServer {
     this.#closed = true;
     if (this.#debounce) clearTimeout(this.#debounce);
     this.#watcher?.close();
+    // A reload in progress finishes (or backs out) before the listeners are closed.
+    await this.#reloading.catch(() => {});
     await Promise.all([...this.#listeners.values()].map((l) => l.close(drainMs)));
     await this.proxy.close();
     if (this.#admin) {

@@ -34,6 +34,8 @@ export interface CompiledRoute {
   /** For Upgrade requests (WebSocket): picks the cluster by weight; undefined for routes without backends. */
   upgradeCluster: (() => string) | undefined;
   metrics: RouteMetrics;
+  /** The route timeout, ms; for upgrade requests it bounds the wait for the upstream's answer. */
+  timeoutMs: number;
   /** The route's request rewrites and header edits, for upgrade requests (which skip the layers). */
   editRequest: ((req: ProxyRequest) => void) | undefined;
 }
@@ -183,7 +185,16 @@ function compileRoute(vh: string, r: RouteConfig, clusters: Map<string, Cluster>
           }
           return (live[live.length - 1] as { cluster: string }).cluster;
         };
-  return { virtualHost: vh, name: r.name, dispatch, bufferBodyUpTo, upgradeCluster, metrics: metrics.route(vh, r.name), editRequest: requestEditor(r, prefix) };
+  return {
+    virtualHost: vh,
+    name: r.name,
+    dispatch,
+    bufferBodyUpTo,
+    upgradeCluster,
+    metrics: metrics.route(vh, r.name),
+    editRequest: requestEditor(r, prefix),
+    timeoutMs: parseDuration(r.timeout, 'timeout'),
+  };
 }
 
 function compileListeners(config: ProxyConfig, problems: Problem[]): CompiledListener[] {

@@ -33,22 +33,33 @@ export function handleH2Request(
     return;
   }
   const hasBody = !req.stream.readableEnded && head.contentLength !== 0 && !(req.stream as unknown as { endAfterHeaders?: boolean }).endAfterHeaders;
-  const preq = proxy.request(head, hasBody ? limitBody(req, maxBodyBytes) : null, conn, '2');
+  const preq = proxy.request(head, hasBody ? limitBody(req, maxBodyBytes, head.contentLength) : null, conn, '2');
   proxy.handle(preq, new H2Downstream(res));
 }
 
 /** The request body, cut off with 413 past `max` bytes (HTTP/2 bodies need not declare a length). */
-function limitBody(body: Http2ServerRequest, max: number): Readable {
+function limitBody(body: Http2ServerRequest, max: number, declared: number): Readable {
   let seen = 0;
+  const cut = () => new TideError('ERR_BAD_REQUEST', 'the client cancelled the request stream before its body ended', { status: 400 });
   const limited = new Transform({
     transform(chunk: Buffer, _enc, cb) {
       seen += chunk.length;
       if (seen > max) cb(new TideError('ERR_PAYLOAD_TOO_LARGE', `the request body is over the limit of ${max} bytes`, { status: 413 }));
       else cb(null, chunk);
     },
+    flush(cb) {
+      if (declared >= 0 && seen !== declared) {
+        cb(cut());
+        return;
+      }
+      // A reset stream ends its request before it reports the reset: wait a turn before calling
+      // the body complete, so a cancelled upload is never forwarded as a whole one.
+      setTimeout(() => cb(body.aborted || body.stream.rstCode !== 0 ? cut() : null), 0);
+    },
   });
   limited.on('error', () => {});
   body.on('error', (err) => limited.destroy(err));
+  body.on('aborted', () => limited.destroy(cut()));
   return body.pipe(limited);
 }
 

@@ -99,11 +99,28 @@ export class Listener {
     return this.#server.address() as AddressInfo;
   }
 
+  get compiled(): CompiledListener {
+    return this.#compiled;
+  }
+
+  /** True when `next` binds the same address and port (so this one must close before it can bind). */
+  sameAddress(next: CompiledListener): boolean {
+    const a = this.#compiled.config;
+    const b = next.config;
+    return a.address === b.address && b.port !== 0 && b.port === this.#port();
+  }
+
+  /** The port actually bound (the configured one, or the one the system picked for port 0). */
+  #port(): number {
+    return (this.#server.address() as AddressInfo | null)?.port ?? this.#compiled.config.port;
+  }
+
   /** True when `next` can be applied to this listener without rebinding. */
   sameBinding(next: CompiledListener): boolean {
     const a = this.#compiled.config;
     const b = next.config;
-    return a.address === b.address && a.port === b.port && this.#compiled.certificates.length > 0 === next.certificates.length > 0 && a.http2 === b.http2;
+    const samePort = a.port === b.port || (b.port !== 0 && b.port === this.#port());
+    return a.address === b.address && samePort && this.#compiled.certificates.length > 0 === next.certificates.length > 0 && a.http2 === b.http2;
   }
 
   /** Takes new limits and certificates; open connections keep theirs. */

@@ -143,16 +143,27 @@ class Exchange {
   #started = performance.now();
   #status = 0;
 
+  /** A cancel that came while the request still waited for a connection. */
+  #early: TideError | undefined;
+
   constructor(endpoint: UpstreamEndpoint, req: ProxyRequest, handler: ResponseHandler, done: (outcome: Outcome, status: number) => void) {
     this.#endpoint = endpoint;
     this.#req = req;
     this.#handler = handler;
     this.#done = done;
+    // Until the pool starts the request (it may queue it), a cancel is remembered here.
+    req.cancel = (err: TideError) => {
+      this.#early = err;
+    };
   }
 
   onRequestStart(controller: DispatchController): void {
     const req = this.#req;
     if (!req) return;
+    if (this.#early) {
+      controller.abort(this.#early);
+      return;
+    }
     req.cancel = (err: TideError) => controller.abort(err);
     this.#ctl = {
       pause: () => controller.pause(),

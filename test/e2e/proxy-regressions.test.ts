@@ -5,7 +5,7 @@
 
 import { createServer as createHttpServer } from 'node:http';
 import { connect as h2connect } from 'node:http2';
-import { type AddressInfo, connect } from 'node:net';
+import { type AddressInfo, connect, createServer } from 'node:net';
 import { afterAll, describe, expect, it } from 'vitest';
 import { type RunningProxy, rawRequest, simpleConfig, startProxy, startUpstream } from '../helpers/proxy.ts';
 import { eventually } from '../helpers/tide.ts';
@@ -112,5 +112,73 @@ clusters: [{ name: app, endpoints: ['${up.address}'] }]
     expect(big.status).toBe(413);
     const small = await post(Buffer.from('hello'), { 'content-length': '5' });
     expect(small).toEqual({ status: 200, text: 'got 5' });
+  });
+
+  it("a reload that cannot bind a listener's new port keeps the old port serving", async () => {
+    const up = await startUpstream('app');
+    cleanups.push(() => up.close());
+    const blocker = createServer();
+    await new Promise<void>((r) => blocker.listen(0, '127.0.0.1', r));
+    cleanups.push(() => new Promise<void>((r) => blocker.close(() => r())));
+    const taken = (blocker.address() as AddressInfo).port;
+    const cfg = (port: number) => simpleConfig([up.address]).replace('    port: 0', `    address: 127.0.0.1\n    port: ${port}`);
+    const p = await proxyWith(cfg(0));
+    const port = p.port;
+    const bound = cfg(port);
+    p.write(bound);
+    expect((await p.server.reload()).applied).toBe(true);
+    p.write(cfg(taken));
+    const r = await p.server.reload();
+    expect(r.applied).toBe(false);
+    expect(r.error).toMatch(/already in use/);
+    expect((await fetch(`http://127.0.0.1:${port}/`)).status).toBe(200);
+    p.write(bound);
+    await p.server.reload();
+    expect((await fetch(`http://127.0.0.1:${port}/`)).status).toBe(200);
+  });
+
+  it.each(['tide', 'undici'])('client %s: a request still waiting for a connection when its route times out never reaches the upstream', async (client) => {
+    const seen: string[] = [];
+    const up = await startUpstream('app', (req, res) => {
+      seen.push(req.url ?? '');
+      setTimeout(() => res.end('late'), req.url === '/a' ? 1200 : 10);
+    });
+    cleanups.push(() => up.close());
+    const p = await proxyWith(`
+listeners: [{ name: main, port: 0 }]
+virtualHosts:
+  - name: all
+    domains: ['*']
+    routes:
+      - { name: slow, match: { path: { prefix: /a } }, timeout: 5s, backends: [{ cluster: app }] }
+      - { name: all, match: { path: { prefix: / } }, timeout: 300ms, backends: [{ cluster: app }] }
+clusters: [{ name: app, client: ${client}, connectionsPerEndpoint: 1, endpoints: ['${up.address}'] }]
+`);
+    const a = fetch(`http://127.0.0.1:${p.port}/a`);
+    await new Promise((r) => setTimeout(r, 50));
+    const b = await fetch(`http://127.0.0.1:${p.port}/b`);
+    expect(b.status).toBe(504);
+    expect((await a).status).toBe(200);
+    await new Promise((r) => setTimeout(r, 300));
+    expect(seen).toEqual(['/a']);
+  });
+
+  it('an Upgrade request to an upstream that never answers gets 504 within the route timeout', async () => {
+    const silent = createServer((s) => s.on('error', () => {}));
+    await new Promise<void>((r) => silent.listen(0, '127.0.0.1', r));
+    cleanups.push(() => {
+      silent.close();
+    });
+    const p = await proxyWith(
+      simpleConfig([`127.0.0.1:${(silent.address() as AddressInfo).port}`]).replace(
+        'backends: [{ cluster: app }]',
+        'backends: [{ cluster: app }]\n        timeout: 400ms',
+      ),
+    );
+    const started = Date.now();
+    const r = await rawRequest(p.port, 'GET /ws HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n', 4000);
+    expect(r.status).toBe(504);
+    expect(r.text).toContain('ERR_PROXY_TIMEOUT');
+    expect(Date.now() - started).toBeLessThan(3000);
   });
 });

@@ -370,7 +370,10 @@ class Exchange {
   }
 
   async #pull(): Promise<void> {
-    if (this.#settled) return;
+    if (this.#settled) {
+      this.#post({ t: 'body-error', message: 'the request is over; its body is no longer available' });
+      return;
+    }
     this.#body ??= this.#req.body ?? undefined;
     if (!this.#body) {
       this.#post({ t: 'eof' });
@@ -409,6 +412,8 @@ class Exchange {
   /** The client went away: tell the function; the request's deadline still bounds its work. */
   #cancel(): void {
     this.#post({ t: 'cancel' });
+    // A function still reading the body must not wait for bytes that will never come.
+    this.#post({ t: 'body-error', message: 'the client went away' });
     if (!this.#settled) {
       this.#settled = true;
       this.#detachBody();
