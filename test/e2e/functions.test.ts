@@ -78,6 +78,20 @@ describe('gateway routing', () => {
     expect(r.text.match(/HTTP\/1\.1 200/g)).toHaveLength(1);
     expect(r.closed).toBe(true);
   });
+  it('a function that reads its body after the client left gets an error, and its thread is not killed', async () => {
+    const { connect } = await import('node:net');
+    const s = connect({ port: t.gatewayPort, host: '127.0.0.1' });
+    s.on('error', () => {});
+    s.write('POST /slow-read HTTP/1.1\r\nHost: faults.localhost\r\nContent-Length: 100000\r\n\r\n0123456789');
+    await new Promise((r) => setTimeout(r, 200));
+    s.destroy();
+    // Had the second read hung, the thread would be killed at timeout (1 s) + grace (1 s),
+    // failing whatever else runs on it then.
+    await new Promise((r) => setTimeout(r, 1300));
+    const other = await get('faults', '/sleep?ms=900');
+    expect(other.status).toBe(200);
+    expect(other.text).toBe('slept 900\n');
+  });
   it('sends 100 Continue only before the response head, never inside a body', async () => {
     const { rawRequest } = await import('../helpers/proxy.ts');
     const head = 'POST /early HTTP/1.1\r\nHost: faults.localhost\r\nContent-Length: 5\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n';
