@@ -28,12 +28,6 @@ export class RouteMetrics {
     byStatus.set(status, (byStatus.get(status) ?? 0) + 1);
     this.duration.observe(seconds);
   }
-
-  total(): number {
-    let n = 0;
-    for (const m of this.byCluster.values()) for (const v of m.values()) n += v;
-    return n;
-  }
 }
 
 class Histogram {
@@ -93,11 +87,6 @@ export class ProxyMetrics {
 
   reload(result: 'applied' | 'rejected'): void {
     bump(this.#reloads, `result="${result}"`);
-  }
-
-  /** The number of requests counted for a route (all codes), for tests and the admin page. */
-  requestsFor(virtualHost: string, route: string): number {
-    return this.#routes.get(`virtual_host="${esc(virtualHost)}",route="${esc(route)}"`)?.total() ?? 0;
   }
 
   render(): string {

@@ -14,6 +14,7 @@ import { TideError } from '../lib/errors.ts';
 import type { Logger } from '../lib/log.ts';
 import type { CompiledRoute, ProxySnapshot } from './config/compile.ts';
 import { ChunkedDecoder } from './http/chunked.ts';
+import { TOKEN } from './http/grammar.ts';
 import type { RequestHead } from './http/parse.ts';
 import { abortRequest, type ConnectionInfo, type Downstream, type ProxyRequest, type ResponseControl, type ResponseHandler } from './http/types.ts';
 import type { ProxyMetrics, RouteMetrics } from './metrics.ts';
@@ -321,7 +322,7 @@ function relayOne(head: string, first: Buffer, up: Socket, client: Socket): void
 }
 
 function quoteIfNeeded(v: string): string {
-  return /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/.test(v) ? v : `"${v.replace(/["\\]/g, '\\$&')}"`;
+  return TOKEN.test(v) ? v : `"${v.replace(/["\\]/g, '\\$&')}"`;
 }
 
 function readWhole(body: Readable, length: number): Promise<Buffer> {

@@ -18,6 +18,7 @@
  * said is kept in the parsed fields.
  */
 import { TideError } from '../../lib/errors.ts';
+import { CONTENT_LENGTH, CTL, HOP_BY_HOP, TOKEN } from './grammar.ts';
 
 export interface RequestHead {
   method: string;
@@ -45,13 +46,7 @@ export interface HeadLimits {
   maxHeaders: number;
 }
 
-const TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
-// Any control character except HTAB; CR and LF are caught here too, as the head is split on CRLF first.
-// biome-ignore lint/suspicious/noControlCharactersInRegex: finding control characters is the point
-const CTL = /[\x00-\x08\x0a-\x1f\x7f]/;
 const REQUEST_LINE = /^([!#$%&'*+.^_`|~0-9A-Za-z-]+) ([\x21-\x7e]+) HTTP\/(\d)\.(\d)$/;
-const DIGITS = /^\d{1,15}$/;
-const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'upgrade']);
 
 function bad(message: string): TideError {
   return new TideError('ERR_BAD_REQUEST', message, { status: 400 });
@@ -102,7 +97,7 @@ export function parseRequestHead(text: string, limits: HeadLimits): RequestHead 
       case 'content-length': {
         for (const part of value.split(',')) {
           const v = part.trim();
-          if (!DIGITS.test(v)) throw bad(`Content-Length "${printable(value)}" is not a number`);
+          if (!CONTENT_LENGTH.test(v)) throw bad(`Content-Length "${printable(value)}" is not a number`);
           const n = Number(v);
           if (contentLength !== -2 && contentLength !== n) throw bad('the request has conflicting Content-Length values');
           contentLength = n;

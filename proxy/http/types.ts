@@ -108,9 +108,3 @@ export function compose(layers: (Layer | undefined)[], inner: Dispatch): Dispatc
   }
   return d;
 }
-
-/** Looks a header up in a flat `[name, value, …]` list (names compared lower-case). */
-export function flatGet(headers: string[], name: string): string | undefined {
-  for (let i = 0; i < headers.length; i += 2) if ((headers[i] as string).toLowerCase() === name) return headers[i + 1];
-  return undefined;
-}

@@ -17,11 +17,11 @@
 import type { RetryConfig } from '../../lib/config/proxy.ts';
 import { parseDuration } from '../../lib/duration.ts';
 import { TideError } from '../../lib/errors.ts';
+import { IDEMPOTENT } from '../http/grammar.ts';
 import type { Dispatch, ProxyRequest, ResponseControl, ResponseHandler } from '../http/types.ts';
 import type { ProxyMetrics } from '../metrics.ts';
 import type { Cluster } from '../upstream/cluster.ts';
 
-const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE', 'TRACE']);
 const WINDOW_S = 10;
 
 /** Requests and retries over a sliding window of one-second buckets. */

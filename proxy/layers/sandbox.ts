@@ -9,6 +9,7 @@
 import type { Readable } from 'node:stream';
 import { TideError } from '../../lib/errors.ts';
 import type { DispatchMeta, SandboxRequest, SandboxResponse } from '../../runtime/sandbox/driver.ts';
+import { CONTENT_LENGTH, CTL, HOP_BY_HOP, TOKEN } from '../http/grammar.ts';
 import type { ProxyRequest, ResponseControl, ResponseHandler } from '../http/types.ts';
 
 /** What a function's endpoint offers (runtime's RevisionEndpoint fits). */
@@ -16,11 +17,6 @@ export interface SandboxEndpoint {
   readonly revision: string;
   dispatch(req: SandboxRequest, res: SandboxResponse, meta: DispatchMeta): Promise<void>;
 }
-
-const TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
-// biome-ignore lint/suspicious/noControlCharactersInRegex: finding control characters is the point
-const CTL = /[\x00-\x08\x0a-\x1f\x7f]/;
-const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'transfer-encoding', 'upgrade', 'proxy-connection', 'te', 'trailer']);
 
 /** Sends `req` to `endpoint`; every outcome reaches `handler` exactly once. */
 export function dispatchToSandbox(endpoint: SandboxEndpoint, req: ProxyRequest, handler: ResponseHandler): void {
@@ -110,7 +106,7 @@ class SandboxAnswer implements SandboxResponse {
       const lower = name.toLowerCase();
       if (HOP_BY_HOP.has(lower)) continue;
       if (lower === 'content-length') {
-        if (!/^\d{1,15}$/.test(value)) throw new TypeError(`content-length "${value.slice(0, 20)}" is not a number`);
+        if (!CONTENT_LENGTH.test(value)) throw new TypeError(`content-length "${value.slice(0, 20)}" is not a number`);
         contentLength = Number(value);
       }
       out.push(name, value);

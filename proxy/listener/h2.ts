@@ -6,12 +6,14 @@
 import type { Http2ServerRequest, Http2ServerResponse } from 'node:http2';
 import { type Readable, Transform } from 'node:stream';
 import { TideError } from '../../lib/errors.ts';
+import { CONTENT_LENGTH, HOP_BY_HOP } from '../http/grammar.ts';
 import { normalizePath, type RequestHead } from '../http/parse.ts';
 import type { ConnectionInfo, Downstream } from '../http/types.ts';
 import type { DataPlane } from '../proxy.ts';
 import { errorResponse } from '../rescue.ts';
 
-const CONNECTION_SPECIFIC = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade', 'te', 'trailer', 'host']);
+/** Headers HTTP/2 forbids (connection-specific) plus host, which travels as :authority. */
+const CONNECTION_SPECIFIC = new Set([...HOP_BY_HOP, 'host']);
 
 export function handleH2Request(
   req: Http2ServerRequest,
@@ -77,7 +79,7 @@ function headOf(req: Http2ServerRequest, maxBodyBytes: number): RequestHead {
   const declared = req.headers['content-length'] as string | undefined;
   let contentLength = -1;
   if (declared !== undefined) {
-    if (!/^\d{1,15}$/.test(declared)) throw new TideError('ERR_BAD_REQUEST', 'content-length is not a number', { status: 400 });
+    if (!CONTENT_LENGTH.test(declared)) throw new TideError('ERR_BAD_REQUEST', 'content-length is not a number', { status: 400 });
     contentLength = Number(declared);
     if (contentLength > maxBodyBytes) {
       throw new TideError('ERR_PAYLOAD_TOO_LARGE', `the request body (${contentLength} bytes) is over the limit of ${maxBodyBytes} bytes`, { status: 413 });

@@ -9,6 +9,7 @@
  */
 import { type Dispatcher, Pool } from 'undici';
 import { TideError } from '../../lib/errors.ts';
+import { HOP_BY_HOP } from '../http/grammar.ts';
 import type { ProxyRequest, ResponseControl, ResponseHandler } from '../http/types.ts';
 import { H1Pool } from './h1pool.ts';
 
@@ -33,7 +34,8 @@ export type Outcome = 'ok' | 'status-5xx' | 'connect' | 'reset' | 'timeout' | 'a
 type DispatchController = Dispatcher.DispatchController;
 
 const EWMA_DECAY_MS = 10_000;
-const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade', 'te', 'trailer', 'content-length']);
+/** Response headers not passed on as they are: hop-by-hop ones, and content-length (carried as a number). */
+const NOT_FORWARDED = new Set([...HOP_BY_HOP, 'content-length']);
 
 export class UpstreamEndpoint {
   readonly address: string;
@@ -187,7 +189,7 @@ class Exchange {
         const name = typeof n === 'string' ? n : n.toString('latin1');
         const value = typeof v === 'string' ? v : v.toString('latin1');
         const lower = name.toLowerCase();
-        if (HOP_BY_HOP.has(lower)) {
+        if (NOT_FORWARDED.has(lower)) {
           if (lower === 'connection') connectionListed = value.toLowerCase();
           continue;
         }

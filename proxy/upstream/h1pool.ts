@@ -23,6 +23,7 @@ import { connect, type Socket } from 'node:net';
 import type { Readable } from 'node:stream';
 import { TideError } from '../../lib/errors.ts';
 import { ChunkedDecoder } from '../http/chunked.ts';
+import { CONTENT_LENGTH, CTL, IDEMPOTENT, TOKEN } from '../http/grammar.ts';
 
 export interface PoolController {
   rawHeaders: string[] | null;
@@ -57,10 +58,6 @@ export interface H1PoolOptions {
 }
 
 const CRLF2 = Buffer.from('\r\n\r\n');
-const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE', 'TRACE']);
-const TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
-// biome-ignore lint/suspicious/noControlCharactersInRegex: finding control characters is the point
-const CTL = /[\x00-\x08\x0a-\x1f\x7f]/;
 const STATUS_LINE = /^HTTP\/1\.([01]) (\d{3})(?: [^\r\n]*)?$/;
 const COALESCE_MAX = 16 * 1024;
 
@@ -489,7 +486,7 @@ class Conn {
       const value = line.slice(colon + 1).trim();
       const lower = name.length === 14 || name.length === 17 || name.length === 10 ? name.toLowerCase() : '';
       if (lower === 'content-length') {
-        if (!/^\d{1,15}$/.test(value) || (cl !== -1 && cl !== Number(value))) throw protocolError('bad Content-Length');
+        if (!CONTENT_LENGTH.test(value) || (cl !== -1 && cl !== Number(value))) throw protocolError('bad Content-Length');
         cl = Number(value);
       } else if (lower === 'transfer-encoding') {
         te = te === undefined ? value : `${te}, ${value}`;
