@@ -6,8 +6,8 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startUpstream, type Upstream } from '../helpers/proxy.ts';
-import { eventually, http, ROOT, sleep, TIDE_BIN, tempDir, tide } from '../helpers/tide.ts';
+import { startUpstream, twoClusterConfig, type Upstream } from '../helpers/proxy.ts';
+import { eventually, http, ROOT, sleep, stopProcess, TIDE_BIN, tempDir, tide } from '../helpers/tide.ts';
 
 interface ProxyProcess {
   child: ChildProcess;
@@ -51,20 +51,6 @@ async function spawnProxy(file: string, args: string[] = []): Promise<ProxyProce
   throw new Error(`tide proxy did not print "listening on" in time:\n${out}\n${err}`);
 }
 
-/** Stops a process by PID with `signal` (SIGKILL after `graceMs`) and returns its exit code or signal. */
-async function stop(p: ProxyProcess, signal: NodeJS.Signals = 'SIGTERM', graceMs = 10_000): Promise<number | string> {
-  if (p.child.exitCode !== null || p.child.signalCode !== null) return p.exited;
-  process.kill(p.pid, signal);
-  const timer = setTimeout(() => {
-    try {
-      process.kill(p.pid, 'SIGKILL');
-    } catch {}
-  }, graceMs);
-  const code = await p.exited;
-  clearTimeout(timer);
-  return code;
-}
-
 function lineOf(text: string, marker: string): number {
   return text.split('\n').findIndex((l) => l.includes(marker)) + 1;
 }
@@ -78,24 +64,7 @@ describe('tide proxy (CLI)', () => {
   let b: Upstream;
   let dir: string;
 
-  /** A config whose catch-all route goes to `cluster`, with optional routes tried before it. */
-  const config = (cluster: string, routesBefore = '') => `
-listeners:
-  - name: main
-    port: 0
-admin: { port: 0 }
-virtualHosts:
-  - name: all
-    domains: ['*']
-    routes:${routesBefore}
-      - name: main
-        backends: [{ cluster: ${cluster} }]
-clusters:
-  - name: a
-    endpoints: ['${a.address}']
-  - name: b
-    endpoints: ['${b.address}']
-`;
+  const config = (cluster: string, routesBefore = '') => twoClusterConfig(a, b, cluster, routesBefore);
   const newRoute = `
       - name: fresh
         match: { path: { exact: /new } }
@@ -113,7 +82,7 @@ clusters:
   });
 
   afterAll(async () => {
-    for (const p of running) await stop(p, 'SIGKILL', 2000);
+    for (const p of running) await stopProcess(p, 'SIGKILL', 2000);
     await a?.close();
     await b?.close();
   });
@@ -218,7 +187,7 @@ clusters:
     });
 
     it('exits 0 on SIGTERM', async () => {
-      expect(await stop(p, 'SIGTERM')).toBe(0);
+      expect(await stopProcess(p, 'SIGTERM')).toBe(0);
       expect(p.stderr()).toContain('SIGTERM');
     });
   });
@@ -240,7 +209,7 @@ clusters:
       expect(await ask(port)).toBe('200 b');
       expect(p.stderr()).toContain('config version 2 applied');
 
-      expect(await stop(p, 'SIGTERM')).toBe(0);
+      expect(await stopProcess(p, 'SIGTERM')).toBe(0);
     });
   });
 });

@@ -15,7 +15,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { isTideError } from '../../lib/errors.ts';
 import { ProxyMetrics } from '../../proxy/metrics.ts';
 import { loadConfig } from '../../proxy/server.ts';
-import { type RunningProxy, startProxy, startUpstream, type Upstream } from '../helpers/proxy.ts';
+import { type RunningProxy, startProxy, startUpstream, twoClusterConfig, type Upstream } from '../helpers/proxy.ts';
 import { eventually, http, sleep, tempDir } from '../helpers/tide.ts';
 
 // ---------------------------------------------------------------------------------------------
@@ -1070,23 +1070,7 @@ describe('tide proxy hot reload', () => {
   let proxy: RunningProxy;
   let pool: Pool | undefined;
 
-  const config = (cluster: string, extraRoute = '') => `
-listeners:
-  - name: main
-    port: 0
-admin: { port: 0 }
-virtualHosts:
-  - name: all
-    domains: ['*']
-    routes:${extraRoute}
-      - name: main
-        backends: [{ cluster: ${cluster} }]
-clusters:
-  - name: a
-    endpoints: ['${a.address}']
-  - name: b
-    endpoints: ['${b.address}']
-`;
+  const config = (cluster: string, extraRoute = '') => twoClusterConfig(a, b, cluster, extraRoute);
 
   beforeAll(async () => {
     a = await namedUpstream('a');

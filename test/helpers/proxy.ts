@@ -147,3 +147,27 @@ clusters:
     endpoints: [${endpoints.map((e) => `'${e}'`).join(', ')}]
 `;
 }
+
+/**
+ * A config with an admin listener and two clusters, `a` and `b`: its catch-all route goes to
+ * `cluster`, after the optional `routesBefore` (YAML list items indented for `routes:`).
+ */
+export function twoClusterConfig(a: Upstream, b: Upstream, cluster: string, routesBefore = ''): string {
+  return `
+listeners:
+  - name: main
+    port: 0
+admin: { port: 0 }
+virtualHosts:
+  - name: all
+    domains: ['*']
+    routes:${routesBefore}
+      - name: main
+        backends: [{ cluster: ${cluster} }]
+clusters:
+  - name: a
+    endpoints: ['${a.address}']
+  - name: b
+    endpoints: ['${b.address}']
+`;
+}

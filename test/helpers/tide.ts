@@ -67,6 +67,16 @@ export async function startTide(options: { dataDir?: string; args?: string[]; ti
 /** Stops a process by PID with `signal`, then SIGKILL after `graceMs`. */
 export async function stopTide(t: TideProcess | undefined, signal: NodeJS.Signals = 'SIGTERM', graceMs = 10_000): Promise<number | string | undefined> {
   if (!t || t.child.exitCode !== null || t.child.signalCode !== null) return t?.child.exitCode ?? undefined;
+  return stopProcess(t, signal, graceMs);
+}
+
+/** Sends `signal` to a child by its PID, SIGKILL after `graceMs`; resolves with its exit code or signal. */
+export async function stopProcess(
+  t: { child: ChildProcess; pid: number; exited: Promise<number | string> },
+  signal: NodeJS.Signals = 'SIGTERM',
+  graceMs = 10_000,
+): Promise<number | string> {
+  if (t.child.exitCode !== null || t.child.signalCode !== null) return t.exited;
   process.kill(t.pid, signal);
   const timer = setTimeout(() => {
     try {
