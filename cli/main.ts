@@ -27,7 +27,55 @@ interface FunctionView {
   createdAt: string;
   env: string[];
   secrets: string[];
-  config: Record<string, number> | null;
+  config: (Record<string, number> & { scaling?: ScalingView }) | null;
+}
+
+interface ScalingView {
+  minScale: number;
+  maxScale: number;
+  initialScale: number;
+  metric: string;
+  target: number;
+  targetUtilization: number;
+  containerConcurrency: number;
+  scaleToZeroGracePeriodMs: number;
+  scaleDownDelayMs: number;
+  queueSize: number;
+  queueTimeoutMs: number;
+}
+
+function describeScaling(s: ScalingView): string {
+  return [
+    `${s.minScale}..${s.maxScale === 0 ? '∞' : s.maxScale} instances (initial ${s.initialScale})`,
+    `target ${s.target} ${s.metric === 'rps' ? 'requests/s' : 'in flight'} per instance at ${Math.round(s.targetUtilization * 100)}%`,
+    `containerConcurrency ${s.containerConcurrency === 0 ? 'unlimited' : s.containerConcurrency}`,
+    `scale to zero after ${s.scaleToZeroGracePeriodMs / 1000}s idle`,
+    ...(s.scaleDownDelayMs > 0 ? [`scale-down delay ${s.scaleDownDelayMs / 1000}s`] : []),
+    `activator queue ${s.queueSize} for up to ${s.queueTimeoutMs / 1000}s`,
+  ].join(', ');
+}
+
+interface InstancesView {
+  function: string;
+  revision: string;
+  phase: string;
+  desired: number | null;
+  ready: number;
+  queued: number;
+  panic: boolean;
+  instances: { id: string; phase: string; since: string }[];
+  decisions: {
+    seq: number;
+    at: number;
+    desired: number;
+    wanted: number;
+    ready: number;
+    observedStable: number;
+    observedPanic: number;
+    panic: boolean;
+    queued: number;
+    reason: string;
+  }[];
 }
 
 interface RevisionView {
@@ -74,6 +122,36 @@ function integer(what: string, min: number, max: number) {
     if (!Number.isInteger(n) || n < min || n > max)
       throw new TideError('ERR_INVALID_ARGUMENT', `${what} must be an integer from ${min} to ${max} (got "${value}")`);
     return n;
+  };
+}
+
+function decimal(what: string) {
+  return (value: string) => {
+    const n = Number(value);
+    if (value.trim() === '' || !Number.isFinite(n) || n <= 0) throw new TideError('ERR_INVALID_ARGUMENT', `${what} must be a number above 0 (got "${value}")`);
+    return n;
+  };
+}
+
+/** The deploy flags that set scaling; unset ones are left to the defaults. */
+function scalingFlags(o: Record<string, string | number | undefined>): Record<string, unknown> {
+  const fixed = o.instances as number | undefined;
+  const given = (flag: string, name: string) => {
+    if (fixed !== undefined && o[name] !== undefined) throw new TideError('ERR_INVALID_ARGUMENT', `--instances sets the count; leave out ${flag}`);
+    return o[name] ?? fixed;
+  };
+  const duration = (flag: string, name: string) => (o[name] === undefined ? undefined : parseDuration(String(o[name]), flag));
+  return {
+    minScale: given('--min-scale', 'minScale'),
+    maxScale: given('--max-scale', 'maxScale'),
+    initialScale: given('--initial-scale', 'initialScale'),
+    target: o.target,
+    metric: o.metric,
+    containerConcurrency: o.concurrency,
+    scaleToZeroGracePeriodMs: duration('--scale-to-zero-grace', 'scaleToZeroGrace'),
+    scaleDownDelayMs: duration('--scale-down-delay', 'scaleDownDelay'),
+    queueSize: o.queueSize,
+    queueTimeoutMs: duration('--queue-timeout', 'queueTimeout'),
   };
 }
 
@@ -178,8 +256,21 @@ export function program(): Command {
       .option('-s, --secret <KEY=VALUE>', 'secret for env, never printed back (repeatable)', keyValues('--secret'))
       .option('--timeout <duration>', 'longest a request may run (default 30s)')
       .option('--memory <MiB>', 'heap limit per instance in MiB (default 128)', integer('--memory', 16, 16384))
-      .option('--concurrency <n>', 'requests one instance serves at once (default 32)', integer('--concurrency', 1, 1000))
-      .option('--instances <n>', 'instances to run (default 1)', integer('--instances', 1, 64))
+      .option('--min-scale <n>', 'fewest instances, even when idle; 0 lets it scale to zero (default 0)', integer('--min-scale', 0, 1000))
+      .option('--max-scale <n>', 'most instances; 0 = no limit (default 0)', integer('--max-scale', 0, 1000))
+      .option('--initial-scale <n>', 'instances started for a new revision before any traffic (default 1)', integer('--initial-scale', 0, 1000))
+      .option('--instances <n>', 'a fixed count: the same as --min-scale N --max-scale N --initial-scale N', integer('--instances', 1, 1000))
+      .option('--target <n>', 'requests in flight (or per second, with --metric rps) one instance should carry (default 100)', decimal('--target'))
+      .option('--metric <metric>', 'what --target counts: concurrency or rps (default concurrency)')
+      .option(
+        '--concurrency <n>',
+        'hard limit of requests in flight per instance; more wait in the activator; 0 = none (default 0)',
+        integer('--concurrency', 0, 1000),
+      )
+      .option('--scale-to-zero-grace <duration>', 'how long an idle revision keeps its last instance (default 30s)')
+      .option('--scale-down-delay <duration>', 'how long a lower count must stay wanted before instances go (default 0s)')
+      .option('--queue-size <n>', 'requests held while no instance is free; beyond: 503 (default 1000)', integer('--queue-size', 0, 100000))
+      .option('--queue-timeout <duration>', 'longest a request is held for a free instance (default 10s)')
       .option('--max-body <size>', 'largest request body, e.g. 10mb (default 10mb)', bytes)
       .option('-o, --output <format>', 'json or yaml instead of text'),
   ).action(async (file: string, o) => {
@@ -206,9 +297,8 @@ export function program(): Command {
         config: {
           timeoutMs: o.timeout ? parseDuration(o.timeout, '--timeout') : undefined,
           memoryMb: o.memory,
-          concurrency: o.concurrency,
-          instances: o.instances,
           maxBodyBytes: o.maxBody,
+          scaling: scalingFlags(o),
         },
       },
     );
@@ -280,6 +370,82 @@ export function program(): Command {
   });
 
   connectionOptions(
+    get
+      .command('instances')
+      .alias('instance')
+      .alias('inst')
+      .description("show a function's instances and the autoscaler's decisions: why the count is what it is")
+      .argument('<function>', 'function name')
+      .option('-w, --watch', 'keep printing each new decision and every change of instances')
+      .option('--interval <duration>', 'with -w: how often to ask', '1s')
+      .option('-o, --output <format>', 'json or yaml'),
+  ).action(async (fn: string, o) => {
+    const format = parseOutput(o.output);
+    const api = await client(o);
+    const path = (since: number) => `/v1/functions/${encodeURIComponent(fn)}/instances?since=${since}`;
+    const first = await api.call<InstancesView>('GET', path(0));
+    if (format === 'json' || format === 'yaml') return out(structured(first, format));
+    const decisionRow = (d: InstancesView['decisions'][number]) => [
+      new Date(d.at).toISOString().slice(11, 19),
+      String(d.ready),
+      String(d.desired),
+      String(d.observedStable),
+      String(d.observedPanic),
+      String(d.queued),
+      d.panic ? 'yes' : '',
+      d.reason,
+    ];
+    const decisionHeaders = ['TIME', 'READY', 'DESIRED', 'STABLE', 'PANIC-WINDOW', 'QUEUED', 'PANIC', 'REASON'];
+    const summary = (v: InstancesView) =>
+      `${v.function} ${v.revision}: ${v.ready} ready, ${v.desired ?? '?'} desired${v.queued ? `, ${v.queued} requests waiting` : ''}${v.panic ? ', panic mode' : ''}`;
+    const instanceLine = (v: InstancesView) => v.instances.map((i) => `${i.id} ${i.phase}`).join(', ') || 'no instances';
+    out(summary(first));
+    out(
+      table(
+        ['INSTANCE', 'PHASE', 'SINCE'],
+        first.instances.map((i) => [i.id, i.phase, formatAge(Date.now() - Date.parse(i.since))]),
+      ),
+    );
+    if (!o.watch) {
+      if (first.decisions.length > 0) {
+        out('');
+        out(table(decisionHeaders, first.decisions.slice(-10).map(decisionRow)));
+      }
+      return;
+    }
+    const every = parseDuration(o.interval, '--interval');
+    let seq = first.decisions.at(-1)?.seq ?? 0;
+    let lastInstances = instanceLine(first);
+    // Rows come one at a time: fixed column widths keep them under the header.
+    const widths = decisionHeaders.map((h) => Math.max(h.length, 8));
+    const row = (cells: string[]) =>
+      cells
+        .map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i] ?? 0)))
+        .join('  ')
+        .trimEnd();
+    out('');
+    out(row(decisionHeaders));
+    for (const d of first.decisions.slice(-10)) out(row(decisionRow(d)));
+    let stop = false;
+    process.once('SIGINT', () => {
+      stop = true;
+    });
+    while (!stop) {
+      await new Promise((r) => setTimeout(r, every));
+      const v = await api.call<InstancesView>('GET', path(seq));
+      for (const d of v.decisions) {
+        out(row(decisionRow(d)));
+        seq = d.seq;
+      }
+      const now = instanceLine(v);
+      if (now !== lastInstances) {
+        out(`  instances: ${now}`);
+        lastInstances = now;
+      }
+    }
+  });
+
+  connectionOptions(
     prog
       .command('describe')
       .description('show a function: its revisions, settings, env names and status')
@@ -299,10 +465,12 @@ export function program(): Command {
       `Settings:    ${
         fn.config
           ? Object.entries(fn.config)
+              .filter(([k]) => k !== 'scaling')
               .map(([k, v]) => `${k}=${v}`)
               .join(' ')
           : '-'
       }`,
+      `Scaling:     ${fn.config?.scaling ? describeScaling(fn.config.scaling) : '-'}`,
       `Env:         ${fn.env.length ? fn.env.join(', ') : '-'}`,
       `Secrets:     ${fn.secrets.length ? fn.secrets.map((s) => `${s} (hidden)`).join(', ') : '-'}`,
       '',

@@ -7,7 +7,7 @@ import { randomBytes } from 'node:crypto';
 import { chmod, mkdir, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { basename, extname, join, resolve } from 'node:path';
 import { pino } from 'pino';
-import { BlobStore, ControlApi, createSqliteStore, Functions, keys, type Snapshot, SnapshotPublisher, type Store } from '../control/index.ts';
+import { Autoscaler, BlobStore, ControlApi, createSqliteStore, Functions, keys, type Snapshot, SnapshotPublisher, type Store } from '../control/index.ts';
 import { resolveUpConfig, UP_DEFAULTS, type UpConfig, type UpOptions } from '../lib/config/up.ts';
 import { errorMessage, TideError } from '../lib/errors.ts';
 import { createLogger, type Logger } from '../lib/log.ts';
@@ -49,7 +49,7 @@ export async function up(options: UpOptions = {}, log: Logger = createLogger({ l
     store,
     driver,
     log,
-    keys: { functions: keys.functions(), revisions: keys.revisions(), statuses: keys.statuses(), status: (r) => keys.status(r) },
+    keys: { functions: keys.functions(), revisions: keys.revisions(), statuses: keys.statuses(), status: (r) => keys.status(r), scales: keys.scales() },
     bundlePath: (digest) => blobs.path(digest),
     drainMs: config.drainMs,
     onEvent: (e) =>
@@ -64,11 +64,13 @@ export async function up(options: UpOptions = {}, log: Logger = createLogger({ l
   });
   const functions = new Functions(store, blobs, { validate: (path) => validateWorkerBundle(path) });
 
+  const autoscaler = new Autoscaler({ store, log });
   const access = accessLogger(config, dataDir);
   const gateway = new Gateway({
     domain: config.domain,
     log: log.child({ component: 'proxy.gateway' }),
     access,
+    demand: autoscaler,
     resolve: (t) => agent.endpoint(t.revision, t.function),
   });
   let gatewayPort = config.port;
@@ -80,6 +82,7 @@ export async function up(options: UpOptions = {}, log: Logger = createLogger({ l
     log: log.child({ component: 'control.api' }),
     functionUrl,
     info: { version: VERSION, domain: config.domain, dataDir },
+    scaling: autoscaler,
     routed: async (storeRevision) => {
       const deadline = Date.now() + 5000;
       while (gateway.snapshotVersion < storeRevision && Date.now() < deadline) await new Promise((r) => setTimeout(r, 2));
@@ -96,6 +99,7 @@ export async function up(options: UpOptions = {}, log: Logger = createLogger({ l
     closing ??= (async () => {
       log.info({ drainMs: config.drainMs }, 'shutting down');
       snapshots.close();
+      autoscaler.close();
       await Promise.all([gateway.close(config.drainMs), api.close()]);
       await agent.close();
       await logs.close();
@@ -109,6 +113,7 @@ export async function up(options: UpOptions = {}, log: Logger = createLogger({ l
   };
 
   try {
+    await autoscaler.start();
     await agent.start();
     await snapshots.start();
     const g = await gateway.listen(config.port, config.host);

@@ -2,8 +2,10 @@
  * The function gateway of `tide up`: the proxy data plane (the same listener, router, stacks,
  * metrics and error rescue as `tide proxy`) on a snapshot built from control's Snapshot.
  * `Host: NAME.<domain>` routes to the serving revision of function NAME, whose endpoint is a
- * set of sandbox instances on this node; unknown hosts get 404, revisions without a ready
- * instance 503, bodies over the function's limit 413. One access-log line per request.
+ * set of sandbox instances on this node; unknown hosts get 404, bodies over the function's limit
+ * 413. A revision with no free instance (scaled to zero, starting, at its concurrency limit)
+ * gets its requests held by the activator until one is free. Every request is counted as
+ * demand for its revision (the autoscaler's input). One access-log line per request.
  *
  * It reads only the snapshot and the endpoint resolver; it never writes state.
  */
@@ -13,21 +15,31 @@ import type { ProxyConfig } from '../lib/config/proxy.ts';
 import { TideError } from '../lib/errors.ts';
 import type { Logger } from '../lib/log.ts';
 import type { CompiledListener, CompiledRoute, ProxySnapshot } from './config/compile.ts';
-import type { Dispatch } from './http/types.ts';
-import { dispatchToSandbox, type SandboxEndpoint } from './layers/sandbox.ts';
+import type { Dispatch, ProxyRequest, ResponseControl, ResponseHandler } from './http/types.ts';
+import { type ActivatableEndpoint, Activator, type ActivatorHooks } from './layers/activator.ts';
 import { Listener } from './listener/listener.ts';
 import { ProxyMetrics } from './metrics.ts';
 import { DataPlane } from './proxy.ts';
 import { normalizeHost, TableRouter } from './router/index.ts';
 
 /** The part of a revision endpoint the gateway needs (runtime's RevisionEndpoint fits). */
-export type Endpoint = SandboxEndpoint;
+export type Endpoint = ActivatableEndpoint;
+
+/** Where the gateway reports demand per revision (the autoscaler, in `tide up`). */
+export interface DemandSink extends ActivatorHooks {
+  /** A request for `revision` arrived (before it waits or runs). */
+  begin(revision: string): void;
+  /** It ended, however it ended. */
+  end(revision: string): void;
+}
 
 export interface GatewayOptions {
   /** Host suffix: NAME.<domain> routes to function NAME. Default "localhost". */
   domain?: string;
   /** The endpoint for a route: its revision, or while that starts, the function's previous ready one. */
   resolve: (target: RouteTarget) => Endpoint | undefined;
+  /** Demand per revision, and requests for capacity. Default: counted nowhere. */
+  demand?: DemandSink;
   /** Access log sink; one object per request. */
   access?: Logger;
   log: Logger;
@@ -46,6 +58,8 @@ export class Gateway {
   readonly #suffix: string;
   readonly metrics = new ProxyMetrics();
   readonly #plane: DataPlane;
+  readonly #activator: Activator;
+  readonly #demand: DemandSink;
   #listener: Listener | undefined;
   #snapshotVersion = 0;
 
@@ -53,6 +67,8 @@ export class Gateway {
     this.#opts = opts;
     this.#suffix = `.${(opts.domain ?? 'localhost').toLowerCase()}`;
     this.#plane = new DataPlane({ metrics: this.metrics, log: opts.log, access: opts.access });
+    this.#demand = opts.demand ?? { begin() {}, end() {}, activate() {} };
+    this.#activator = new Activator(this.#demand);
     this.#plane.apply(this.#compile([], 0));
   }
 
@@ -89,8 +105,22 @@ export class Gateway {
     };
   }
 
-  /** The endpoint layer of one function: body limit, the serving revision's instances. */
+  /** Requests the activator holds now. */
+  get held(): number {
+    return this.#activator.depth;
+  }
+
+  /** The endpoint layer of one function: body limit, demand, the activator, the serving revision's instances. */
   #toFunction(target: RouteTarget): Dispatch {
+    const send = (req: ProxyRequest, handler: ResponseHandler): void => {
+      const endpoint = this.#opts.resolve(target);
+      if (!endpoint) {
+        handler.onError(new TideError('ERR_PROXY_NOT_READY', `${target.function} (revision ${target.revision}) has no ready instance yet`, { status: 503 }));
+        return;
+      }
+      req.endpoint = endpoint.revision;
+      this.#activator.send(endpoint, target.revision, target, req, handler, () => send(req, handler));
+    };
     return (req, handler) => {
       req.cluster = target.revision;
       if (req.contentLength > target.maxBodyBytes) {
@@ -103,13 +133,8 @@ export class Gateway {
         );
         return;
       }
-      const endpoint = this.#opts.resolve(target);
-      if (!endpoint) {
-        handler.onError(new TideError('ERR_PROXY_NOT_READY', `${target.function} (revision ${target.revision}) has no ready instance yet`, { status: 503 }));
-        return;
-      }
-      req.endpoint = endpoint.revision;
-      dispatchToSandbox(endpoint, req, handler);
+      this.#demand.begin(target.revision);
+      send(req, new Counted(handler, this.#demand, target.revision));
     };
   }
 
@@ -168,6 +193,45 @@ export class Gateway {
     const l = this.#listener;
     this.#listener = undefined;
     if (l) await l.close(drainMs);
+    this.#activator.close();
     await this.#plane.close();
+  }
+}
+
+/** Reports the end of a request to the demand sink, once, however it ends. */
+class Counted implements ResponseHandler {
+  readonly #inner: ResponseHandler;
+  readonly #demand: DemandSink;
+  readonly #revision: string;
+  #open = true;
+
+  constructor(inner: ResponseHandler, demand: DemandSink, revision: string) {
+    this.#inner = inner;
+    this.#demand = demand;
+    this.#revision = revision;
+  }
+
+  onHeaders(status: number, headers: string[], contentLength: number, ctl: ResponseControl): void {
+    this.#inner.onHeaders(status, headers, contentLength, ctl);
+  }
+
+  onData(chunk: Buffer): boolean {
+    return this.#inner.onData(chunk);
+  }
+
+  onEnd(): void {
+    this.#done();
+    this.#inner.onEnd();
+  }
+
+  onError(err: TideError): void {
+    this.#done();
+    this.#inner.onError(err);
+  }
+
+  #done(): void {
+    if (!this.#open) return;
+    this.#open = false;
+    this.#demand.end(this.#revision);
   }
 }

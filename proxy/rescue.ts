@@ -19,6 +19,9 @@ export function errorResponse(err: unknown, requestId: string): ErrorResponse {
   const status = e.status ?? 502;
   const body = Buffer.from(`${e.message}\nrequest id: ${requestId}\n`);
   const headers = ['content-type', 'text/plain; charset=utf-8', 'tide-proxy-error', e.code, 'x-request-id', requestId];
-  if (status === 503 || status === 429) headers.push('retry-after', '1');
+  if (status === 503 || status === 429) {
+    const after = e.details?.retryAfterSeconds;
+    headers.push('retry-after', typeof after === 'number' && after >= 1 ? String(Math.ceil(after)) : '1');
+  }
   return { status, headers, body, error: e };
 }

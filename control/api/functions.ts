@@ -14,6 +14,7 @@ import {
   type FunctionConfig,
   type FunctionRecord,
   keys,
+  parseRevision,
   type RevisionRecord,
   type RevisionStatus,
   resolveFunctionConfig,
@@ -134,13 +135,13 @@ export class Functions {
 
   async getRevision(name: string): Promise<RevisionRecord | undefined> {
     const kv = await this.#store.get(keys.revision(name));
-    return kv ? parse<RevisionRecord>(kv) : undefined;
+    return kv ? parseRevision(kv.value) : undefined;
   }
 
   /** Revisions of one function (or all), oldest first. */
   async revisions(fn?: string): Promise<RevisionRecord[]> {
     const { items } = await this.#store.list(keys.revisions());
-    const all = items.map((kv) => parse<RevisionRecord>(kv));
+    const all = items.map((kv) => parseRevision(kv.value));
     return all
       .filter((r) => fn === undefined || r.function === fn)
       .sort((a, b) => (a.function === b.function ? a.number - b.number : a.function < b.function ? -1 : 1));

@@ -14,6 +14,12 @@ import { listen } from '../../lib/net.ts';
 import type { DeployInput, Functions } from './functions.ts';
 import type { FunctionRecord, RevisionRecord, RevisionStatus } from './schema/function.ts';
 
+/** What the autoscaler tells about a revision (control/autoscaler's Autoscaler fits). */
+export interface ScalingSource {
+  decisions(revision: string, since?: number): unknown[];
+  describe(revision: string): { desired: number | undefined; ready: number; queued: number; panic: boolean } | undefined;
+}
+
 /** Where function logs come from (the node agent's log sink). */
 export interface LogSource {
   tail(fn: string, lines: number): Promise<LogLine[]>;
@@ -48,6 +54,8 @@ export interface ApiOptions {
    * that a deploy or rollback that returned is already what clients get. Default: no wait.
    */
   routed?: (storeRevision: number) => Promise<void>;
+  /** The autoscaler, for `GET /v1/functions/NAME/instances`. */
+  scaling?: ScalingSource;
 }
 
 type Handler = (req: Request, params: Record<string, string>, url: URL) => Promise<Response>;
@@ -71,6 +79,7 @@ export class ControlApi {
     this.#route('DELETE', '/v1/functions/:name', async (_r, p) => json(200, await opts.functions.delete(p.name ?? '')));
     this.#route('GET', '/v1/revisions', async (_r, _p, url) => this.#revisions(url.searchParams.get('function') ?? undefined));
     this.#route('GET', '/v1/functions/:name/logs', (r, p, url) => this.#logs(r, p.name ?? '', url));
+    this.#route('GET', '/v1/functions/:name/instances', (_r, p, url) => this.#instances(p.name ?? '', url));
   }
 
   /** The Web-standard entry point (also used directly by tests). */
@@ -236,6 +245,30 @@ export class ControlApi {
     });
   }
 
+  /** The serving revision's instances and the autoscaler's decisions after `?since=SEQ`. */
+  async #instances(name: string, url: URL): Promise<Response> {
+    const fn = await this.#opts.functions.get(name);
+    const since = Number(url.searchParams.get('since') ?? 0);
+    if (!Number.isInteger(since) || since < 0)
+      throw new TideError('ERR_BAD_REQUEST', `since must be a decision number ≥ 0 (got ${url.searchParams.get('since')})`, { status: 400 });
+    const revision = fn.servingRevision;
+    const status = (await this.#opts.functions.statuses()).get(revision);
+    const scaler = this.#opts.scaling?.describe(revision);
+    const rev = await this.#opts.functions.getRevision(revision);
+    return json(200, {
+      function: name,
+      revision,
+      phase: status?.phase ?? 'pending',
+      desired: scaler?.desired ?? status?.desiredInstances ?? null,
+      ready: status?.readyInstances ?? 0,
+      queued: scaler?.queued ?? 0,
+      panic: scaler?.panic ?? false,
+      scaling: rev?.config.scaling ?? null,
+      instances: status?.instances ?? [],
+      decisions: this.#opts.scaling?.decisions(revision, since) ?? [],
+    });
+  }
+
   async #logs(req: Request, name: string, url: URL): Promise<Response> {
     await this.#opts.functions.get(name);
     const tail = Math.min(Math.max(Number(url.searchParams.get('tail') ?? 100) || 0, 0), 10_000);
@@ -289,7 +322,7 @@ export class ControlApi {
       ready: status?.phase === 'ready',
       phase: status?.phase ?? 'pending',
       readyInstances: status?.readyInstances ?? 0,
-      desiredInstances: status?.desiredInstances ?? serving?.config.instances ?? 0,
+      desiredInstances: status?.desiredInstances ?? serving?.config.scaling.initialScale ?? 0,
       restarts: status?.restarts ?? 0,
       lastError: status?.lastError ?? null,
       createdAt: fn.createdAt,

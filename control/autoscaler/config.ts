@@ -36,6 +36,10 @@ export interface ScalingSpec {
   scaleDownDelayMs: number;
   /** Time between decisions, ms. */
   tickMs: number;
+  /** Requests the activator holds for this revision while it has no capacity; beyond: 503. */
+  queueSize: number;
+  /** Longest a request waits in the activator for capacity, ms; then 503 with retry-after. */
+  queueTimeoutMs: number;
 }
 
 export const SCALING_DEFAULTS: Readonly<ScalingSpec> = Object.freeze({
@@ -54,6 +58,8 @@ export const SCALING_DEFAULTS: Readonly<ScalingSpec> = Object.freeze({
   scaleToZeroGracePeriodMs: 30_000,
   scaleDownDelayMs: 0,
   tickMs: 2000,
+  queueSize: 1000,
+  queueTimeoutMs: 10_000,
 });
 
 type Rule = { min: number; max: number; integer: boolean };
@@ -72,14 +78,13 @@ const RULES: Record<Exclude<keyof ScalingSpec, 'metric'>, Rule> = {
   scaleToZeroGracePeriodMs: { min: 0, max: 3_600_000, integer: true },
   scaleDownDelayMs: { min: 0, max: 3_600_000, integer: true },
   tickMs: { min: 100, max: 60_000, integer: true },
+  queueSize: { min: 0, max: 100_000, integer: true },
+  queueTimeoutMs: { min: 1, max: 3_600_000, integer: true },
 };
 
-function invalid(message: string): TideError {
-  return new TideError('ERR_INVALID_ARGUMENT', message, { status: 400 });
-}
-
-/** Fills defaults and checks every knob and the rules between them. */
-export function resolveScalingSpec(input: Partial<Record<keyof ScalingSpec, unknown>> = {}): ScalingSpec {
+/** Fills defaults and checks every knob and the rules between them; `at` prefixes knob names in messages. */
+export function resolveScalingSpec(input: Partial<Record<keyof ScalingSpec, unknown>> = {}, at = ''): ScalingSpec {
+  const invalid = (message: string) => new TideError('ERR_INVALID_ARGUMENT', `${at}${message}`, { status: 400 });
   const out: ScalingSpec = { ...SCALING_DEFAULTS };
   for (const [key, value] of Object.entries(input)) {
     if (value === undefined) continue;
@@ -89,7 +94,7 @@ export function resolveScalingSpec(input: Partial<Record<keyof ScalingSpec, unkn
       continue;
     }
     const rule = RULES[key as keyof typeof RULES];
-    if (!rule) throw invalid(`unknown scaling setting "${key}"`);
+    if (!rule) throw new TideError('ERR_INVALID_ARGUMENT', `unknown scaling setting "${at}${key}"`, { status: 400 });
     if (typeof value !== 'number' || !Number.isFinite(value) || (rule.integer && !Number.isInteger(value)) || value < rule.min || value > rule.max) {
       throw invalid(`${key} must be ${rule.integer ? 'an integer' : 'a number'} from ${rule.min} to ${rule.max} (got ${JSON.stringify(value)})`);
     }
@@ -99,7 +104,7 @@ export function resolveScalingSpec(input: Partial<Record<keyof ScalingSpec, unkn
     throw invalid(`maxScale must be 0 (no limit) or an integer ≥ minScale ${out.minScale} (got ${out.maxScale})`);
   if (out.maxScale !== 0 && out.initialScale > out.maxScale) throw invalid(`initialScale must be ≤ maxScale ${out.maxScale} (got ${out.initialScale})`);
   if (out.containerConcurrency > 0 && out.metric === 'concurrency' && out.target > out.containerConcurrency) {
-    throw invalid(`target must be ≤ containerConcurrency ${out.containerConcurrency} (got ${out.target})`);
+    throw invalid(`target must be ≤ containerConcurrency ${out.containerConcurrency} when the metric is concurrency (got ${out.target})`);
   }
   return out;
 }

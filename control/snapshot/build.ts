@@ -5,7 +5,7 @@
  */
 import { Informer } from '../../lib/informer.ts';
 import type { FunctionRecord, RevisionRecord } from '../api/schema/function.ts';
-import { keys } from '../api/schema/function.ts';
+import { keys, parseRevision } from '../api/schema/function.ts';
 import type { Store } from '../store/index.ts';
 
 export interface RouteTarget {
@@ -13,6 +13,10 @@ export interface RouteTarget {
   namespace: string;
   revision: string;
   maxBodyBytes: number;
+  /** Requests the activator may hold for this revision while it has no capacity. */
+  queueSize: number;
+  /** Longest a request waits there, ms. */
+  queueTimeoutMs: number;
 }
 
 export interface Snapshot {
@@ -28,7 +32,7 @@ export async function buildSnapshot(store: Store): Promise<Snapshot> {
   const [fns, revs] = await Promise.all([store.list(keys.functions()), store.list(keys.revisions())]);
   const revisions = new Map(
     revs.items.map((kv) => {
-      const r = JSON.parse(kv.value) as RevisionRecord;
+      const r = parseRevision(kv.value);
       return [r.name, r];
     }),
   );
@@ -37,7 +41,14 @@ export async function buildSnapshot(store: Store): Promise<Snapshot> {
     const fn = JSON.parse(kv.value) as FunctionRecord;
     const rev = revisions.get(fn.servingRevision);
     if (!rev) continue;
-    routes.set(fn.name, { function: fn.name, namespace: fn.namespace, revision: rev.name, maxBodyBytes: rev.config.maxBodyBytes });
+    routes.set(fn.name, {
+      function: fn.name,
+      namespace: fn.namespace,
+      revision: rev.name,
+      maxBodyBytes: rev.config.maxBodyBytes,
+      queueSize: rev.config.scaling.queueSize,
+      queueTimeoutMs: rev.config.scaling.queueTimeoutMs,
+    });
   }
   return Object.freeze({ version: Math.max(fns.revision, revs.revision), routes });
 }

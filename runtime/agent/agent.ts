@@ -1,12 +1,15 @@
 /**
- * The node agent: makes the instances running on this node match what the Store says should
- * serve. Desired: for every function, its serving revision with `instances` instances. It
- * starts what is missing, drains and stops what is no longer wanted, and reports each
- * revision's status (starting, ready, failed, restarts) back to the Store. The gateway asks it
- * for a revision's endpoint; it never decides routing.
+ * The node agent: makes the instances running on this node match what the Store says. For
+ * every function it runs the serving revision with the count the autoscaler wrote at
+ * /tide/scale/… (before it has written one: the revision's initialScale, at least minScale).
+ * It starts instances that are missing one by one, takes surplus ones out of the endpoint and
+ * drains them before they stop (graceful scale-down), and reports each revision's status
+ * (phase, ready and desired counts, every instance, restarts) back to the Store. The gateway
+ * asks it for a revision's endpoint; it never decides routing or counts.
  */
 import { randomBytes } from 'node:crypto';
-import type { FunctionRecord, RevisionRecord, RevisionStatus } from '../../control/api/schema/function.ts';
+import type { FunctionRecord, InstanceStatus, RevisionRecord, RevisionStatus, ScaleRecord } from '../../control/api/schema/function.ts';
+import { parseRevision } from '../../control/api/schema/function.ts';
 import type { Store } from '../../control/store/index.ts';
 import { errorMessage, TideError } from '../../lib/errors.ts';
 import { Informer } from '../../lib/informer.ts';
@@ -19,6 +22,8 @@ export interface AgentKeys {
   revisions: string;
   statuses: string;
   status: (rev: string) => string;
+  /** Prefix of the autoscaler's scale records. */
+  scales: string;
 }
 
 export interface AgentOptions {
@@ -29,59 +34,120 @@ export interface AgentOptions {
   log: Logger;
   /** Where instance events are written for `tide logs`. */
   onEvent?: (event: InstanceEvent) => void;
-  /** How long a stopping revision may drain, ms. */
+  /** How long a stopping instance may drain, ms. */
   drainMs?: number;
 }
 
 /** What the gateway dispatches to: all ready instances of one revision. */
 export interface RevisionEndpoint {
   readonly revision: string;
+  /** True when a request sent now starts at once (a ready instance under its concurrency limit). */
+  hasCapacity(): boolean;
+  /** Calls `cb` whenever capacity may have appeared (an instance became ready, a request ended); returns the unsubscribe. */
+  onCapacity(cb: () => void): () => void;
+  /** True once the revision stopped on this node; ask `endpoint()` again. */
+  readonly stopped: boolean;
   dispatch(req: SandboxRequest, res: SandboxResponse, meta: DispatchMeta): Promise<void>;
+}
+
+interface Slot {
+  instance: Instance;
+  status: InstanceStatus;
+}
+
+/** Back-off after failed starts: 1 s, 2 s, 4 s, … up to 60 s. */
+function backoffMs(attempts: number): number {
+  return Math.min(60_000, 1000 * 2 ** Math.max(0, attempts - 1));
 }
 
 class RevisionSet implements RevisionEndpoint {
   readonly revision: string;
   readonly record: RevisionRecord;
-  instances: Instance[] = [];
-  status: RevisionStatus;
-  /** When it became ready (ms since epoch), 0 before. */
+  /** Instances receiving requests. */
+  ready: Slot[] = [];
+  /** Instances loading the function. */
+  starting = new Map<string, InstanceStatus>();
+  /** Instances finishing their requests before they stop. */
+  draining = new Map<string, Slot>();
+  desired: number;
+  phase: RevisionStatus['phase'] = 'starting';
+  /** When it first became ready (ms since epoch), 0 before. */
   readySince = 0;
-  /** Failed start attempts, and when the last one failed. */
+  /** Failed starts in a row, and when the last one failed. */
   attempts = 0;
   failedAt = 0;
+  restarts = 0;
+  lastError: string | undefined;
+  lastErrorAt: string | undefined;
+  stopped = false;
+  readonly #limit: number;
+  readonly #listeners = new Set<() => void>();
   #next = 0;
 
-  constructor(record: RevisionRecord) {
+  constructor(record: RevisionRecord, desired: number) {
     this.revision = record.name;
     this.record = record;
-    this.status = {
-      revision: record.name,
-      phase: 'starting',
-      readyInstances: 0,
-      desiredInstances: record.config.instances,
-      restarts: 0,
-      updatedAt: new Date().toISOString(),
-    };
+    this.desired = desired;
+    this.#limit = record.config.scaling.containerConcurrency;
+  }
+
+  hasCapacity(): boolean {
+    const list = this.ready;
+    if (list.length === 0) return false;
+    if (this.#limit === 0) return true;
+    for (const s of list) if (s.instance.inflight < this.#limit) return true;
+    return false;
+  }
+
+  onCapacity(cb: () => void): () => void {
+    this.#listeners.add(cb);
+    return () => this.#listeners.delete(cb);
+  }
+
+  notify(): void {
+    for (const cb of this.#listeners) cb();
   }
 
   dispatch(req: SandboxRequest, res: SandboxResponse, meta: DispatchMeta): Promise<void> {
-    const list = this.instances;
+    const list = this.ready;
     if (list.length === 0) return Promise.reject(new TideError('ERR_PROXY_NOT_READY', `revision ${this.revision} has no ready instance`, { status: 503 }));
-    // Least in-flight, ties broken round robin.
-    let best = list[this.#next++ % list.length] as Instance;
-    for (const inst of list) if (inst.inflight < best.inflight) best = inst;
-    return best.dispatch(req, res, meta);
+    // Least in flight, ties broken round robin.
+    let best = (list[this.#next++ % list.length] as Slot).instance;
+    for (const s of list) if (s.instance.inflight < best.inflight) best = s.instance;
+    if (this.#limit > 0 && best.inflight >= this.#limit) {
+      return Promise.reject(
+        new TideError('ERR_PROXY_QUEUE_FULL', `every instance of ${this.revision} has ${this.#limit} requests in flight (containerConcurrency)`, {
+          status: 503,
+        }),
+      );
+    }
+    const p = best.dispatch(req, res, meta);
+    if (this.#listeners.size === 0) return p;
+    return p.finally(() => this.notify());
+  }
+
+  status(): RevisionStatus {
+    const instances = [...this.ready.map((s) => s.status), ...this.starting.values(), ...[...this.draining.values()].map((s) => s.status)];
+    return {
+      revision: this.revision,
+      phase: this.phase,
+      readyInstances: this.ready.length,
+      desiredInstances: this.desired,
+      instances,
+      restarts: this.restarts,
+      ...(this.lastError === undefined ? {} : { lastError: this.lastError, lastErrorAt: this.lastErrorAt }),
+      updatedAt: new Date().toISOString(),
+    };
   }
 }
 
 export class NodeAgent {
   readonly #opts: AgentOptions;
   readonly #sets = new Map<string, RevisionSet>();
-  readonly #starting = new Map<string, Promise<void>>();
-  /** Failed start attempts so far, for revisions being retried. */
-  readonly #retries = new Map<string, number>();
   readonly #log: Logger;
+  readonly #pending = new Set<Promise<unknown>>();
   #informer: Informer | undefined;
+  #retryTimer: NodeJS.Timeout | undefined;
   #closed = false;
 
   constructor(opts: AgentOptions) {
@@ -92,7 +158,7 @@ export class NodeAgent {
   async start(): Promise<void> {
     this.#informer = new Informer(
       this.#opts.store,
-      [this.#opts.keys.functions, this.#opts.keys.revisions],
+      [this.#opts.keys.functions, this.#opts.keys.revisions, this.#opts.keys.scales],
       () => this.reconcile(),
       (err) => this.#log.error({ err }, 'agent watch failed'),
     );
@@ -100,30 +166,43 @@ export class NodeAgent {
   }
 
   /**
-   * Where a request for `revision` of `fn` goes: that revision when it is ready here, or else,
-   * while it starts, the function's previous revision that is still ready (so a deploy or a
-   * rollback never opens a window of 503s).
+   * Where a request for `revision` of `fn` goes: that revision once it is ready here (with or
+   * without instances: one scaled to zero is woken by the activator), or else, while it starts,
+   * the function's previous revision that is still ready (so a deploy or a rollback never opens
+   * a window of 503s).
    */
   endpoint(revision: string, fn?: string): RevisionEndpoint | undefined {
     const set = this.#sets.get(revision);
-    if (set && set.status.phase === 'ready') return set;
+    if (set && set.phase === 'ready') return set;
     if (fn === undefined) return undefined;
     let fallback: RevisionSet | undefined;
     for (const s of this.#sets.values()) {
-      if (s.record.function === fn && s.status.phase === 'ready' && (!fallback || s.readySince > fallback.readySince)) fallback = s;
+      if (s.record.function === fn && s.phase === 'ready' && (!fallback || s.readySince > fallback.readySince)) fallback = s;
     }
     return fallback;
   }
 
-  /** One pass: start missing revisions, stop unwanted ones. Idempotent. */
+  /** One pass: start missing instances, drain surplus ones, stop unwanted revisions. Idempotent. */
   async reconcile(): Promise<void> {
     if (this.#closed) return;
     const { store, keys } = this.#opts;
-    const [fns, revs, statuses] = await Promise.all([store.list(keys.functions), store.list(keys.revisions), store.list(keys.statuses)]);
+    const [fns, revs, statuses, scales] = await Promise.all([
+      store.list(keys.functions),
+      store.list(keys.revisions),
+      store.list(keys.statuses),
+      store.list(keys.scales),
+    ]);
+    if (this.#closed) return;
     const revisions = new Map(
       revs.items.map((kv) => {
-        const r = JSON.parse(kv.value) as RevisionRecord;
+        const r = parseRevision(kv.value);
         return [r.name, r];
+      }),
+    );
+    const counts = new Map(
+      scales.items.map((kv) => {
+        const s = JSON.parse(kv.value) as ScaleRecord;
+        return [s.revision, s.desired];
       }),
     );
     const desired = new Map<string, RevisionRecord>();
@@ -132,22 +211,27 @@ export class NodeAgent {
       const rev = revisions.get(fn.servingRevision);
       if (rev) desired.set(rev.name, rev);
     }
-    for (const [name, set] of this.#sets) {
-      const want = desired.get(name);
-      if (!want) continue;
-      // A name reused for different content (a function deleted and deployed again) is a new revision.
-      if (want.templateHash !== set.record.templateHash) await this.#stopRevision(set);
-      // A revision that failed to start is tried again, backing off 2 s, 4 s, … up to 60 s.
-      else if (set.status.phase === 'failed' && Date.now() - set.failedAt >= Math.min(60_000, 1000 * 2 ** set.attempts)) {
-        this.#sets.delete(name);
-        this.#retries.set(name, set.attempts);
-      }
-    }
     for (const [name, rev] of desired) {
-      if (!this.#sets.has(name) && !this.#starting.has(name)) {
-        const p = this.#startRevision(rev).finally(() => this.#starting.delete(name));
-        this.#starting.set(name, p);
+      const scaling = rev.config.scaling;
+      const count = counts.get(name) ?? Math.max(scaling.minScale, scaling.initialScale);
+      let set = this.#sets.get(name);
+      // A name reused for different content (a function deleted and deployed again) is a new revision.
+      if (set && set.record.templateHash !== rev.templateHash) {
+        this.#stopRevision(set);
+        set = undefined;
       }
+      if (!set) {
+        set = new RevisionSet(rev, count);
+        this.#sets.set(name, set);
+        // A revision that starts at zero was loaded once already by the deploy's check: it is ready to be woken.
+        if (count === 0) this.#becomeReady(set);
+        await this.#writeStatus(set);
+      }
+      if (set.desired !== count) {
+        set.desired = count;
+        await this.#writeStatus(set);
+      }
+      this.#converge(set);
     }
     const wantedFunctions = new Map([...desired.values()].map((r) => [r.function, r.name]));
     for (const [name, set] of this.#sets) {
@@ -156,21 +240,23 @@ export class NodeAgent {
       // new one has failed to start: the last ready revision keeps serving, as in Knative).
       const next = wantedFunctions.get(set.record.function);
       const nextSet = next === undefined ? undefined : this.#sets.get(next);
-      const nextNotReady = next !== undefined && (this.#starting.has(next) || (nextSet !== undefined && nextSet.status.phase !== 'ready'));
-      if (set.status.phase === 'ready' && nextNotReady) continue;
-      void this.#stopRevision(set);
+      if (set.phase === 'ready' && nextSet !== undefined && nextSet.phase !== 'ready') continue;
+      this.#stopRevision(set);
     }
     // Status left by an earlier run of this node for revisions it no longer runs.
     for (const kv of statuses.items) {
       const rev = kv.key.slice(keys.statuses.length);
-      if (!this.#sets.has(rev) && !desired.has(rev)) await store.delete(kv.key, { expectModRevision: kv.modRevision }).catch(() => {});
+      if (!this.#sets.has(rev)) await store.delete(kv.key, { expectModRevision: kv.modRevision }).catch(() => {});
     }
   }
 
-  /** Waits for revisions being started right now. */
+  /** Waits until no reconcile pass runs and no instance is starting or draining. */
   async settled(): Promise<void> {
-    await this.#informer?.idle();
-    await Promise.allSettled([...this.#starting.values()]);
+    for (;;) {
+      await this.#informer?.idle();
+      if (this.#pending.size === 0) return;
+      await Promise.allSettled([...this.#pending]);
+    }
   }
 
   /** Called by the driver's onEvent: an instance's thread was replaced. */
@@ -179,81 +265,128 @@ export class NodeAgent {
     this.#log.warn({ instance: event.instance, reason: event.reason }, 'instance replaced');
     this.#opts.onEvent?.(event);
     if (!set) return;
-    set.status = {
-      ...set.status,
-      restarts: set.status.restarts + 1,
-      lastError: `${event.instance}: ${event.message}`,
-      lastErrorAt: new Date().toISOString(),
-      updatedAt: new Date().toISOString(),
-    };
+    set.restarts++;
+    set.lastError = `${event.instance}: ${event.message}`;
+    set.lastErrorAt = new Date().toISOString();
     void this.#writeStatus(set);
   }
 
-  async #startRevision(rev: RevisionRecord): Promise<void> {
-    const set = new RevisionSet(rev);
-    set.attempts = this.#retries.get(rev.name) ?? 0;
-    this.#retries.delete(rev.name);
-    this.#sets.set(rev.name, set);
-    await this.#writeStatus(set);
-    const log = this.#log.child({ revision: rev.name });
-    const results = await Promise.allSettled(
-      Array.from({ length: rev.config.instances }, () =>
-        this.#opts.driver.start({
-          id: `${rev.name}-${randomBytes(3).toString('hex')}`,
-          function: rev.function,
-          revision: rev.name,
-          namespace: rev.namespace,
-          bundlePath: this.#opts.bundlePath(rev.digest),
-          env: { ...rev.env, ...rev.secrets },
-          config: rev.config,
-        }),
-      ),
-    );
-    const started = results.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
-    const failure = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
-    const superseded = this.#closed || this.#sets.get(rev.name) !== set;
-    if (superseded || failure) {
-      // All or nothing: a revision never serves with some of its instances failed.
-      await Promise.all(started.map((i) => this.#opts.driver.stop(i, { drain: false })));
+  /** Starts what is missing and drains what is surplus; never waits for either. */
+  #converge(set: RevisionSet): void {
+    if (set.stopped || this.#closed) return;
+    const have = set.ready.length + set.starting.size;
+    if (have < set.desired) {
+      const wait = set.attempts > 0 ? set.failedAt + backoffMs(set.attempts) - Date.now() : 0;
+      if (wait > 0) {
+        this.#retryLater(wait);
+        return;
+      }
+      for (let i = have; i < set.desired; i++) this.#track(this.#startInstance(set));
+    } else if (set.ready.length > set.desired) {
+      // Surplus: the least busy go first; each stops receiving at once and drains.
+      const surplus = [...set.ready].sort((a, b) => a.instance.inflight - b.instance.inflight).slice(0, set.ready.length - set.desired);
+      for (const slot of surplus) this.#track(this.#drainInstance(set, slot));
     }
-    if (superseded) {
-      this.#informer?.trigger(); // it may be wanted again by now
-      return;
-    }
-    if (failure) {
-      set.attempts++;
-      set.failedAt = Date.now();
-      set.status = {
-        ...set.status,
-        phase: 'failed',
-        lastError: errorMessage(failure.reason),
-        lastErrorAt: new Date().toISOString(),
-        updatedAt: new Date().toISOString(),
-      };
-      log.error({ err: errorMessage(failure.reason) }, 'revision failed to start');
-    } else {
-      set.instances = started;
-      set.readySince = Date.now();
-      set.status = { ...set.status, phase: 'ready', readyInstances: started.length, updatedAt: new Date().toISOString() };
-      log.info({ instances: started.length }, 'revision ready');
-    }
-    await this.#writeStatus(set);
-    // Revisions kept serving while this one started can go now.
-    this.#informer?.trigger();
   }
 
-  async #stopRevision(set: RevisionSet): Promise<void> {
+  #track(p: Promise<unknown>): void {
+    this.#pending.add(p);
+    void p.finally(() => this.#pending.delete(p));
+  }
+
+  #retryLater(ms: number): void {
+    if (this.#retryTimer) return;
+    this.#retryTimer = setTimeout(() => {
+      this.#retryTimer = undefined;
+      this.#informer?.trigger();
+    }, ms);
+    this.#retryTimer.unref();
+  }
+
+  async #startInstance(set: RevisionSet): Promise<void> {
+    const rev = set.record;
+    const id = `${rev.name}-${randomBytes(3).toString('hex')}`;
+    set.starting.set(id, { id, phase: 'starting', since: new Date().toISOString() });
+    const log = this.#log.child({ revision: rev.name, instance: id });
+    let instance: Instance;
+    try {
+      instance = await this.#opts.driver.start({
+        id,
+        function: rev.function,
+        revision: rev.name,
+        namespace: rev.namespace,
+        bundlePath: this.#opts.bundlePath(rev.digest),
+        env: { ...rev.env, ...rev.secrets },
+        config: rev.config,
+      });
+    } catch (err) {
+      set.starting.delete(id);
+      if (set.stopped || this.#closed) return;
+      set.attempts++;
+      set.failedAt = Date.now();
+      set.lastError = errorMessage(err);
+      set.lastErrorAt = new Date().toISOString();
+      if (set.readySince === 0) set.phase = 'failed';
+      log.error({ err: set.lastError, attempts: set.attempts }, 'instance failed to start');
+      await this.#writeStatus(set);
+      this.#retryLater(backoffMs(set.attempts));
+      return;
+    }
+    set.starting.delete(id);
+    if (set.stopped || this.#closed || set.ready.length >= set.desired) {
+      // Not wanted any more (stopped, or scaled down while it started).
+      await this.#opts.driver.stop(instance, { drain: false });
+      if (!set.stopped) await this.#writeStatus(set);
+      return;
+    }
+    set.attempts = 0;
+    set.ready.push({ instance, status: { id, phase: 'ready', since: new Date().toISOString() } });
+    const first = set.phase !== 'ready';
+    this.#becomeReady(set);
+    set.notify();
+    if (first) log.info('revision ready');
+    await this.#writeStatus(set);
+    // Revisions kept serving while this one started can go now.
+    if (first) this.#informer?.trigger();
+  }
+
+  #becomeReady(set: RevisionSet): void {
+    set.phase = 'ready';
+    if (set.readySince === 0) set.readySince = Date.now();
+  }
+
+  async #drainInstance(set: RevisionSet, slot: Slot): Promise<void> {
+    const i = set.ready.indexOf(slot);
+    if (i === -1) return;
+    set.ready.splice(i, 1);
+    slot.status = { ...slot.status, phase: 'draining', since: new Date().toISOString() };
+    set.draining.set(slot.status.id, slot);
+    await this.#writeStatus(set);
+    await this.#opts.driver.stop(slot.instance, { drain: true, drainMs: this.#opts.drainMs ?? 30_000 });
+    set.draining.delete(slot.status.id);
+    await this.#writeStatus(set);
+  }
+
+  #stopRevision(set: RevisionSet): void {
     if (this.#sets.get(set.revision) !== set) return;
     this.#sets.delete(set.revision);
+    set.stopped = true;
+    set.phase = 'stopping';
     this.#log.info({ revision: set.revision }, 'revision stopping');
-    await this.#opts.store.delete(this.#opts.keys.status(set.revision)).catch(() => {});
-    await Promise.all(set.instances.map((i) => this.#opts.driver.stop(i, { drain: true, drainMs: this.#opts.drainMs ?? 30_000 })));
+    const slots = set.ready.splice(0);
+    set.notify();
+    this.#track(
+      (async () => {
+        await this.#opts.store.delete(this.#opts.keys.status(set.revision)).catch(() => {});
+        await Promise.all(slots.map((s) => this.#opts.driver.stop(s.instance, { drain: true, drainMs: this.#opts.drainMs ?? 30_000 })));
+      })(),
+    );
   }
 
   async #writeStatus(set: RevisionSet): Promise<void> {
-    if (this.#sets.get(set.revision) !== set) return;
+    if (set.stopped || this.#sets.get(set.revision) !== set) return;
     try {
-      await this.#opts.store.put(this.#opts.keys.status(set.revision), JSON.stringify(set.status));
+      await this.#opts.store.put(this.#opts.keys.status(set.revision), JSON.stringify(set.status()));
     } catch (err) {
       if (!this.#closed) this.#log.error({ err: errorMessage(err) }, 'writing revision status failed');
     }
@@ -264,9 +397,17 @@ export class NodeAgent {
     if (this.#closed) return;
     this.#closed = true;
     this.#informer?.close();
-    await Promise.allSettled([...this.#starting.values()]);
+    clearTimeout(this.#retryTimer);
+    await this.#informer?.idle();
+    await Promise.allSettled([...this.#pending]);
     const sets = [...this.#sets.values()];
     this.#sets.clear();
-    await Promise.all(sets.flatMap((s) => s.instances.map((i) => this.#opts.driver.stop(i, { drain: true, drainMs: this.#opts.drainMs ?? 30_000 }))));
+    for (const s of sets) s.stopped = true;
+    await Promise.all(
+      sets.flatMap((s) =>
+        [...s.ready, ...s.draining.values()].map((slot) => this.#opts.driver.stop(slot.instance, { drain: true, drainMs: this.#opts.drainMs ?? 30_000 })),
+      ),
+    );
+    await this.#opts.driver.close?.();
   }
 }

@@ -93,4 +93,6 @@ export interface SandboxDriver {
   stop(instance: Instance, options?: { drain?: boolean; drainMs?: number }): Promise<void>;
   /** True when the instance answers a health check. */
   probe(instance: Instance): Promise<boolean>;
+  /** Releases what the driver holds besides instances (pre-started sandboxes). */
+  close?(): Promise<void>;
 }

@@ -35,20 +35,26 @@ export function sandboxDriverContract(name: string, makeDriver: () => SandboxDri
       for (const c of cleanups.splice(0).reverse()) await c();
     });
 
+    function newDriver(): SandboxDriver {
+      const driver = makeDriver();
+      cleanups.unshift(async () => driver.close?.());
+      return driver;
+    }
+
     function bundle(code: string): string {
       const file = join(tempDir('tide-bundle-'), 'fn.mjs');
       writeFileSync(file, code);
       return file;
     }
 
-    async function start(driver: SandboxDriver, code: string, config: Partial<InstanceSpec['config']> = {}): Promise<Instance> {
+    async function start(driver: SandboxDriver, code: string, config: Partial<InstanceSpec['config']> = {}, env = { WHO: 'tide' }): Promise<Instance> {
       const spec: InstanceSpec = {
         id: `t-${Math.random().toString(36).slice(2, 8)}`,
         function: 'contract',
         revision: 'contract-00001',
         namespace: 'default',
         bundlePath: bundle(code),
-        env: { WHO: 'tide' },
+        env,
         config: { ...FUNCTION_DEFAULTS, ...config },
       };
       const inst = await driver.start(spec);
@@ -71,7 +77,7 @@ export function sandboxDriverContract(name: string, makeDriver: () => SandboxDri
     }
 
     it('starts an instance that serves requests with its env and probes healthy', async () => {
-      const driver = makeDriver();
+      const driver = newDriver();
       const inst = await start(driver, MODULE);
       expect(await driver.probe(inst)).toBe(true);
       const port = await serve(inst);
@@ -81,14 +87,30 @@ export function sandboxDriverContract(name: string, makeDriver: () => SandboxDri
       expect(inst.inflight).toBe(0);
     });
 
+    it('gives each instance its own function and env, one after another on the same driver', async () => {
+      const driver = newDriver();
+      const a = await start(driver, MODULE);
+      const b = await start(driver, 'export default { fetch: (r, env) => new Response("b sees " + (env.WHO ?? "nothing")) };', {}, { WHO: 'b-only' });
+      const [pa, pb] = [await serve(a), await serve(b)];
+      expect((await http(pa, 'x.localhost', '/one')).text).toBe('hi tide GET /one');
+      expect((await http(pb, 'x.localhost', '/')).text).toBe('b sees b-only');
+      expect((await http(pa, 'x.localhost', '/two')).text).toBe('hi tide GET /two');
+    });
+
+    it('starts an instance with a memory limit of its own', async () => {
+      const driver = newDriver();
+      const inst = await start(driver, MODULE, { memoryMb: 64 });
+      expect((await http(await serve(inst), 'x.localhost', '/m')).text).toBe('hi tide GET /m');
+    });
+
     it('refuses to start a module without a fetch handler', async () => {
-      const driver = makeDriver();
+      const driver = newDriver();
       await expect(start(driver, 'export default { nope: 1 };')).rejects.toSatisfy((e) => isTideError(e, 'ERR_FUNCTION_INVALID'));
     });
 
-    it('serves up to `concurrency` requests at once on one instance', async () => {
-      const driver = makeDriver();
-      const inst = await start(driver, MODULE, { concurrency: 4 });
+    it('serves concurrent requests at once on one instance', async () => {
+      const driver = newDriver();
+      const inst = await start(driver, MODULE);
       const port = await serve(inst);
       const started = Date.now();
       await Promise.all(Array.from({ length: 4 }, () => http(port, 'x.localhost', '/sleep?ms=300')));
@@ -98,7 +120,7 @@ export function sandboxDriverContract(name: string, makeDriver: () => SandboxDri
     });
 
     it('drains in-flight requests on stop, then refuses new ones', async () => {
-      const driver = makeDriver();
+      const driver = newDriver();
       const inst = await start(driver, MODULE);
       const port = await serve(inst);
       const slow = http(port, 'x.localhost', '/sleep?ms=400');

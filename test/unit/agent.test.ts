@@ -3,7 +3,8 @@
  * was asked to do: which revisions it starts and stops, and what status it reports.
  */
 import { afterEach, describe, expect, it } from 'vitest';
-import { FUNCTION_DEFAULTS, type FunctionRecord, keys, type RevisionRecord, type RevisionStatus } from '../../control/api/schema/function.ts';
+import { FUNCTION_DEFAULTS, type FunctionRecord, keys, type RevisionRecord, type RevisionStatus, type ScaleRecord } from '../../control/api/schema/function.ts';
+import { SCALING_DEFAULTS, type ScalingSpec } from '../../control/autoscaler/config.ts';
 import { createMemoryStore, type Store } from '../../control/store/index.ts';
 import { TideError } from '../../lib/errors.ts';
 import { silentLogger } from '../../lib/log.ts';
@@ -19,13 +20,25 @@ class RecordingDriver implements SandboxDriver {
   failCall = 0;
   /** Hold starts of these revisions until released. */
   hold = new Map<string, Promise<void>>();
+  /** How long each dispatched request takes, ms. */
+  dispatchMs = 0;
   #calls = 0;
   async start(spec: InstanceSpec): Promise<Instance> {
     const call = ++this.#calls;
     await this.hold.get(spec.revision);
     if (this.failOn.has(spec.revision) || call === this.failCall) throw new TideError('ERR_FUNCTION_INVALID', `cannot load ${spec.revision}`);
     this.started.push(spec.revision);
-    return { spec, inflight: 0, dispatch: async () => {} };
+    const ms = this.dispatchMs;
+    const inst = {
+      spec,
+      inflight: 0,
+      dispatch: async () => {
+        inst.inflight++;
+        await new Promise((r) => setTimeout(r, ms));
+        inst.inflight--;
+      },
+    };
+    return inst;
   }
   async stop(instance: Instance): Promise<void> {
     this.stopped.push(instance.spec.revision);
@@ -35,7 +48,7 @@ class RecordingDriver implements SandboxDriver {
   }
 }
 
-function revision(fn: string, n: number, instances = 1): RevisionRecord {
+function revision(fn: string, n: number, instances = 1, scaling: Partial<ScalingSpec> = {}): RevisionRecord {
   return {
     name: `${fn}-${String(n).padStart(5, '0')}`,
     namespace: 'default',
@@ -48,7 +61,7 @@ function revision(fn: string, n: number, instances = 1): RevisionRecord {
     sandbox: 'worker',
     env: {},
     secrets: {},
-    config: { ...FUNCTION_DEFAULTS, instances },
+    config: { ...FUNCTION_DEFAULTS, scaling: { ...SCALING_DEFAULTS, minScale: instances, maxScale: instances, initialScale: instances, ...scaling } },
   };
 }
 
@@ -79,7 +92,7 @@ function makeAgent(store: Store, driver: SandboxDriver): NodeAgent {
     store,
     driver,
     log: silentLogger,
-    keys: { functions: keys.functions(), revisions: keys.revisions(), statuses: keys.statuses(), status: (r) => keys.status(r) },
+    keys: { functions: keys.functions(), revisions: keys.revisions(), statuses: keys.statuses(), status: (r) => keys.status(r), scales: keys.scales() },
     bundlePath: (d) => `/bundles/${d}.mjs`,
     drainMs: 10,
   });
@@ -172,13 +185,14 @@ describe('node agent reconcile', () => {
     await expect.poll(() => driver.stopped).toEqual(['c-00001']);
   });
 
-  it('starts all instances of a revision or none: the ones that started are stopped again', async () => {
-    const { store, driver } = await running([revision('d', 1, 4)], 'd', 'd-00001', (d) => {
+  it('serves with the instances that started and starts the failed one again after a back-off', async () => {
+    const { store, driver, agent } = await running([revision('d', 1, 4)], 'd', 'd-00001', (d) => {
       d.failCall = 3;
     });
-    expect(driver.started).toHaveLength(3);
-    expect(driver.stopped).toEqual(['d-00001', 'd-00001', 'd-00001']);
-    expect(await status(store, 'd-00001')).toMatchObject({ phase: 'failed' });
+    expect(agent.endpoint('d-00001')?.hasCapacity()).toBe(true);
+    await expect.poll(() => driver.started.length, { timeout: 3000 }).toBe(4);
+    expect(await status(store, 'd-00001')).toMatchObject({ phase: 'ready', lastError: 'cannot load d-00001' });
+    await expect.poll(async () => (await status(store, 'd-00001'))?.readyInstances).toBe(4);
   });
 
   it('keeps serving the previous revision until the new one is ready (no 503 window)', async () => {
@@ -211,4 +225,59 @@ describe('node agent reconcile', () => {
     expect(agent.endpoint('f-00001')).toBeDefined();
     expect(await status(store, 'f-00001')).toMatchObject({ phase: 'ready' });
   });
+
+  it('follows the autoscaler: starts instances up to the count written, drains the surplus', async () => {
+    const { store, driver, agent } = await running([revision('g', 1, 1, { maxScale: 0, minScale: 0 })], 'g', 'g-00001');
+    expect(driver.started).toEqual(['g-00001']);
+    await scale(store, 'g-00001', 3);
+    await expect.poll(async () => (await status(store, 'g-00001'))?.readyInstances).toBe(3);
+    expect((await status(store, 'g-00001'))?.instances?.map((i) => i.phase)).toEqual(['ready', 'ready', 'ready']);
+    await scale(store, 'g-00001', 1);
+    await expect.poll(() => driver.stopped.length).toBe(2);
+    await agent.settled();
+    expect(await status(store, 'g-00001')).toMatchObject({ phase: 'ready', readyInstances: 1, desiredInstances: 1 });
+  });
+
+  it('stays ready at zero instances, so the activator can wake it', async () => {
+    const { store, driver, agent } = await running([revision('h', 1, 1, { minScale: 0, maxScale: 0 })], 'h', 'h-00001');
+    await scale(store, 'h-00001', 0);
+    await expect.poll(() => driver.stopped).toEqual(['h-00001']);
+    await agent.settled();
+    const ep = agent.endpoint('h-00001');
+    expect(ep?.hasCapacity()).toBe(false);
+    expect(await status(store, 'h-00001')).toMatchObject({ phase: 'ready', readyInstances: 0, desiredInstances: 0, instances: [] });
+    let woke = false;
+    ep?.onCapacity(() => (woke = true));
+    await scale(store, 'h-00001', 1);
+    await expect.poll(() => woke).toBe(true);
+    expect(ep?.hasCapacity()).toBe(true);
+  });
+
+  it('with initialScale 0 is ready at once and starts nothing', async () => {
+    const { store, driver, agent } = await running([revision('i', 1, 1, { minScale: 0, maxScale: 0, initialScale: 0 })], 'i', 'i-00001');
+    expect(driver.started).toEqual([]);
+    expect(agent.endpoint('i-00001')).toBeDefined();
+    expect(await status(store, 'i-00001')).toMatchObject({ phase: 'ready', readyInstances: 0 });
+  });
+
+  it('has no capacity while every instance is at containerConcurrency, and says so when a request ends', async () => {
+    const { agent } = await running([revision('j', 1, 1, { containerConcurrency: 1, target: 1 })], 'j', 'j-00001', (d) => {
+      d.dispatchMs = 30;
+    });
+    const ep = agent.endpoint('j-00001');
+    if (!ep) throw new Error('no endpoint');
+    let notified = 0;
+    ep.onCapacity(() => notified++);
+    const first = ep.dispatch(null as never, null as never, { requestId: '1', scheme: 'http' });
+    expect(ep.hasCapacity()).toBe(false);
+    await expect(ep.dispatch(null as never, null as never, { requestId: '2', scheme: 'http' })).rejects.toThrow(/containerConcurrency/);
+    await first;
+    expect(ep.hasCapacity()).toBe(true);
+    expect(notified).toBe(1);
+  });
 });
+
+async function scale(store: Store, revision: string, desired: number): Promise<void> {
+  const rec: ScaleRecord = { revision, desired, reason: 'test', updatedAt: new Date().toISOString() };
+  await store.put(keys.scale(revision), JSON.stringify(rec));
+}

@@ -1,7 +1,15 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { FUNCTION_DEFAULTS, resolveFunctionConfig, revisionName, validateFunctionName, validateVariables } from '../../control/api/schema/function.ts';
+import {
+  FUNCTION_DEFAULTS,
+  parseRevision,
+  resolveFunctionConfig,
+  revisionName,
+  validateFunctionName,
+  validateVariables,
+} from '../../control/api/schema/function.ts';
+import { SCALING_DEFAULTS } from '../../control/autoscaler/config.ts';
 import { resolveUpConfig, UP_DEFAULTS } from '../../lib/config/up.ts';
 import { parseDuration } from '../../lib/duration.ts';
 import { isTideError } from '../../lib/errors.ts';
@@ -19,9 +27,25 @@ describe('function settings', () => {
   it('fills every default from one place', () => expect(resolveFunctionConfig({})).toEqual(FUNCTION_DEFAULTS));
   it('names the field and the rule', () => {
     expect(() => resolveFunctionConfig({ memoryMb: 4 })).toThrow('memoryMb must be an integer from 16 to 16384 (got 4)');
-    expect(() => resolveFunctionConfig({ instances: 1.5 })).toThrow(/instances must be an integer/);
+    expect(() => resolveFunctionConfig({ scaling: { maxScale: 1.5 } })).toThrow('scaling.maxScale must be an integer from 0 to 1000 (got 1.5)');
+    expect(() => resolveFunctionConfig({ scaling: { minScale: 3, maxScale: 2 } })).toThrow(
+      'scaling.maxScale must be 0 (no limit) or an integer ≥ minScale 3 (got 2)',
+    );
+    expect(() => resolveFunctionConfig({ scaling: { burst: 1 } } as never)).toThrow('unknown scaling setting "scaling.burst"');
+    expect(() => resolveFunctionConfig({ instances: 2 } as never)).toThrow(/"instances" was replaced by scaling.minScale/);
     expect(() => resolveFunctionConfig({ nope: 1 } as never)).toThrow('unknown function setting "nope"');
   });
+  it('reads a revision stored before scaling settings as its fixed count and per-instance limit', () => {
+    const old = { name: 'a-00001', config: { timeoutMs: 5000, memoryMb: 128, concurrency: 8, instances: 3, maxBodyBytes: 10 } };
+    const r = parseRevision(JSON.stringify(old));
+    expect(r.config).toEqual({
+      timeoutMs: 5000,
+      memoryMb: 128,
+      maxBodyBytes: 10,
+      scaling: { ...SCALING_DEFAULTS, minScale: 3, maxScale: 3, initialScale: 3, containerConcurrency: 8 },
+    });
+  });
+
   it('checks env and secret names and refuses the same name in both', () => {
     expect(validateVariables({ A: '1' }, { B: '2' })).toEqual({ env: { A: '1' }, secrets: { B: '2' } });
     expect(() => validateVariables({ '1A': 'x' }, {})).toThrow(/env name "1A"/);

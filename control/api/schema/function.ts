@@ -3,46 +3,60 @@
  * here), and the records Tide stores for functions and their immutable revisions.
  */
 import { TideError } from '../../../lib/errors.ts';
+import { resolveScalingSpec, SCALING_DEFAULTS, type ScalingSpec } from '../../autoscaler/config.ts';
 
-/** Per-revision settings. Every field has a default in FUNCTION_DEFAULTS. */
+/** Per-revision settings. Every field has a default in FUNCTION_DEFAULTS (scaling: SCALING_DEFAULTS). */
 export interface FunctionConfig {
   /** Longest one request may run, from dispatch to the last body byte, in ms. Default 30000; 1..3600000. */
   timeoutMs: number;
   /** Heap limit of each worker-thread instance (V8 old generation), in MiB. Default 128; 16..16384. */
   memoryMb: number;
-  /** Requests one instance serves at once; more wait in the instance's queue. Default 32; 1..1000. */
-  concurrency: number;
-  /** Instances (worker threads) kept running for the serving revision. Default 1; 1..64. */
-  instances: number;
   /** Largest request body accepted, in bytes; larger gets 413. Default 10 MiB; 0..1 GiB. */
   maxBodyBytes: number;
+  /** How many instances run, and how many requests each takes at once (control/autoscaler/config.ts). */
+  scaling: ScalingSpec;
 }
+
+type NumericSetting = Exclude<keyof FunctionConfig, 'scaling'>;
 
 export const FUNCTION_DEFAULTS: Readonly<FunctionConfig> = Object.freeze({
   timeoutMs: 30_000,
   memoryMb: 128,
-  concurrency: 32,
-  instances: 1,
   maxBodyBytes: 10 * 1024 * 1024,
+  scaling: SCALING_DEFAULTS,
 });
 
-const LIMITS: Record<keyof FunctionConfig, [number, number]> = {
+const LIMITS: Record<NumericSetting, [number, number]> = {
   timeoutMs: [1, 3_600_000],
   memoryMb: [16, 16_384],
-  concurrency: [1, 1000],
-  instances: [1, 64],
   maxBodyBytes: [0, 1024 * 1024 * 1024],
+};
+
+/** Settings of earlier versions, and what replaced them. */
+const REPLACED: Record<string, string> = {
+  instances: 'scaling.minScale, scaling.maxScale and scaling.initialScale (the CLI keeps --instances N as a shorthand for all three)',
+  concurrency: 'scaling.containerConcurrency',
 };
 
 /** Fills defaults and checks every field; names the field and the rule on failure. */
 export function resolveFunctionConfig(input: Partial<Record<keyof FunctionConfig, unknown>> = {}): FunctionConfig {
-  const out = { ...FUNCTION_DEFAULTS };
+  const out: FunctionConfig = { ...FUNCTION_DEFAULTS, scaling: { ...SCALING_DEFAULTS } };
   for (const [key, value] of Object.entries(input)) {
     if (value === undefined) continue;
+    if (key === 'scaling') {
+      if (value === null || typeof value !== 'object' || Array.isArray(value)) {
+        throw new TideError('ERR_INVALID_ARGUMENT', 'scaling must be an object of scaling settings', { status: 400 });
+      }
+      out.scaling = resolveScalingSpec(value as Partial<Record<keyof ScalingSpec, unknown>>, 'scaling.');
+      continue;
+    }
+    if (key in REPLACED) {
+      throw new TideError('ERR_INVALID_ARGUMENT', `the function setting "${key}" was replaced by ${REPLACED[key]}`, { status: 400 });
+    }
     if (!(key in LIMITS)) {
       throw new TideError('ERR_INVALID_ARGUMENT', `unknown function setting "${key}"`, { status: 400 });
     }
-    const field = key as keyof FunctionConfig;
+    const field = key as NumericSetting;
     const [min, max] = LIMITS[field];
     if (typeof value !== 'number' || !Number.isInteger(value) || value < min || value > max) {
       throw new TideError('ERR_INVALID_ARGUMENT', `${field} must be an integer from ${min} to ${max} (got ${JSON.stringify(value)})`, { status: 400 });
@@ -115,6 +129,20 @@ export interface FunctionRecord {
   revisionCounter: number;
 }
 
+/**
+ * Reads a stored revision. Revisions written before scaling settings existed carry
+ * `instances` and `concurrency`; they read as that fixed count and that per-instance limit.
+ */
+export function parseRevision(json: string): RevisionRecord {
+  const r = JSON.parse(json) as RevisionRecord & { config: { instances?: number; concurrency?: number } };
+  if (r.config.scaling === undefined) {
+    const { instances, concurrency, ...rest } = r.config;
+    const n = instances ?? 1;
+    r.config = { ...rest, scaling: { ...SCALING_DEFAULTS, minScale: n, maxScale: n, initialScale: n, containerConcurrency: concurrency ?? 0 } };
+  }
+  return r;
+}
+
 /** Stored at /tide/revisions/<namespace>/<revision>. Immutable once written. */
 export interface RevisionRecord {
   name: string;
@@ -140,10 +168,30 @@ export interface RevisionStatus {
   phase: 'starting' | 'ready' | 'failed' | 'stopping';
   readyInstances: number;
   desiredInstances: number;
+  /** Every instance on this node, ready or not. */
+  instances?: InstanceStatus[];
   /** Instances replaced after a crash, timeout kill or memory limit, since the revision started here. */
   restarts: number;
   lastError?: string;
   lastErrorAt?: string;
+  updatedAt: string;
+}
+
+export interface InstanceStatus {
+  id: string;
+  /** starting: loading the function; ready: receiving requests; draining: finishing its requests before it stops. */
+  phase: 'starting' | 'ready' | 'draining';
+  since: string;
+}
+
+/**
+ * Written by the autoscaler at /tide/scale/<namespace>/<revision> when the count it wants
+ * changes; the node agents make it so. Absent: the revision's initialScale (bounded by minScale).
+ */
+export interface ScaleRecord {
+  revision: string;
+  desired: number;
+  reason: string;
   updatedAt: string;
 }
 
@@ -158,4 +206,6 @@ export const keys = {
   revision: (name: string, ns = DEFAULT_NAMESPACE) => `/tide/revisions/${ns}/${name}`,
   statuses: (ns = DEFAULT_NAMESPACE) => `/tide/status/revisions/${ns}/`,
   status: (rev: string, ns = DEFAULT_NAMESPACE) => `/tide/status/revisions/${ns}/${rev}`,
+  scales: (ns = DEFAULT_NAMESPACE) => `/tide/scale/${ns}/`,
+  scale: (rev: string, ns = DEFAULT_NAMESPACE) => `/tide/scale/${ns}/${rev}`,
 };

@@ -20,8 +20,13 @@ interface ExecutionContext {
   passThroughOnException(): void;
 }
 
-const data = workerData as HostData;
-const env = Object.freeze({ ...data.env });
+/**
+ * Who this thread serves. A warm thread starts generic and is told by its first load task; a
+ * thread started later for the same instance (after one was killed) knows from its workerData.
+ */
+const seed = (workerData as { host?: HostData } | undefined)?.host;
+let data: HostData = seed ?? { bundleUrl: '', env: {}, function: '', revision: '', instance: '', waitUntilMs: 0 };
+let env: Readonly<Record<string, string>> = Object.freeze({ ...data.env });
 const logs = new BroadcastChannel(LOG_CHANNEL);
 
 function emit(level: string, args: unknown[]): void {
@@ -51,6 +56,7 @@ process.on('uncaughtException', (err) => emit('error', ['uncaught exception:', e
 let loading: Promise<FetchHandler> | undefined;
 
 function load(): Promise<FetchHandler> {
+  if (!loading && data.bundleUrl === '') return Promise.reject(new Error('this thread was given no function to load'));
   loading ??= import(data.bundleUrl).then((mod: { default?: unknown }) => {
     const handler = mod.default as FetchHandler | undefined;
     if (!handler || typeof handler.fetch !== 'function') {
@@ -62,11 +68,19 @@ function load(): Promise<FetchHandler> {
 }
 
 export default async function run(task: Task): Promise<TaskResult> {
-  if (task.kind !== 'request') {
+  if (task.kind === 'load') {
+    if (!loading) {
+      data = task.host;
+      env = Object.freeze({ ...task.host.env });
+    } else if (task.host.instance !== data.instance) {
+      throw new Error(`this thread already serves ${data.instance}`);
+    }
     await load();
     return { t: 'ok' };
   }
-  return new Exchange(task).serve(await load());
+  if (task.kind === 'request') return new Exchange(task).serve(await load());
+  if (task.kind === 'probe') await load();
+  return { t: 'ok' };
 }
 
 /** Resolves after a few microtask turns: long enough for a stream that is already complete to report done. */

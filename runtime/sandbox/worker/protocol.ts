@@ -45,11 +45,21 @@ export interface RequestTask {
   requestId: string;
 }
 
+/** probe: is the function loaded and the thread answering; ping: is the thread up (a warm thread has no function yet). */
 export interface ControlTask {
-  kind: 'load' | 'probe';
+  kind: 'probe' | 'ping';
 }
 
-export type Task = RequestTask | ControlTask;
+/**
+ * Gives a thread its function: a pre-started generic thread (the warm pool) becomes one
+ * instance of one revision here, and stays that for the rest of its life.
+ */
+export interface LoadTask {
+  kind: 'load';
+  host: HostData;
+}
+
+export type Task = RequestTask | ControlTask | LoadTask;
 
 export type TaskResult =
   | { t: 'response'; s: number; h: string[]; b?: Uint8Array; end: boolean; port?: MessagePort }
