@@ -140,19 +140,26 @@ function scalingFlags(o: Record<string, string | number | undefined>): Record<st
     if (fixed !== undefined && o[name] !== undefined) throw new TideError('ERR_INVALID_ARGUMENT', `--instances sets the count; leave out ${flag}`);
     return o[name] ?? fixed;
   };
-  const duration = (flag: string, name: string) => (o[name] === undefined ? undefined : parseDuration(String(o[name]), flag));
-  return {
+  const duration = (flag: string, name: string, allowZero = false) => (o[name] === undefined ? undefined : parseDuration(String(o[name]), flag, { allowZero }));
+  const extra: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries((o.scaling ?? {}) as unknown as Record<string, string>)) {
+    const n = Number(v);
+    extra[k] = v.trim() !== '' && Number.isFinite(n) ? n : v;
+  }
+  const named: Record<string, unknown> = {
     minScale: given('--min-scale', 'minScale'),
     maxScale: given('--max-scale', 'maxScale'),
     initialScale: given('--initial-scale', 'initialScale'),
     target: o.target,
     metric: o.metric,
     containerConcurrency: o.concurrency,
-    scaleToZeroGracePeriodMs: duration('--scale-to-zero-grace', 'scaleToZeroGrace'),
-    scaleDownDelayMs: duration('--scale-down-delay', 'scaleDownDelay'),
+    scaleToZeroGracePeriodMs: duration('--scale-to-zero-grace', 'scaleToZeroGrace', true),
+    scaleDownDelayMs: duration('--scale-down-delay', 'scaleDownDelay', true),
     queueSize: o.queueSize,
     queueTimeoutMs: duration('--queue-timeout', 'queueTimeout'),
   };
+  for (const [k, v] of Object.entries(named)) if (v !== undefined) extra[k] = v;
+  return extra;
 }
 
 function bytes(value: string): number {
@@ -188,6 +195,7 @@ export function program(): Command {
     .option('--deploy <path...>', 'function files or folders to deploy once up (named after the file)')
     .option('--access-log <where>', 'access log: a file, "-" for stdout, or "off" (default <data-dir>/access.log)')
     .option('--drain <duration>', 'how long shutdown waits for in-flight requests', '30s')
+    .option('--warm-threads <n>', 'worker threads kept started so a cold start only loads the function (0 = none)', integer('--warm-threads', 0, 64), 2)
     .addOption(new Option('--log-level <level>', 'log level of Tide itself (stderr)').choices(['debug', 'info', 'warn', 'error', 'silent']).default('info'))
     .action(async (o) => {
       // Loaded on use: `tide proxy` and the client commands do not need the whole control plane.
@@ -202,6 +210,7 @@ export function program(): Command {
         accessLog: o.accessLog,
         drainMs: parseDuration(o.drain, '--drain'),
         logLevel: o.logLevel,
+        warmThreads: o.warmThreads,
       });
       const names = (await running.functions.list()).map((f) => f.name);
       out(`Tide is up. Gateway ${running.gatewayUrl}, API ${running.apiUrl}, data in ${resolve(running.config.dataDir)}`);
@@ -271,6 +280,11 @@ export function program(): Command {
       .option('--scale-down-delay <duration>', 'how long a lower count must stay wanted before instances go (default 0s)')
       .option('--queue-size <n>', 'requests held while no instance is free; beyond: 503 (default 1000)', integer('--queue-size', 0, 100000))
       .option('--queue-timeout <duration>', 'longest a request is held for a free instance (default 10s)')
+      .option(
+        '--scaling <KNOB=NUMBER>',
+        'any other scaling knob, e.g. stableWindowMs=6000 or tickMs=500 (repeatable; see docs/autoscaling.md)',
+        keyValues('--scaling'),
+      )
       .option('--max-body <size>', 'largest request body, e.g. 10mb (default 10mb)', bytes)
       .option('-o, --output <format>', 'json or yaml instead of text'),
   ).action(async (file: string, o) => {

@@ -44,7 +44,7 @@ export async function up(options: UpOptions = {}, log: Logger = createLogger({ l
 
   const blobs = new BlobStore(dataDir);
   const logs = new FunctionLogs(join(dataDir, 'logs'));
-  const driver = new WorkerDriver({ onEvent: (e) => agent.recordEvent(e) });
+  const driver = new WorkerDriver({ onEvent: (e) => agent.recordEvent(e), warmThreads: config.warmThreads });
   const agent: NodeAgent = new NodeAgent({
     store,
     driver,

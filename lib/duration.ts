@@ -3,13 +3,13 @@ import { TideError } from './errors.ts';
 
 const UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
 
-export function parseDuration(input: string, what: string): number {
+export function parseDuration(input: string, what: string, options: { allowZero?: boolean } = {}): number {
   const m = /^(\d+(?:\.\d+)?)(ms|s|m|h)?$/.exec(input.trim());
   if (!m) {
     throw new TideError('ERR_INVALID_ARGUMENT', `${what} must be a duration like 500ms, 30s or 2m (got "${input}")`);
   }
   const value = Number(m[1]) * (UNITS[m[2] ?? 'ms'] ?? 1);
-  if (!Number.isFinite(value) || value <= 0) {
+  if (!Number.isFinite(value) || value < 0 || (value === 0 && !options.allowZero)) {
     throw new TideError('ERR_INVALID_ARGUMENT', `${what} must be greater than zero (got "${input}")`);
   }
   return Math.round(value);

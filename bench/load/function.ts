@@ -12,28 +12,7 @@ import { request } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { autocannon, freePort, type Knobs, knobs, pinned, printTable, ROOT, type Series, summarize, versions, writeReport } from '../lib/harness.ts';
-
-async function waitForLine(child: ChildProcess, text: string, timeoutMs: number): Promise<void> {
-  let out = '';
-  await new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`not ready in ${timeoutMs} ms:\n${out}`)), timeoutMs);
-    const onData = (d: Buffer) => {
-      out += d;
-      if (out.includes(text)) {
-        clearTimeout(timer);
-        resolve();
-      }
-    };
-    child.stdout?.on('data', onData);
-    child.stderr?.on('data', (d: Buffer) => {
-      out += d;
-    });
-    child.once('exit', (code) => {
-      clearTimeout(timer);
-      reject(new Error(`exited ${code} before ready:\n${out}`));
-    });
-  });
-}
+import { stop, waitForLine } from '../lib/tide.ts';
 
 function get(url: string, host: string): Promise<string> {
   return new Promise((resolve, reject) => {
@@ -47,15 +26,6 @@ function get(url: string, host: string): Promise<string> {
       .on('error', reject)
       .end();
   });
-}
-
-async function stop(child: ChildProcess | undefined): Promise<void> {
-  if (!child?.pid || child.exitCode !== null) return;
-  const exited = new Promise((r) => child.once('exit', r));
-  process.kill(child.pid, 'SIGTERM');
-  const t = setTimeout(() => child.pid && process.kill(child.pid, 'SIGKILL'), 10_000);
-  await exited;
-  clearTimeout(t);
 }
 
 export async function run({ jsonFile }: { jsonFile?: string }): Promise<void> {

@@ -73,6 +73,7 @@ export class Autoscaler {
   readonly #keep: number;
   readonly #scalers = new Map<string, RevisionScaler>();
   #informer: Informer | undefined;
+  #statuses: Informer | undefined;
   #seq = 0;
   #closed = false;
 
@@ -84,13 +85,12 @@ export class Autoscaler {
   }
 
   async start(): Promise<void> {
-    this.#informer = new Informer(
-      this.#store,
-      [keys.functions(), keys.revisions(), keys.statuses(), keys.scales()],
-      () => this.#refresh(),
-      (err) => this.#log.error({ err: errorMessage(err) }, 'autoscaler watch failed'),
-    );
+    const onError = (err: unknown) => this.#log.error({ err: errorMessage(err) }, 'autoscaler watch failed');
+    this.#informer = new Informer(this.#store, [keys.functions(), keys.revisions(), keys.scales()], () => this.#refresh(), onError);
+    // Ready counts change with every instance; reading them alone keeps that cheap.
+    this.#statuses = new Informer(this.#store, [keys.statuses()], () => this.#refreshReady(), onError);
     await this.#informer.start();
+    await this.#statuses.start();
   }
 
   /** A request for `revision` started (measured by a proxy or the activator). Cheap: on every request. */
@@ -137,22 +137,11 @@ export class Autoscaler {
   /** Re-reads which revisions serve, their ready counts and the written counts. */
   async #refresh(): Promise<void> {
     if (this.#closed) return;
-    const [fns, revs, statuses, scales] = await Promise.all([
-      this.#store.list(keys.functions()),
-      this.#store.list(keys.revisions()),
-      this.#store.list(keys.statuses()),
-      this.#store.list(keys.scales()),
-    ]);
+    const [fns, revs, scales] = await Promise.all([this.#store.list(keys.functions()), this.#store.list(keys.revisions()), this.#store.list(keys.scales())]);
     const revisions = new Map(
       revs.items.map((kv) => {
         const r = parseRevision(kv.value);
         return [r.name, r];
-      }),
-    );
-    const ready = new Map(
-      statuses.items.map((kv) => {
-        const st = JSON.parse(kv.value) as RevisionStatus;
-        return [st.revision, st.readyInstances];
       }),
     );
     const written = new Map(
@@ -182,14 +171,26 @@ export class Autoscaler {
         scaler.timer = setInterval(() => void this.#decide(scaler), scaler.spec.tickMs);
         scaler.timer.unref();
       }
-      s.ready = ready.get(rev.name) ?? 0;
       if (!s.deciding) s.written = written.get(rev.name)?.desired;
     }
     for (const s of [...this.#scalers.values()]) if (!serving.has(s.revision)) this.#drop(s);
+    await this.#refreshReady();
     // Counts of revisions that no longer serve are of no use to anyone.
     for (const [rev, { kv }] of written) {
       if (!serving.has(rev)) await this.#store.delete(kv.key, { expectModRevision: kv.modRevision }).catch(() => {});
     }
+  }
+
+  /** Re-reads the ready count of every revision from the agents' status reports. */
+  async #refreshReady(): Promise<void> {
+    if (this.#closed) return;
+    const { items } = await this.#store.list(keys.statuses());
+    const ready = new Map<string, number>();
+    for (const kv of items) {
+      const st = JSON.parse(kv.value) as RevisionStatus;
+      ready.set(st.revision, (ready.get(st.revision) ?? 0) + st.readyInstances);
+    }
+    for (const s of this.#scalers.values()) s.ready = ready.get(s.revision) ?? 0;
   }
 
   #drop(s: RevisionScaler): void {
@@ -248,6 +249,7 @@ export class Autoscaler {
   close(): void {
     this.#closed = true;
     this.#informer?.close();
+    this.#statuses?.close();
     for (const s of this.#scalers.values()) clearInterval(s.timer);
     this.#scalers.clear();
   }

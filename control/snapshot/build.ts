@@ -4,7 +4,7 @@
  * versioned by the store revision it was read at; the gateway swaps it atomically.
  */
 import { Informer } from '../../lib/informer.ts';
-import type { FunctionRecord, RevisionRecord } from '../api/schema/function.ts';
+import type { FunctionRecord } from '../api/schema/function.ts';
 import { keys, parseRevision } from '../api/schema/function.ts';
 import type { Store } from '../store/index.ts';
 

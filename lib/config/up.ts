@@ -24,6 +24,8 @@ export interface UpConfig {
   deploy: string[];
   /** Log level of Tide's own log (stderr). Default "info". */
   logLevel: 'debug' | 'info' | 'warn' | 'error' | 'silent';
+  /** Worker threads kept started for cold starts (each about 10 MiB of memory). Default 2; 0..64. */
+  warmThreads: number;
 }
 
 export type UpOptions = Partial<UpConfig>;
@@ -38,6 +40,7 @@ export const UP_DEFAULTS: Readonly<UpConfig> = Object.freeze({
   drainMs: 30_000,
   deploy: [],
   logLevel: 'info',
+  warmThreads: 2,
 });
 
 const LEVELS = ['debug', 'info', 'warn', 'error', 'silent'];
@@ -54,6 +57,8 @@ export function resolveUpConfig(options: UpOptions = {}): UpConfig {
     throw new TideError('ERR_INVALID_ARGUMENT', `domain must be a DNS name like "localhost" or "fn.example.test" (got "${c.domain}")`);
   if (!Number.isInteger(c.drainMs) || c.drainMs < 0) throw new TideError('ERR_INVALID_ARGUMENT', `drainMs must be an integer ≥ 0 (got ${c.drainMs})`);
   if (!LEVELS.includes(c.logLevel)) throw new TideError('ERR_INVALID_ARGUMENT', `logLevel must be one of ${LEVELS.join(', ')} (got ${c.logLevel})`);
+  if (!Number.isInteger(c.warmThreads) || c.warmThreads < 0 || c.warmThreads > 64)
+    throw new TideError('ERR_INVALID_ARGUMENT', `warmThreads must be an integer from 0 to 64 (got ${c.warmThreads})`);
   if (!c.dataDir) throw new TideError('ERR_INVALID_ARGUMENT', 'dataDir must not be empty');
   return c;
 }

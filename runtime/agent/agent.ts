@@ -55,6 +55,9 @@ interface Slot {
   status: InstanceStatus;
 }
 
+/** How long status changes are gathered before one store write, ms. */
+const STATUS_DELAY_MS = 20;
+
 /** Back-off after failed starts: 1 s, 2 s, 4 s, … up to 60 s. */
 function backoffMs(attempts: number): number {
   return Math.min(60_000, 1000 * 2 ** Math.max(0, attempts - 1));
@@ -122,7 +125,8 @@ class RevisionSet implements RevisionEndpoint {
       );
     }
     const p = best.dispatch(req, res, meta);
-    if (this.#listeners.size === 0) return p;
+    // Without a limit, capacity only appears with instances; with one, every finished request frees a slot.
+    if (this.#limit === 0) return p;
     return p.finally(() => this.notify());
   }
 
@@ -146,6 +150,7 @@ export class NodeAgent {
   readonly #sets = new Map<string, RevisionSet>();
   readonly #log: Logger;
   readonly #pending = new Set<Promise<unknown>>();
+  readonly #statusDue = new Set<RevisionSet>();
   #informer: Informer | undefined;
   #retryTimer: NodeJS.Timeout | undefined;
   #closed = false;
@@ -220,18 +225,21 @@ export class NodeAgent {
         this.#stopRevision(set);
         set = undefined;
       }
+      let changed = false;
       if (!set) {
         set = new RevisionSet(rev, count);
         this.#sets.set(name, set);
         // A revision that starts at zero was loaded once already by the deploy's check: it is ready to be woken.
         if (count === 0) this.#becomeReady(set);
-        await this.#writeStatus(set);
+        changed = true;
       }
       if (set.desired !== count) {
         set.desired = count;
-        await this.#writeStatus(set);
+        changed = true;
       }
+      // Start first, report after: a cold start waits for nothing but its instance.
       this.#converge(set);
+      if (changed) this.#reportStatus(set);
     }
     const wantedFunctions = new Map([...desired.values()].map((r) => [r.function, r.name]));
     for (const [name, set] of this.#sets) {
@@ -268,7 +276,7 @@ export class NodeAgent {
     set.restarts++;
     set.lastError = `${event.instance}: ${event.message}`;
     set.lastErrorAt = new Date().toISOString();
-    void this.#writeStatus(set);
+    this.#reportStatus(set);
   }
 
   /** Starts what is missing and drains what is surplus; never waits for either. */
@@ -328,7 +336,7 @@ export class NodeAgent {
       set.lastErrorAt = new Date().toISOString();
       if (set.readySince === 0) set.phase = 'failed';
       log.error({ err: set.lastError, attempts: set.attempts }, 'instance failed to start');
-      await this.#writeStatus(set);
+      this.#reportStatus(set);
       this.#retryLater(backoffMs(set.attempts));
       return;
     }
@@ -336,7 +344,7 @@ export class NodeAgent {
     if (set.stopped || this.#closed || set.ready.length >= set.desired) {
       // Not wanted any more (stopped, or scaled down while it started).
       await this.#opts.driver.stop(instance, { drain: false });
-      if (!set.stopped) await this.#writeStatus(set);
+      if (!set.stopped) this.#reportStatus(set);
       return;
     }
     set.attempts = 0;
@@ -345,7 +353,7 @@ export class NodeAgent {
     this.#becomeReady(set);
     set.notify();
     if (first) log.info('revision ready');
-    await this.#writeStatus(set);
+    this.#reportStatus(set);
     // Revisions kept serving while this one started can go now.
     if (first) this.#informer?.trigger();
   }
@@ -361,10 +369,10 @@ export class NodeAgent {
     set.ready.splice(i, 1);
     slot.status = { ...slot.status, phase: 'draining', since: new Date().toISOString() };
     set.draining.set(slot.status.id, slot);
-    await this.#writeStatus(set);
+    this.#reportStatus(set);
     await this.#opts.driver.stop(slot.instance, { drain: true, drainMs: this.#opts.drainMs ?? 30_000 });
     set.draining.delete(slot.status.id);
-    await this.#writeStatus(set);
+    this.#reportStatus(set);
   }
 
   #stopRevision(set: RevisionSet): void {
@@ -380,6 +388,21 @@ export class NodeAgent {
         await this.#opts.store.delete(this.#opts.keys.status(set.revision)).catch(() => {});
         await Promise.all(slots.map((s) => this.#opts.driver.stop(s.instance, { drain: true, drainMs: this.#opts.drainMs ?? 30_000 })));
       })(),
+    );
+  }
+
+  /**
+   * Writes the revision's status soon, once for a burst of changes: the data path reads the
+   * in-memory sets, so a cold start never waits for (or shares its core with) a store write.
+   */
+  #reportStatus(set: RevisionSet): void {
+    if (this.#statusDue.has(set)) return;
+    this.#statusDue.add(set);
+    this.#track(
+      new Promise<void>((resolve) => setTimeout(resolve, STATUS_DELAY_MS)).then(() => {
+        this.#statusDue.delete(set);
+        return this.#writeStatus(set);
+      }),
     );
   }
 

@@ -1,8 +1,12 @@
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
+import { FUNCTION_DEFAULTS, keys } from '../../control/api/schema/function.ts';
+import { Autoscaler } from '../../control/autoscaler/autoscaler.ts';
 import { panicWindowMs, resolveScalingSpec, SCALING_DEFAULTS, type ScalingSpec } from '../../control/autoscaler/config.ts';
 import { LoadWindow } from '../../control/autoscaler/metrics/window.ts';
 import { type DeciderState, decide, initialState, type Observed } from '../../control/autoscaler/scaling/decider.ts';
+import { createMemoryStore } from '../../control/store/index.ts';
 import { isTideError } from '../../lib/errors.ts';
+import { silentLogger } from '../../lib/log.ts';
 
 describe('scaling spec', () => {
   it('has Knative KPA defaults in one place', () => {
@@ -164,5 +168,77 @@ describe('decider (KPA)', () => {
     expect(at(200_000)).toBe(0);
     const firstZero = history.find((h) => h.t > 70_000 && h.desired === 0)?.t ?? Number.POSITIVE_INFINITY;
     expect(firstZero).toBeGreaterThanOrEqual(70_000 + s.scaleToZeroGracePeriodMs);
+  });
+});
+
+describe('autoscaler reconciler', () => {
+  async function setup(scaling: Partial<ScalingSpec>) {
+    const store = createMemoryStore();
+    const rev = {
+      name: 'a-00001',
+      namespace: 'default',
+      function: 'a',
+      number: 1,
+      createdAt: new Date(0).toISOString(),
+      digest: 'd',
+      templateHash: 'h',
+      source: 'a.ts',
+      sandbox: 'worker',
+      env: {},
+      secrets: {},
+      config: { ...FUNCTION_DEFAULTS, scaling: { ...SCALING_DEFAULTS, tickMs: 60_000, ...scaling } },
+    };
+    await store.put(keys.revision(rev.name), JSON.stringify(rev));
+    await store.put(
+      keys.function('a'),
+      JSON.stringify({ name: 'a', namespace: 'default', createdAt: rev.createdAt, servingRevision: rev.name, latestRevision: rev.name, revisionCounter: 1 }),
+    );
+    let now = 1_000_000;
+    const scaler = new Autoscaler({ store, log: silentLogger, now: () => now, keep: 5 });
+    await scaler.start();
+    const written = async () => {
+      const kv = await store.get(keys.scale('a-00001'));
+      return kv ? (JSON.parse(kv.value) as { desired: number }).desired : undefined;
+    };
+    const setReady = (n: number) => store.put(keys.status('a-00001'), JSON.stringify({ revision: 'a-00001', phase: 'ready', readyInstances: n }));
+    return { store, scaler, written, setReady, advance: (ms: number) => (now += ms), close: () => scaler.close() };
+  }
+
+  it('writes the count the load asks for, and keeps a bounded log of every decision', async () => {
+    const s = await setup({ target: 10, targetUtilization: 1 });
+    await s.setReady(1);
+    for (let i = 0; i < 25; i++) s.scaler.begin('a-00001');
+    s.advance(5000);
+    await s.scaler.tick();
+    expect(await s.written()).toBe(3);
+    for (let i = 0; i < 6; i++) await s.scaler.tick();
+    const log = s.scaler.decisions('a-00001');
+    expect(log).toHaveLength(5);
+    expect(log.map((d) => d.seq)).toEqual([3, 4, 5, 6, 7]);
+    expect(s.scaler.decisions('a-00001', 6).map((d) => d.seq)).toEqual([7]);
+    s.close();
+  });
+
+  it('decides at once when the activator asks for a revision at zero', async () => {
+    const s = await setup({ initialScale: 0 });
+    await s.setReady(0);
+    await s.scaler.tick();
+    expect(await s.written()).toBe(0);
+    s.scaler.begin('a-00001');
+    s.scaler.queued('a-00001', 1);
+    s.scaler.activate('a-00001');
+    await vi.waitFor(async () => expect(await s.written()).toBe(1));
+    expect(s.scaler.decisions('a-00001').at(-1)?.reason).toBe('1 request waiting in the activator, no instance ready');
+    s.close();
+  });
+
+  it('forgets the count of a revision that no longer serves', async () => {
+    const s = await setup({});
+    await s.scaler.tick();
+    expect(await s.written()).toBe(1);
+    await s.store.delete(keys.function('a'));
+    await vi.waitFor(async () => expect(await s.written()).toBeUndefined());
+    expect(s.scaler.describe('a-00001')).toBeUndefined();
+    s.close();
   });
 });

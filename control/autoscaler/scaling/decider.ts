@@ -106,14 +106,13 @@ export function decide(spec: ScalingSpec, o: Observed, state: DeciderState, now:
   }
 
   // Scale to zero only after the grace period without any traffic.
-  if (desired === 0 && o.lastActivityAt !== 0 && now - o.lastActivityAt < spec.scaleToZeroGracePeriodMs) {
+  // (It keeps an instance that exists; it never starts one for a revision that has none and no traffic.)
+  if (desired === 0 && (ready > 0 || state.desired > 0) && o.lastActivityAt !== 0 && now - o.lastActivityAt < spec.scaleToZeroGracePeriodMs) {
     desired = 1;
     reason = `idle for ${Math.round((now - o.lastActivityAt) / 1000)} s of the ${Math.round(spec.scaleToZeroGracePeriodMs / 1000)} s grace period`;
   }
-  if (o.queued > 0 && desired === 0) {
-    desired = 1;
-    reason = 'requests waiting in the activator';
-  }
+  if (o.queued > 0 && desired === 0) desired = 1;
+  if (o.queued > 0 && ready === 0) reason = `${o.queued} request${o.queued === 1 ? '' : 's'} waiting in the activator, no instance ready`;
 
   // scaleDownDelay: take the highest count decided within the delay.
   const recent = state.recent.filter((r) => now - r.at < spec.scaleDownDelayMs);

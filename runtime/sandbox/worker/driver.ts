@@ -43,6 +43,9 @@ export interface WorkerDriverOptions {
  */
 const TASKS_PER_THREAD = 1000;
 
+/** How long after a warm thread is taken the pool starts its replacement, ms. */
+const REFILL_DELAY_MS = 200;
+
 /**
  * One thread's pool, and the workerData its threads start with: empty for a warm thread, given
  * the instance's HostData when it becomes one, so a replacement thread starts as that instance.
@@ -77,6 +80,7 @@ export class WorkerDriver implements SandboxDriver {
   /** Started generic threads, oldest first; each resolves once its thread answers. */
   readonly #warm: { thread: ThreadPool; up: Promise<boolean> }[] = [];
   #closed = false;
+  #refillTimer: NodeJS.Timeout | undefined;
 
   constructor(options: WorkerDriverOptions = {}) {
     this.#opts = { onEvent: () => {}, killGraceMs: 1000, startTimeoutMs: 10_000, warmThreads: 2, warmMemoryMb: 128, ...options };
@@ -97,7 +101,7 @@ export class WorkerDriver implements SandboxDriver {
       await instance.destroy();
       throw err;
     } finally {
-      setImmediate(() => this.#refill());
+      this.#refillSoon();
     }
     return instance;
   }
@@ -112,6 +116,19 @@ export class WorkerDriver implements SandboxDriver {
       }
     }
     return startThread(memoryMb);
+  }
+
+  /**
+   * Starting a thread costs about 20 ms of CPU; right after a cold start it would share the core
+   * with the new instance's first requests, so the pool refills a little later.
+   */
+  #refillSoon(): void {
+    if (this.#refillTimer || this.#closed) return;
+    this.#refillTimer = setTimeout(() => {
+      this.#refillTimer = undefined;
+      this.#refill();
+    }, REFILL_DELAY_MS);
+    this.#refillTimer.unref();
   }
 
   #refill(): void {
@@ -140,6 +157,7 @@ export class WorkerDriver implements SandboxDriver {
   /** Stops the warm threads (instances are stopped by whoever started them). */
   async close(): Promise<void> {
     this.#closed = true;
+    clearTimeout(this.#refillTimer);
     const warm = this.#warm.splice(0);
     await Promise.all(warm.map((w) => w.thread.pool.destroy().catch(() => {})));
   }
