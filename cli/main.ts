@@ -162,6 +162,23 @@ function scalingFlags(o: Record<string, string | number | undefined>): Record<st
   return extra;
 }
 
+/** The deploy flags that set probes: --startup/--readiness/--liveness PATH and --probe-option KIND.FIELD=N. */
+function probeFlags(o: Record<string, unknown>): Record<string, Record<string, unknown>> | undefined {
+  const probes: Record<string, Record<string, unknown>> = {};
+  for (const kind of ['startup', 'readiness', 'liveness']) if (typeof o[kind] === 'string') probes[kind] = { path: o[kind] };
+  for (const [key, value] of Object.entries((o.probeOption ?? {}) as Record<string, string>)) {
+    const [kind, field, ...rest] = key.split('.');
+    if (!kind || !field || rest.length > 0) {
+      throw new TideError('ERR_INVALID_ARGUMENT', `--probe-option must look like KIND.FIELD=N, e.g. liveness.periodSeconds=5 (got "${key}")`);
+    }
+    const probe = probes[kind];
+    if (!probe) throw new TideError('ERR_INVALID_ARGUMENT', `--probe-option ${key}: give --${kind} PATH too`);
+    const n = Number(value);
+    probe[field] = value.trim() !== '' && Number.isFinite(n) ? n : value;
+  }
+  return Object.keys(probes).length > 0 ? probes : undefined;
+}
+
 function bytes(value: string): number {
   const m = /^(\d+)(b|kb|kib|mb|mib|gb|gib)?$/i.exec(value.trim());
   if (!m) throw new TideError('ERR_INVALID_ARGUMENT', `--max-body must be a size like 512kb or 10mb (got "${value}")`);
@@ -280,6 +297,10 @@ export function program(): Command {
       .option('--scale-down-delay <duration>', 'how long a lower count must stay wanted before instances go (default 0s)')
       .option('--queue-size <n>', 'requests held while no instance is free; beyond: 503 (default 1000)', integer('--queue-size', 0, 100000))
       .option('--queue-timeout <duration>', 'longest a request is held for a free instance (default 10s)')
+      .option('--startup <path>', 'startup probe: GET this path until it answers 2xx/3xx before any other probe or request')
+      .option('--readiness <path>', 'readiness probe: the instance gets requests only while GET this path answers 2xx/3xx')
+      .option('--liveness <path>', 'liveness probe: the instance is restarted when GET this path keeps failing')
+      .option('--probe-option <KIND.FIELD=N>', 'probe setting, e.g. liveness.periodSeconds=5 (Kubernetes fields; repeatable)', keyValues('--probe-option'))
       .option(
         '--scaling <KNOB=NUMBER>',
         'any other scaling knob, e.g. stableWindowMs=6000 or tickMs=500 (repeatable; see docs/autoscaling.md)',
@@ -313,6 +334,7 @@ export function program(): Command {
           memoryMb: o.memory,
           maxBodyBytes: o.maxBody,
           scaling: scalingFlags(o),
+          probes: probeFlags(o),
         },
       },
     );

@@ -176,8 +176,8 @@ export async function run({ jsonFile }: { jsonFile?: string }): Promise<void> {
 /** Instances over time: ready (solid), desired (dashed), the ideal count for the offered load (grey steps), panic shaded. */
 function chart(samples: Sample[], phases: Phase[]): string {
   const W = 900;
-  const H = 360;
-  const pad = { l: 50, r: 20, t: 30, b: 40 };
+  const H = 400;
+  const pad = { l: 50, r: 20, t: 30, b: 80 };
   const tMax = Math.max(1, ...samples.map((s) => s.t));
   const ideal = (s: Sample) => Math.ceil(s.offered / (TARGET * UTILIZATION));
   const yMax = Math.max(4, ...samples.map((s) => Math.max(s.ready, s.desired, ideal(s)))) + 1;
@@ -206,14 +206,13 @@ ${phases.map((p) => `<line x1="${x(p.start)}" x2="${x(p.start)}" y1="${pad.t}" y
 <path d="${path((s) => s.ready)}" fill="none" stroke="#2563eb" stroke-width="2.5"/>
 <line x1="${pad.l}" x2="${W - pad.r}" y1="${H - pad.b}" y2="${H - pad.b}" stroke="#333"/>
 <line x1="${pad.l}" x2="${pad.l}" y1="${pad.t}" y2="${H - pad.b}" stroke="#333"/>
-<g transform="translate(${W - 330},${pad.t + 8})">
-<rect width="310" height="74" fill="white" stroke="#ddd"/>
-<line x1="10" x2="40" y1="14" y2="14" stroke="#2563eb" stroke-width="2.5"/><text x="48" y="18">ready instances</text>
-<line x1="10" x2="40" y1="32" y2="32" stroke="#d97706" stroke-width="2" stroke-dasharray="6,4"/><text x="48" y="36">desired (autoscaler)</text>
-<line x1="10" x2="40" y1="50" y2="50" stroke="#bbb" stroke-width="2"/><text x="48" y="54">ideal: connections ÷ (target × utilization)</text>
-<rect x="10" y="60" width="30" height="8" fill="#fde2e2"/><text x="48" y="69">panic mode</text>
+<text x="${W / 2}" y="${H - pad.b + 32}" text-anchor="middle">time (s)</text>
+<g transform="translate(${pad.l},${H - 26})">
+<line x1="0" x2="30" y1="0" y2="0" stroke="#2563eb" stroke-width="2.5"/><text x="36" y="4">ready instances</text>
+<line x1="150" x2="180" y1="0" y2="0" stroke="#d97706" stroke-width="2" stroke-dasharray="6,4"/><text x="186" y="4">desired (autoscaler)</text>
+<line x1="330" x2="360" y1="0" y2="0" stroke="#bbb" stroke-width="2"/><text x="366" y="4">ideal: connections ÷ (target × utilization)</text>
+<rect x="640" y="-5" width="30" height="10" fill="#fde2e2"/><text x="676" y="4">panic mode</text>
 </g>
-<text x="${W / 2}" y="${H - 6}" text-anchor="middle">time (s)</text>
 </svg>
 `;
 }

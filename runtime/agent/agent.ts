@@ -15,6 +15,7 @@ import { errorMessage, TideError } from '../../lib/errors.ts';
 import { Informer } from '../../lib/informer.ts';
 import type { Logger } from '../../lib/log.ts';
 import type { DispatchMeta, Instance, InstanceEvent, SandboxDriver, SandboxRequest, SandboxResponse } from '../sandbox/driver.ts';
+import { Prober } from './probes.ts';
 
 /** The store layout the agent reads; passed in so runtime/ imports only types from control/. */
 export interface AgentKeys {
@@ -36,6 +37,8 @@ export interface AgentOptions {
   onEvent?: (event: InstanceEvent) => void;
   /** How long a stopping instance may drain, ms. */
   drainMs?: number;
+  /** First wait before an instance killed by its probes is replaced, doubling up to 5 min, ms. Default 10000 (the kubelet's). */
+  restartBackoffMs?: number;
 }
 
 /** What the gateway dispatches to: all ready instances of one revision. */
@@ -53,7 +56,12 @@ export interface RevisionEndpoint {
 interface Slot {
   instance: Instance;
   status: InstanceStatus;
+  prober?: Prober;
 }
+
+/** Restart back-off resets after this long without a restart (the kubelet's 10 min). */
+const RESTART_RESET_MS = 10 * 60_000;
+const RESTART_MAX_MS = 5 * 60_000;
 
 /** How long status changes are gathered before one store write, ms. */
 const STATUS_DELAY_MS = 20;
@@ -70,6 +78,8 @@ class RevisionSet implements RevisionEndpoint {
   ready: Slot[] = [];
   /** Instances loading the function. */
   starting = new Map<string, InstanceStatus>();
+  /** Instances up but not receiving requests: their startup or readiness probe has not passed. */
+  unready = new Map<string, Slot>();
   /** Instances finishing their requests before they stop. */
   draining = new Map<string, Slot>();
   desired: number;
@@ -80,6 +90,11 @@ class RevisionSet implements RevisionEndpoint {
   attempts = 0;
   failedAt = 0;
   restarts = 0;
+  /** Instances killed by their probes, for the restart back-off, and when the last one was. */
+  crashes = 0;
+  lastCrashAt = 0;
+  /** No replacement for a killed instance starts before this (ms since epoch). */
+  restartHoldUntil = 0;
   lastError: string | undefined;
   lastErrorAt: string | undefined;
   stopped = false;
@@ -131,7 +146,12 @@ class RevisionSet implements RevisionEndpoint {
   }
 
   status(): RevisionStatus {
-    const instances = [...this.ready.map((s) => s.status), ...this.starting.values(), ...[...this.draining.values()].map((s) => s.status)];
+    const instances = [
+      ...this.ready.map((s) => s.status),
+      ...this.starting.values(),
+      ...[...this.unready.values()].map((s) => s.status),
+      ...[...this.draining.values()].map((s) => s.status),
+    ];
     return {
       revision: this.revision,
       phase: this.phase,
@@ -282,17 +302,20 @@ export class NodeAgent {
   /** Starts what is missing and drains what is surplus; never waits for either. */
   #converge(set: RevisionSet): void {
     if (set.stopped || this.#closed) return;
-    const have = set.ready.length + set.starting.size;
+    const up = set.ready.length + set.unready.size;
+    const have = up + set.starting.size;
     if (have < set.desired) {
-      const wait = set.attempts > 0 ? set.failedAt + backoffMs(set.attempts) - Date.now() : 0;
+      const now = Date.now();
+      const wait = Math.max(set.attempts > 0 ? set.failedAt + backoffMs(set.attempts) - now : 0, set.restartHoldUntil - now);
       if (wait > 0) {
         this.#retryLater(wait);
         return;
       }
       for (let i = have; i < set.desired; i++) this.#track(this.#startInstance(set));
-    } else if (set.ready.length > set.desired) {
-      // Surplus: the least busy go first; each stops receiving at once and drains.
-      const surplus = [...set.ready].sort((a, b) => a.instance.inflight - b.instance.inflight).slice(0, set.ready.length - set.desired);
+    } else if (up > set.desired) {
+      // Surplus: instances not serving go first, then the least busy; each stops receiving at once and drains.
+      const byLoad = [...set.ready].sort((a, b) => a.instance.inflight - b.instance.inflight);
+      const surplus = [...set.unready.values(), ...byLoad].slice(0, up - set.desired);
       for (const slot of surplus) this.#track(this.#drainInstance(set, slot));
     }
   }
@@ -341,21 +364,91 @@ export class NodeAgent {
       return;
     }
     set.starting.delete(id);
-    if (set.stopped || this.#closed || set.ready.length >= set.desired) {
+    if (set.stopped || this.#closed || set.ready.length + set.unready.size >= set.desired) {
       // Not wanted any more (stopped, or scaled down while it started).
       await this.#opts.driver.stop(instance, { drain: false });
       if (!set.stopped) this.#reportStatus(set);
       return;
     }
     set.attempts = 0;
-    set.ready.push({ instance, status: { id, phase: 'ready', since: new Date().toISOString() } });
+    const slot: Slot = { instance, status: { id, phase: 'starting', since: new Date().toISOString() } };
+    const probes = rev.config.probes;
+    if (!probes.startup && !probes.readiness && !probes.liveness) {
+      this.#serve(set, slot);
+      return;
+    }
+    set.unready.set(id, slot);
+    this.#reportStatus(set);
+    slot.prober = new Prober(instance, probes, {
+      started: () => {},
+      readiness: (ok, detail) => {
+        if (ok) this.#serve(set, slot);
+        else this.#unserve(set, slot, detail);
+      },
+      dead: (reason) => this.#restart(set, slot, reason),
+    });
+    slot.prober.start();
+  }
+
+  /** The instance receives requests from now on. */
+  #serve(set: RevisionSet, slot: Slot): void {
+    if (set.stopped || this.#closed || set.ready.includes(slot)) return;
+    if (!set.unready.delete(slot.status.id) && slot.status.phase !== 'starting') return;
+    slot.status = { ...slot.status, phase: 'ready', since: new Date().toISOString() };
+    set.ready.push(slot);
     const first = set.phase !== 'ready';
     this.#becomeReady(set);
     set.notify();
-    if (first) log.info('revision ready');
+    if (first) this.#log.info({ revision: set.revision }, 'revision ready');
     this.#reportStatus(set);
     // Revisions kept serving while this one started can go now.
     if (first) this.#informer?.trigger();
+  }
+
+  /** Its readiness probe failed: no new requests until it passes again (it keeps running). */
+  #unserve(set: RevisionSet, slot: Slot, detail: string): void {
+    const i = set.ready.indexOf(slot);
+    if (set.stopped || i === -1) return;
+    set.ready.splice(i, 1);
+    slot.status = { ...slot.status, phase: 'unready', since: new Date().toISOString() };
+    set.unready.set(slot.status.id, slot);
+    set.lastError = `${slot.status.id}: ${detail}`;
+    set.lastErrorAt = new Date().toISOString();
+    this.#log.warn({ instance: slot.status.id, detail }, 'instance not ready');
+    this.#reportStatus(set);
+  }
+
+  /**
+   * Its startup or liveness probe gave up on it: it is stopped and replaced, after a back-off of
+   * 10 s doubling to 5 min (reset after 10 min without a restart), as the kubelet does.
+   */
+  #restart(set: RevisionSet, slot: Slot, reason: string): void {
+    if (set.stopped) return;
+    const i = set.ready.indexOf(slot);
+    if (i !== -1) set.ready.splice(i, 1);
+    else if (!set.unready.delete(slot.status.id)) return;
+    slot.prober?.stop();
+    const now = Date.now();
+    if (now - set.lastCrashAt > RESTART_RESET_MS) set.crashes = 0;
+    set.crashes++;
+    set.lastCrashAt = now;
+    const wait = Math.min(RESTART_MAX_MS, (this.#opts.restartBackoffMs ?? 10_000) * 2 ** (set.crashes - 1));
+    set.restartHoldUntil = now + wait;
+    set.restarts++;
+    set.lastError = `${slot.status.id}: ${reason}; replaced in ${Math.round(wait / 100) / 10} s`;
+    set.lastErrorAt = new Date().toISOString();
+    this.#log.warn({ instance: slot.status.id, reason, backoffMs: wait }, 'instance restarted by its probe');
+    this.#opts.onEvent?.({
+      instance: slot.status.id,
+      revision: set.revision,
+      function: set.record.function,
+      type: 'replaced',
+      reason: 'probe',
+      message: set.lastError,
+    });
+    this.#track(this.#opts.driver.stop(slot.instance, { drain: true, drainMs: Math.min(2000, this.#opts.drainMs ?? 30_000) }));
+    this.#reportStatus(set);
+    this.#converge(set);
   }
 
   #becomeReady(set: RevisionSet): void {
@@ -365,8 +458,9 @@ export class NodeAgent {
 
   async #drainInstance(set: RevisionSet, slot: Slot): Promise<void> {
     const i = set.ready.indexOf(slot);
-    if (i === -1) return;
-    set.ready.splice(i, 1);
+    if (i !== -1) set.ready.splice(i, 1);
+    else if (!set.unready.delete(slot.status.id)) return;
+    slot.prober?.stop();
     slot.status = { ...slot.status, phase: 'draining', since: new Date().toISOString() };
     set.draining.set(slot.status.id, slot);
     this.#reportStatus(set);
@@ -381,7 +475,9 @@ export class NodeAgent {
     set.stopped = true;
     set.phase = 'stopping';
     this.#log.info({ revision: set.revision }, 'revision stopping');
-    const slots = set.ready.splice(0);
+    const slots = [...set.ready.splice(0), ...set.unready.values()];
+    set.unready.clear();
+    for (const slot of slots) slot.prober?.stop();
     set.notify();
     this.#track(
       (async () => {
@@ -426,9 +522,12 @@ export class NodeAgent {
     const sets = [...this.#sets.values()];
     this.#sets.clear();
     for (const s of sets) s.stopped = true;
+    for (const s of sets) for (const slot of [...s.ready, ...s.unready.values()]) slot.prober?.stop();
     await Promise.all(
       sets.flatMap((s) =>
-        [...s.ready, ...s.draining.values()].map((slot) => this.#opts.driver.stop(slot.instance, { drain: true, drainMs: this.#opts.drainMs ?? 30_000 })),
+        [...s.ready, ...s.unready.values(), ...s.draining.values()].map((slot) =>
+          this.#opts.driver.stop(slot.instance, { drain: true, drainMs: this.#opts.drainMs ?? 30_000 }),
+        ),
       ),
     );
     await this.#opts.driver.close?.();

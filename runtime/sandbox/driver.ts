@@ -68,7 +68,7 @@ export interface InstanceEvent {
   revision: string;
   function: string;
   type: 'replaced';
-  reason: 'timeout' | 'out-of-memory' | 'crashed';
+  reason: 'timeout' | 'out-of-memory' | 'crashed' | 'probe';
   message: string;
 }
 

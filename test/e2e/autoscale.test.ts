@@ -189,3 +189,75 @@ describe('the activator queue', () => {
     expect(bad.stderr).toMatch(/nope/);
   });
 });
+
+describe('probes', () => {
+  const HEALTH = `${FIXTURES}/functions/health.ts`;
+  const status = async (fn: string) => {
+    const r = await fetch(`${t.apiUrl}/v1/functions/${fn}`, { headers: { authorization: `Bearer ${t.token}` } });
+    return (await r.json()) as { restarts: number; lastError: string | null; readyInstances: number };
+  };
+
+  it('takes an instance out of service while its readiness probe fails; the activator holds its requests', async () => {
+    const r = await tide(
+      [
+        'deploy',
+        HEALTH,
+        '--name',
+        'ready',
+        '--instances',
+        '1',
+        '--readiness',
+        '/ready',
+        '--probe-option',
+        'readiness.periodSeconds=0.2',
+        '--probe-option',
+        'readiness.failureThreshold=1',
+        '--queue-timeout',
+        '800ms',
+      ],
+      { dataDir: t.dataDir },
+    );
+    expect(r.code, r.stderr).toBe(0);
+    expect((await get('ready', '/sick')).status).toBe(200);
+    await eventually(async () => ((await instances('ready')).instances[0]?.phase === 'unready' ? true : undefined));
+    const held = await get('ready', '/');
+    expect(held.status).toBe(503);
+    expect(held.headers['tide-proxy-error']).toBe('ERR_ACTIVATOR_TIMEOUT');
+    expect((await status('ready')).lastError).toMatch(/readiness probe \/ready: HTTP 500/);
+  });
+
+  it('restarts an instance whose liveness probe fails, after the kubelet back-off, and says why', async () => {
+    const r = await tide(
+      [
+        'deploy',
+        HEALTH,
+        '--name',
+        'live',
+        '--instances',
+        '1',
+        '--liveness',
+        '/healthz',
+        '--probe-option',
+        'liveness.periodSeconds=0.2',
+        '--probe-option',
+        'liveness.failureThreshold=2',
+      ],
+      { dataDir: t.dataDir },
+    );
+    expect(r.code, r.stderr).toBe(0);
+    const before = (await get('live', '/')).text;
+    expect((await get('live', '/sick')).status).toBe(200);
+    const restarted = await eventually(async () => {
+      const s = await status('live');
+      return s.restarts === 1 ? s : undefined;
+    });
+    expect(restarted.lastError).toMatch(/liveness probe \/healthz failed 2 times in a row: HTTP 500; replaced in 10 s/);
+    // The replacement comes after 10 s; it is a new instance (its own module state), healthy again.
+    const after = await get('live', '/', 20_000);
+    expect(after.status).toBe(200);
+    expect(after.text).not.toBe(before);
+    expect((await get('live', '/healthz')).status).toBe(200);
+    const logs = await tide(['logs', 'live'], { dataDir: t.dataDir });
+    expect(logs.stdout).toMatch(/instance replaced \(probe\): .*liveness probe/);
+  }, 30_000);
+});

@@ -4,12 +4,13 @@
  */
 import { afterEach, describe, expect, it } from 'vitest';
 import { FUNCTION_DEFAULTS, type FunctionRecord, keys, type RevisionRecord, type RevisionStatus, type ScaleRecord } from '../../control/api/schema/function.ts';
+import { PROBE_DEFAULTS, type ProbeSpec, type ProbesSpec } from '../../control/api/schema/probe.ts';
 import { SCALING_DEFAULTS, type ScalingSpec } from '../../control/autoscaler/config.ts';
 import { createMemoryStore, type Store } from '../../control/store/index.ts';
 import { TideError } from '../../lib/errors.ts';
 import { silentLogger } from '../../lib/log.ts';
 import { NodeAgent } from '../../runtime/agent/agent.ts';
-import type { Instance, InstanceSpec, SandboxDriver } from '../../runtime/sandbox/driver.ts';
+import type { Instance, InstanceSpec, SandboxDriver, SandboxRequest, SandboxResponse } from '../../runtime/sandbox/driver.ts';
 
 class RecordingDriver implements SandboxDriver {
   readonly kind = 'worker' as const;
@@ -22,6 +23,8 @@ class RecordingDriver implements SandboxDriver {
   hold = new Map<string, Promise<void>>();
   /** How long each dispatched request takes, ms. */
   dispatchMs = 0;
+  /** The status an instance answers a probe path with. */
+  health: (path: string, instance: string) => number = () => 200;
   #calls = 0;
   async start(spec: InstanceSpec): Promise<Instance> {
     const call = ++this.#calls;
@@ -32,10 +35,14 @@ class RecordingDriver implements SandboxDriver {
     const inst = {
       spec,
       inflight: 0,
-      dispatch: async () => {
+      dispatch: async (req: SandboxRequest | null, res: SandboxResponse | null) => {
         inst.inflight++;
         await new Promise((r) => setTimeout(r, ms));
         inst.inflight--;
+        if (req && res) {
+          res.writeHead(this.health(new URL(req.url).pathname, spec.id), []);
+          res.end();
+        }
       },
     };
     return inst;
@@ -48,7 +55,7 @@ class RecordingDriver implements SandboxDriver {
   }
 }
 
-function revision(fn: string, n: number, instances = 1, scaling: Partial<ScalingSpec> = {}): RevisionRecord {
+function revision(fn: string, n: number, instances = 1, scaling: Partial<ScalingSpec> = {}, probes: ProbesSpec = {}): RevisionRecord {
   return {
     name: `${fn}-${String(n).padStart(5, '0')}`,
     namespace: 'default',
@@ -61,7 +68,7 @@ function revision(fn: string, n: number, instances = 1, scaling: Partial<Scaling
     sandbox: 'worker',
     env: {},
     secrets: {},
-    config: { ...FUNCTION_DEFAULTS, scaling: { ...SCALING_DEFAULTS, minScale: instances, maxScale: instances, initialScale: instances, ...scaling } },
+    config: { ...FUNCTION_DEFAULTS, scaling: { ...SCALING_DEFAULTS, minScale: instances, maxScale: instances, initialScale: instances, ...scaling }, probes },
   };
 }
 
@@ -95,6 +102,7 @@ function makeAgent(store: Store, driver: SandboxDriver): NodeAgent {
     keys: { functions: keys.functions(), revisions: keys.revisions(), statuses: keys.statuses(), status: (r) => keys.status(r), scales: keys.scales() },
     bundlePath: (d) => `/bundles/${d}.mjs`,
     drainMs: 10,
+    restartBackoffMs: 200,
   });
   agents.push(agent);
   return agent;
@@ -274,6 +282,59 @@ describe('node agent reconcile', () => {
     await first;
     expect(ep.hasCapacity()).toBe(true);
     expect(notified).toBe(1);
+  });
+});
+
+const probe = (path: string, over: Partial<ProbeSpec> = {}): ProbeSpec => ({ ...PROBE_DEFAULTS, path, periodSeconds: 0.05, timeoutSeconds: 0.5, ...over });
+
+describe('node agent probes', () => {
+  it('sends requests to an instance only while its readiness probe passes', async () => {
+    let healthy = false;
+    const { store, agent } = await running([revision('p', 1, 1, {}, { readiness: probe('/ready', { failureThreshold: 2 }) })], 'p', 'p-00001', (d) => {
+      d.health = (path) => (path === '/ready' && healthy ? 200 : 503);
+    });
+    expect(agent.endpoint('p-00001')).toBeUndefined(); // started, never ready yet
+    expect((await status(store, 'p-00001'))?.instances?.map((i) => i.phase)).toEqual(['starting']);
+    healthy = true;
+    await expect.poll(() => agent.endpoint('p-00001')?.hasCapacity()).toBe(true);
+    healthy = false;
+    await expect.poll(() => agent.endpoint('p-00001')?.hasCapacity()).toBe(false);
+    await expect.poll(async () => (await status(store, 'p-00001'))?.instances?.map((i) => i.phase)).toEqual(['unready']);
+    await expect.poll(async () => (await status(store, 'p-00001'))?.lastError).toMatch(/readiness probe \/ready: HTTP 503/);
+    healthy = true;
+    await expect.poll(() => agent.endpoint('p-00001')?.hasCapacity()).toBe(true);
+  });
+
+  it('restarts an instance whose liveness probe keeps failing, waiting longer each time', async () => {
+    let alive = true;
+    const { store, driver } = await running([revision('l', 1, 1, {}, { liveness: probe('/healthz', { failureThreshold: 2 }) })], 'l', 'l-00001', (d) => {
+      d.health = () => (alive ? 200 : 500);
+    });
+    expect(driver.started).toHaveLength(1);
+    alive = false;
+    await expect.poll(() => driver.stopped.length).toBe(1);
+    await expect
+      .poll(async () => (await status(store, 'l-00001'))?.lastError)
+      .toMatch(/liveness probe \/healthz failed 2 times in a row: HTTP 500; replaced in 0.2 s/);
+    await expect.poll(() => driver.started.length).toBe(2); // after the 200 ms back-off
+    await expect.poll(() => driver.stopped.length).toBe(2);
+    await expect.poll(async () => (await status(store, 'l-00001'))?.lastError).toMatch(/replaced in 0.4 s/); // doubled
+    alive = true;
+    await expect.poll(() => driver.started.length, { timeout: 3000 }).toBe(3);
+    await expect.poll(async () => (await status(store, 'l-00001'))?.readyInstances).toBe(1);
+    await expect.poll(async () => (await status(store, 'l-00001'))?.restarts).toBe(2);
+  });
+
+  it('holds an instance back until its startup probe passes, and restarts it when the probe gives up', async () => {
+    let started = false;
+    const { store, driver, agent } = await running([revision('s', 1, 1, {}, { startup: probe('/started', { failureThreshold: 3 }) })], 's', 's-00001', (d) => {
+      d.health = () => (started ? 200 : 503);
+    });
+    expect(agent.endpoint('s-00001')).toBeUndefined();
+    await expect.poll(() => driver.stopped.length).toBe(1);
+    await expect.poll(async () => (await status(store, 's-00001'))?.lastError).toMatch(/startup probe \/started failed 3 times/);
+    started = true;
+    await expect.poll(() => agent.endpoint('s-00001')?.hasCapacity(), { timeout: 3000 }).toBe(true);
   });
 });
 

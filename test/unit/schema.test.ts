@@ -43,7 +43,21 @@ describe('function settings', () => {
       memoryMb: 128,
       maxBodyBytes: 10,
       scaling: { ...SCALING_DEFAULTS, minScale: 3, maxScale: 3, initialScale: 3, containerConcurrency: 8 },
+      probes: {},
     });
+  });
+
+  it('fills probe defaults (Kubernetes) and names the probe and field that is wrong', () => {
+    expect(resolveFunctionConfig({ probes: { liveness: { path: '/healthz' } } }).probes).toEqual({
+      liveness: { path: '/healthz', initialDelaySeconds: 0, periodSeconds: 10, timeoutSeconds: 1, successThreshold: 1, failureThreshold: 3 },
+    });
+    expect(() => resolveFunctionConfig({ probes: { liveness: {} } })).toThrow('probes.liveness.path is required, e.g. /healthz');
+    expect(() => resolveFunctionConfig({ probes: { readiness: { path: 'healthz' } } })).toThrow(/probes.readiness.path must start with \//);
+    expect(() => resolveFunctionConfig({ probes: { liveness: { path: '/h', periodSeconds: 0 } } })).toThrow(
+      'probes.liveness.periodSeconds must be a number from 0.1 to 3600 (got 0)',
+    );
+    expect(() => resolveFunctionConfig({ probes: { liveness: { path: '/h', successThreshold: 2 } } })).toThrow(/must be 1/);
+    expect(() => resolveFunctionConfig({ probes: { health: { path: '/h' } } })).toThrow('unknown probe "probes.health": use startup, readiness or liveness');
   });
 
   it('checks env and secret names and refuses the same name in both', () => {

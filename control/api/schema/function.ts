@@ -4,6 +4,7 @@
  */
 import { TideError } from '../../../lib/errors.ts';
 import { resolveScalingSpec, SCALING_DEFAULTS, type ScalingSpec } from '../../autoscaler/config.ts';
+import { type ProbesSpec, resolveProbes } from './probe.ts';
 
 /** Per-revision settings. Every field has a default in FUNCTION_DEFAULTS (scaling: SCALING_DEFAULTS). */
 export interface FunctionConfig {
@@ -15,15 +16,18 @@ export interface FunctionConfig {
   maxBodyBytes: number;
   /** How many instances run, and how many requests each takes at once (control/autoscaler/config.ts). */
   scaling: ScalingSpec;
+  /** Startup, readiness and liveness probes (schema/probe.ts). Default none. */
+  probes: ProbesSpec;
 }
 
-type NumericSetting = Exclude<keyof FunctionConfig, 'scaling'>;
+type NumericSetting = Exclude<keyof FunctionConfig, 'scaling' | 'probes'>;
 
 export const FUNCTION_DEFAULTS: Readonly<FunctionConfig> = Object.freeze({
   timeoutMs: 30_000,
   memoryMb: 128,
   maxBodyBytes: 10 * 1024 * 1024,
   scaling: SCALING_DEFAULTS,
+  probes: Object.freeze({}),
 });
 
 const LIMITS: Record<NumericSetting, [number, number]> = {
@@ -40,7 +44,7 @@ const REPLACED: Record<string, string> = {
 
 /** Fills defaults and checks every field; names the field and the rule on failure. */
 export function resolveFunctionConfig(input: Partial<Record<keyof FunctionConfig, unknown>> = {}): FunctionConfig {
-  const out: FunctionConfig = { ...FUNCTION_DEFAULTS, scaling: { ...SCALING_DEFAULTS } };
+  const out: FunctionConfig = { ...FUNCTION_DEFAULTS, scaling: { ...SCALING_DEFAULTS }, probes: {} };
   for (const [key, value] of Object.entries(input)) {
     if (value === undefined) continue;
     if (key === 'scaling') {
@@ -48,6 +52,10 @@ export function resolveFunctionConfig(input: Partial<Record<keyof FunctionConfig
         throw new TideError('ERR_INVALID_ARGUMENT', 'scaling must be an object of scaling settings', { status: 400 });
       }
       out.scaling = resolveScalingSpec(value as Partial<Record<keyof ScalingSpec, unknown>>, 'scaling.');
+      continue;
+    }
+    if (key === 'probes') {
+      out.probes = resolveProbes(value);
       continue;
     }
     if (key in REPLACED) {
@@ -135,6 +143,7 @@ export interface FunctionRecord {
  */
 export function parseRevision(json: string): RevisionRecord {
   const r = JSON.parse(json) as RevisionRecord & { config: { instances?: number; concurrency?: number } };
+  r.config.probes ??= {};
   if (r.config.scaling === undefined) {
     const { instances, concurrency, ...rest } = r.config;
     const n = instances ?? 1;
@@ -179,8 +188,12 @@ export interface RevisionStatus {
 
 export interface InstanceStatus {
   id: string;
-  /** starting: loading the function; ready: receiving requests; draining: finishing its requests before it stops. */
-  phase: 'starting' | 'ready' | 'draining';
+  /**
+   * starting: loading the function, or waiting for its startup/first readiness probe; ready:
+   * receiving requests; unready: its readiness probe fails, so it gets none; draining: finishing
+   * its requests before it stops.
+   */
+  phase: 'starting' | 'ready' | 'unready' | 'draining';
   since: string;
 }
 
