@@ -23,11 +23,12 @@ interface FunctionView {
   desiredInstances: number;
   restarts: number;
   lastError: string | null;
+  pending: string | null;
   ageMs: number;
   createdAt: string;
   env: string[];
   secrets: string[];
-  config: (Record<string, number> & { scaling?: ScalingView }) | null;
+  config: (Record<string, unknown> & { scaling?: ScalingView; probes?: ProbesView; placement?: PlacementView }) | null;
 }
 
 interface ScalingView {
@@ -42,6 +43,26 @@ interface ScalingView {
   scaleDownDelayMs: number;
   queueSize: number;
   queueTimeoutMs: number;
+}
+
+type ProbesView = Record<string, { path: string; periodSeconds: number; failureThreshold: number }>;
+type PlacementView = { nodeSelector: Record<string, string>; tolerations: { key: string; value?: string }[]; affinity: string[]; antiAffinity: string[] };
+
+function describeProbes(p: ProbesView | undefined): string {
+  const list = Object.entries(p ?? {});
+  if (list.length === 0) return '-';
+  return list.map(([kind, v]) => `${kind} GET ${v.path} every ${v.periodSeconds}s, ${v.failureThreshold} failures`).join('; ');
+}
+
+function describePlacement(p: PlacementView | undefined): string {
+  if (!p) return 'any node';
+  const parts = [
+    ...Object.entries(p.nodeSelector).map(([k, v]) => `node ${k}=${v}`),
+    ...p.tolerations.map((t) => `tolerates ${t.key}${t.value === undefined ? '' : `=${t.value}`}`),
+    ...p.affinity.map((f) => `near ${f}`),
+    ...p.antiAffinity.map((f) => `away from ${f}`),
+  ];
+  return parts.length > 0 ? parts.join(', ') : 'any node';
 }
 
 function describeScaling(s: ScalingView): string {
@@ -179,6 +200,29 @@ function probeFlags(o: Record<string, unknown>): Record<string, Record<string, u
   return Object.keys(probes).length > 0 ? probes : undefined;
 }
 
+function millicores(value: string): number {
+  const m = /^(\d+)m?$/.exec(value.trim());
+  const n = m ? Number(m[1]) : Number.NaN;
+  if (!Number.isInteger(n) || n < 1 || n > 64000)
+    throw new TideError('ERR_INVALID_ARGUMENT', `--cpu must be millicores from 1 to 64000, like 250 or 250m (got "${value}")`);
+  return n;
+}
+
+/** --node-selector, --toleration, --affinity, --anti-affinity; undefined when none is given. */
+function placementFlags(o: Record<string, unknown>): Record<string, unknown> | undefined {
+  const tolerations = ((o.toleration ?? []) as string[]).map((t) => {
+    const eq = t.indexOf('=');
+    return eq === -1 ? { key: t, operator: 'Exists' } : { key: t.slice(0, eq), operator: 'Equal', value: t.slice(eq + 1) };
+  });
+  const out = {
+    ...(o.nodeSelector ? { nodeSelector: o.nodeSelector } : {}),
+    ...(tolerations.length > 0 ? { tolerations } : {}),
+    ...(o.affinity ? { affinity: o.affinity } : {}),
+    ...(o.antiAffinity ? { antiAffinity: o.antiAffinity } : {}),
+  };
+  return Object.keys(out).length > 0 ? out : undefined;
+}
+
 function bytes(value: string): number {
   const m = /^(\d+)(b|kb|kib|mb|mib|gb|gib)?$/i.exec(value.trim());
   if (!m) throw new TideError('ERR_INVALID_ARGUMENT', `--max-body must be a size like 512kb or 10mb (got "${value}")`);
@@ -213,6 +257,14 @@ export function program(): Command {
     .option('--access-log <where>', 'access log: a file, "-" for stdout, or "off" (default <data-dir>/access.log)')
     .option('--drain <duration>', 'how long shutdown waits for in-flight requests', '30s')
     .option('--warm-threads <n>', 'worker threads kept started so a cold start only loads the function (0 = none)', integer('--warm-threads', 0, 64), 2)
+    .option('--node-name <name>', "this node's name for the scheduler (default: the host name)")
+    .option('--node-memory <MiB>', 'memory the scheduler may place here (default: all of the machine)', integer('--node-memory', 1, 16_777_216))
+    .option('--node-cpu <millicores>', 'CPU the scheduler may place here (default: 1000 per core)', integer('--node-cpu', 1, 16_000_000))
+    .option('--node-label <KEY=VALUE>', 'a label functions can select with --node-selector (repeatable)', keyValues('--node-label'))
+    .option('--node-taint <KEY[=VALUE]>', 'only functions that tolerate it (--toleration) run here (repeatable)', (v: string, prev: string[] = []) => [
+      ...prev,
+      v,
+    ])
     .addOption(new Option('--log-level <level>', 'log level of Tide itself (stderr)').choices(['debug', 'info', 'warn', 'error', 'silent']).default('info'))
     .action(async (o) => {
       // Loaded on use: `tide proxy` and the client commands do not need the whole control plane.
@@ -228,6 +280,11 @@ export function program(): Command {
         drainMs: parseDuration(o.drain, '--drain'),
         logLevel: o.logLevel,
         warmThreads: o.warmThreads,
+        nodeName: o.nodeName,
+        nodeMemoryMb: o.nodeMemory,
+        nodeCpuMillis: o.nodeCpu,
+        nodeLabels: o.nodeLabel,
+        nodeTaints: o.nodeTaint,
       });
       const names = (await running.functions.list()).map((f) => f.name);
       out(`Tide is up. Gateway ${running.gatewayUrl}, API ${running.apiUrl}, data in ${resolve(running.config.dataDir)}`);
@@ -281,7 +338,12 @@ export function program(): Command {
       .option('-e, --env <KEY=VALUE>', 'environment variable for env (repeatable)', keyValues('--env'))
       .option('-s, --secret <KEY=VALUE>', 'secret for env, never printed back (repeatable)', keyValues('--secret'))
       .option('--timeout <duration>', 'longest a request may run (default 30s)')
-      .option('--memory <MiB>', 'heap limit per instance in MiB (default 128)', integer('--memory', 16, 16384))
+      .option('--memory <MiB>', 'heap limit per instance in MiB, also reserved on its node (default 128)', integer('--memory', 16, 16384))
+      .option('--cpu <millicores>', 'CPU reserved per instance on its node, e.g. 250 or 250m (default 100)', millicores)
+      .option('--node-selector <KEY=VALUE>', 'run only on nodes with this label (repeatable)', keyValues('--node-selector'))
+      .option('--toleration <KEY[=VALUE]>', 'may run on nodes with this taint (repeatable)', (v: string, prev: string[] = []) => [...prev, v])
+      .option('--affinity <function>', 'prefer nodes running this function (repeatable)', (v: string, prev: string[] = []) => [...prev, v])
+      .option('--anti-affinity <function>', 'avoid nodes running this function (repeatable)', (v: string, prev: string[] = []) => [...prev, v])
       .option('--min-scale <n>', 'fewest instances, even when idle; 0 lets it scale to zero (default 0)', integer('--min-scale', 0, 1000))
       .option('--max-scale <n>', 'most instances; 0 = no limit (default 0)', integer('--max-scale', 0, 1000))
       .option('--initial-scale <n>', 'instances started for a new revision before any traffic (default 1)', integer('--initial-scale', 0, 1000))
@@ -332,6 +394,8 @@ export function program(): Command {
         config: {
           timeoutMs: o.timeout ? parseDuration(o.timeout, '--timeout') : undefined,
           memoryMb: o.memory,
+          cpuMillis: o.cpu,
+          placement: placementFlags(o),
           maxBodyBytes: o.maxBody,
           scaling: scalingFlags(o),
           probes: probeFlags(o),
@@ -369,7 +433,7 @@ export function program(): Command {
           f.name,
           f.servingRevision,
           f.url,
-          f.ready ? 'True' : f.phase === 'failed' ? 'False' : 'Unknown',
+          f.ready ? 'True' : f.phase === 'failed' || f.phase === 'pending' ? 'False' : 'Unknown',
           `${f.readyInstances}/${f.desiredInstances}`,
           formatAge(f.ageMs),
           ...(format === 'wide' ? [String(f.restarts), f.lastError ?? ''] : []),
@@ -496,17 +560,20 @@ export function program(): Command {
       `URL:         ${fn.url}/`,
       `Serving:     ${fn.servingRevision}${fn.servingRevision !== fn.latestRevision ? ` (latest is ${fn.latestRevision})` : ''}`,
       `Ready:       ${fn.ready ? 'True' : 'False'} (${fn.readyInstances}/${fn.desiredInstances} instances, ${fn.restarts} restarts)`,
+      ...(fn.pending ? [`Scheduling:  ${fn.pending}`] : []),
       ...(fn.lastError ? [`Last error:  ${fn.lastError}`] : []),
       `Created:     ${fn.createdAt} (${formatAge(fn.ageMs)} ago)`,
       `Settings:    ${
         fn.config
           ? Object.entries(fn.config)
-              .filter(([k]) => k !== 'scaling')
+              .filter(([, v]) => typeof v !== 'object')
               .map(([k, v]) => `${k}=${v}`)
               .join(' ')
           : '-'
       }`,
       `Scaling:     ${fn.config?.scaling ? describeScaling(fn.config.scaling) : '-'}`,
+      `Probes:      ${describeProbes(fn.config?.probes)}`,
+      `Placement:   ${describePlacement(fn.config?.placement)}`,
       `Env:         ${fn.env.length ? fn.env.join(', ') : '-'}`,
       `Secrets:     ${fn.secrets.length ? fn.secrets.map((s) => `${s} (hidden)`).join(', ') : '-'}`,
       '',

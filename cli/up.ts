@@ -5,9 +5,22 @@
  */
 import { randomBytes } from 'node:crypto';
 import { chmod, mkdir, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { availableParallelism, hostname, totalmem } from 'node:os';
 import { basename, extname, join, resolve } from 'node:path';
 import { pino } from 'pino';
-import { Autoscaler, BlobStore, ControlApi, createSqliteStore, Functions, keys, type Snapshot, SnapshotPublisher, type Store } from '../control/index.ts';
+import {
+  Autoscaler,
+  BlobStore,
+  ControlApi,
+  createSqliteStore,
+  Functions,
+  keys,
+  Scheduler,
+  type Snapshot,
+  SnapshotPublisher,
+  type Store,
+} from '../control/index.ts';
+import type { NodeInfo } from '../control/scheduler/placement.ts';
 import { resolveUpConfig, UP_DEFAULTS, type UpConfig, type UpOptions } from '../lib/config/up.ts';
 import { errorMessage, TideError } from '../lib/errors.ts';
 import { createLogger, type Logger } from '../lib/log.ts';
@@ -49,7 +62,15 @@ export async function up(options: UpOptions = {}, log: Logger = createLogger({ l
     store,
     driver,
     log,
-    keys: { functions: keys.functions(), revisions: keys.revisions(), statuses: keys.statuses(), status: (r) => keys.status(r), scales: keys.scales() },
+    keys: {
+      functions: keys.functions(),
+      revisions: keys.revisions(),
+      statuses: keys.statuses(),
+      status: (r) => keys.status(r),
+      placements: keys.placements(),
+      node: (n) => keys.node(n),
+    },
+    node: nodeInfo(config),
     bundlePath: (digest) => blobs.path(digest),
     drainMs: config.drainMs,
     onEvent: (e) =>
@@ -65,6 +86,7 @@ export async function up(options: UpOptions = {}, log: Logger = createLogger({ l
   const functions = new Functions(store, blobs, { validate: (path) => validateWorkerBundle(path) });
 
   const autoscaler = new Autoscaler({ store, log });
+  const scheduler = new Scheduler({ store, log });
   const access = accessLogger(config, dataDir);
   const gateway = new Gateway({
     domain: config.domain,
@@ -100,6 +122,7 @@ export async function up(options: UpOptions = {}, log: Logger = createLogger({ l
       log.info({ drainMs: config.drainMs }, 'shutting down');
       snapshots.close();
       autoscaler.close();
+      scheduler.close();
       await Promise.all([gateway.close(config.drainMs), api.close()]);
       await agent.close();
       await logs.close();
@@ -114,6 +137,7 @@ export async function up(options: UpOptions = {}, log: Logger = createLogger({ l
 
   try {
     await autoscaler.start();
+    await scheduler.start();
     await agent.start();
     await snapshots.start();
     const g = await gateway.listen(config.port, config.host);
@@ -167,6 +191,29 @@ async function deployPath(functions: Functions, target: string, log: Logger): Pr
     await functions.waitReady(result.revision.name, 30_000);
     log.info({ function: name, revision: result.revision.name, created: result.created, ms: Math.round(performance.now() - started) }, 'deployed');
   }
+}
+
+/** What this node offers the scheduler: the machine's memory and cores unless told otherwise. */
+function nodeInfo(config: UpConfig): NodeInfo {
+  const name =
+    config.nodeName ||
+    hostname()
+      .toLowerCase()
+      .replace(/[^a-z0-9.-]+/g, '-')
+      .replace(/^[-.]+|[-.]+$/g, '') ||
+    'local';
+  return {
+    name,
+    capacity: {
+      memoryMb: config.nodeMemoryMb || Math.floor(totalmem() / 1024 / 1024),
+      cpuMillis: config.nodeCpuMillis || availableParallelism() * 1000,
+    },
+    labels: { 'tide.dev/hostname': name, ...config.nodeLabels },
+    taints: config.nodeTaints.map((t) => {
+      const eq = t.indexOf('=');
+      return eq === -1 ? { key: t, effect: 'NoSchedule' as const } : { key: t.slice(0, eq), value: t.slice(eq + 1), effect: 'NoSchedule' as const };
+    }),
+  };
 }
 
 async function prepareDataDir(dir: string): Promise<void> {

@@ -222,6 +222,12 @@ export class Functions {
       if (status.phase === 'failed') {
         throw new TideError('ERR_FUNCTION_INVALID', `revision ${revision} failed to start: ${status.lastError ?? 'unknown error'}`, { status: 422 });
       }
+      if (status.phase === 'pending') {
+        throw new TideError('ERR_UNSCHEDULABLE', `revision ${revision} is ${status.pending ?? 'Pending'}`, {
+          status: 409,
+          hint: 'it stays deployed and starts when a node has room; the last ready revision keeps serving. Free resources, lower memoryMb/cpuMillis, or add nodes',
+        });
+      }
       return status.phase === 'ready' ? status : undefined;
     };
     const now = check(first.items[0]);

@@ -325,6 +325,7 @@ export class ControlApi {
       desiredInstances: status?.desiredInstances ?? serving?.config.scaling.initialScale ?? 0,
       restarts: status?.restarts ?? 0,
       lastError: status?.lastError ?? null,
+      pending: status?.pending ?? null,
       createdAt: fn.createdAt,
       ageMs: this.#clock.now() - Date.parse(fn.createdAt),
       env: serving ? Object.keys(serving.env) : [],

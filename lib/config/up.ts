@@ -26,6 +26,16 @@ export interface UpConfig {
   logLevel: 'debug' | 'info' | 'warn' | 'error' | 'silent';
   /** Worker threads kept started for cold starts (each about 10 MiB of memory). Default 2; 0..64. */
   warmThreads: number;
+  /** This node's name for the scheduler. Default "" = the host name. */
+  nodeName: string;
+  /** Memory the scheduler may place on this node, MiB. Default 0 = all of the machine's. */
+  nodeMemoryMb: number;
+  /** CPU the scheduler may place on this node, millicores. Default 0 = 1000 per core. */
+  nodeCpuMillis: number;
+  /** Labels for nodeSelector. Default none. */
+  nodeLabels: Record<string, string>;
+  /** Taints (NoSchedule): only functions that tolerate them run here. "key" or "key=value". Default none. */
+  nodeTaints: string[];
 }
 
 export type UpOptions = Partial<UpConfig>;
@@ -41,6 +51,11 @@ export const UP_DEFAULTS: Readonly<UpConfig> = Object.freeze({
   deploy: [],
   logLevel: 'info',
   warmThreads: 2,
+  nodeName: '',
+  nodeMemoryMb: 0,
+  nodeCpuMillis: 0,
+  nodeLabels: {},
+  nodeTaints: [],
 });
 
 const LEVELS = ['debug', 'info', 'warn', 'error', 'silent'];
@@ -59,6 +74,14 @@ export function resolveUpConfig(options: UpOptions = {}): UpConfig {
   if (!LEVELS.includes(c.logLevel)) throw new TideError('ERR_INVALID_ARGUMENT', `logLevel must be one of ${LEVELS.join(', ')} (got ${c.logLevel})`);
   if (!Number.isInteger(c.warmThreads) || c.warmThreads < 0 || c.warmThreads > 64)
     throw new TideError('ERR_INVALID_ARGUMENT', `warmThreads must be an integer from 0 to 64 (got ${c.warmThreads})`);
+  for (const [name, v] of [
+    ['nodeMemoryMb', c.nodeMemoryMb],
+    ['nodeCpuMillis', c.nodeCpuMillis],
+  ] as const) {
+    if (!Number.isInteger(v) || v < 0) throw new TideError('ERR_INVALID_ARGUMENT', `${name} must be an integer ≥ 0 (0 = what the machine has; got ${v})`);
+  }
+  if (c.nodeName !== '' && !/^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/.test(c.nodeName))
+    throw new TideError('ERR_INVALID_ARGUMENT', `nodeName must be lowercase letters, digits, '-' and '.' (got "${c.nodeName}")`);
   if (!c.dataDir) throw new TideError('ERR_INVALID_ARGUMENT', 'dataDir must not be empty');
   return c;
 }

@@ -1,15 +1,17 @@
 /**
- * The node agent: makes the instances running on this node match what the Store says. For
- * every function it runs the serving revision with the count the autoscaler wrote at
- * /tide/scale/… (before it has written one: the revision's initialScale, at least minScale).
+ * The node agent: makes the instances running on this node match what the Store says. It
+ * registers its node (capacity, labels, taints) at /tide/nodes/<name>; for every function it
+ * runs the serving revision with the count the scheduler placed on this node at
+ * /tide/placements/… (the autoscaler decides the total, the scheduler where each one goes).
  * It starts instances that are missing one by one, takes surplus ones out of the endpoint and
  * drains them before they stop (graceful scale-down), and reports each revision's status
  * (phase, ready and desired counts, every instance, restarts) back to the Store. The gateway
  * asks it for a revision's endpoint; it never decides routing or counts.
  */
 import { randomBytes } from 'node:crypto';
-import type { FunctionRecord, InstanceStatus, RevisionRecord, RevisionStatus, ScaleRecord } from '../../control/api/schema/function.ts';
+import type { FunctionRecord, InstanceStatus, NodeRecord, PlacementRecord, RevisionRecord, RevisionStatus } from '../../control/api/schema/function.ts';
 import { parseRevision } from '../../control/api/schema/function.ts';
+import type { NodeInfo } from '../../control/scheduler/placement.ts';
 import type { Store } from '../../control/store/index.ts';
 import { errorMessage, TideError } from '../../lib/errors.ts';
 import { Informer } from '../../lib/informer.ts';
@@ -23,14 +25,18 @@ export interface AgentKeys {
   revisions: string;
   statuses: string;
   status: (rev: string) => string;
-  /** Prefix of the autoscaler's scale records. */
-  scales: string;
+  /** Prefix of the scheduler's placement records. */
+  placements: string;
+  /** Where this node registers. */
+  node: (name: string) => string;
 }
 
 export interface AgentOptions {
   store: Store;
   driver: SandboxDriver;
   keys: AgentKeys;
+  /** This node: its name, what it offers, labels and taints. */
+  node: NodeInfo;
   bundlePath: (digest: string) => string;
   log: Logger;
   /** Where instance events are written for `tide logs`. */
@@ -82,7 +88,10 @@ class RevisionSet implements RevisionEndpoint {
   unready = new Map<string, Slot>();
   /** Instances finishing their requests before they stop. */
   draining = new Map<string, Slot>();
+  /** Instances placed on this node. */
   desired: number;
+  /** Instances the revision wants on all nodes, placed or pending (for its status). */
+  total = 0;
   phase: RevisionStatus['phase'] = 'starting';
   /** When it first became ready (ms since epoch), 0 before. */
   readySince = 0;
@@ -97,6 +106,8 @@ class RevisionSet implements RevisionEndpoint {
   restartHoldUntil = 0;
   lastError: string | undefined;
   lastErrorAt: string | undefined;
+  /** Set while the scheduler cannot place some of its instances. */
+  pendingReason: string | undefined;
   stopped = false;
   readonly #limit: number;
   readonly #listeners = new Set<() => void>();
@@ -156,10 +167,11 @@ class RevisionSet implements RevisionEndpoint {
       revision: this.revision,
       phase: this.phase,
       readyInstances: this.ready.length,
-      desiredInstances: this.desired,
+      desiredInstances: Math.max(this.total, this.desired),
       instances,
       restarts: this.restarts,
       ...(this.lastError === undefined ? {} : { lastError: this.lastError, lastErrorAt: this.lastErrorAt }),
+      ...(this.pendingReason === undefined ? {} : { pending: this.pendingReason }),
       updatedAt: new Date().toISOString(),
     };
   }
@@ -181,9 +193,11 @@ export class NodeAgent {
   }
 
   async start(): Promise<void> {
+    const record: NodeRecord = { ...this.#opts.node, registeredAt: new Date().toISOString() };
+    await this.#opts.store.put(this.#opts.keys.node(this.#opts.node.name), JSON.stringify(record));
     this.#informer = new Informer(
       this.#opts.store,
-      [this.#opts.keys.functions, this.#opts.keys.revisions, this.#opts.keys.scales],
+      [this.#opts.keys.functions, this.#opts.keys.revisions, this.#opts.keys.placements],
       () => this.reconcile(),
       (err) => this.#log.error({ err }, 'agent watch failed'),
     );
@@ -211,11 +225,11 @@ export class NodeAgent {
   async reconcile(): Promise<void> {
     if (this.#closed) return;
     const { store, keys } = this.#opts;
-    const [fns, revs, statuses, scales] = await Promise.all([
+    const [fns, revs, statuses, placed] = await Promise.all([
       store.list(keys.functions),
       store.list(keys.revisions),
       store.list(keys.statuses),
-      store.list(keys.scales),
+      store.list(keys.placements),
     ]);
     if (this.#closed) return;
     const revisions = new Map(
@@ -224,12 +238,13 @@ export class NodeAgent {
         return [r.name, r];
       }),
     );
-    const counts = new Map(
-      scales.items.map((kv) => {
-        const s = JSON.parse(kv.value) as ScaleRecord;
-        return [s.revision, s.desired];
+    const placements = new Map(
+      placed.items.map((kv) => {
+        const p = JSON.parse(kv.value) as PlacementRecord;
+        return [p.revision, p];
       }),
     );
+    const self = this.#opts.node.name;
     const desired = new Map<string, RevisionRecord>();
     for (const kv of fns.items) {
       const fn = JSON.parse(kv.value) as FunctionRecord;
@@ -237,8 +252,10 @@ export class NodeAgent {
       if (rev) desired.set(rev.name, rev);
     }
     for (const [name, rev] of desired) {
-      const scaling = rev.config.scaling;
-      const count = counts.get(name) ?? Math.max(scaling.minScale, scaling.initialScale);
+      const placement = placements.get(name);
+      // Not placed yet: nothing to run here until the scheduler says.
+      if (!placement) continue;
+      const count = placement.nodes[self] ?? 0;
       let set = this.#sets.get(name);
       // A name reused for different content (a function deleted and deployed again) is a new revision.
       if (set && set.record.templateHash !== rev.templateHash) {
@@ -249,12 +266,26 @@ export class NodeAgent {
       if (!set) {
         set = new RevisionSet(rev, count);
         this.#sets.set(name, set);
-        // A revision that starts at zero was loaded once already by the deploy's check: it is ready to be woken.
-        if (count === 0) this.#becomeReady(set);
+        // A revision placed at zero was loaded once already by the deploy's check: it is ready to be woken.
+        if (count === 0 && placement.pending === 0) this.#becomeReady(set);
         changed = true;
       }
-      if (set.desired !== count) {
+      // Instances no node can take: a revision with none running here says why.
+      const pendingReason =
+        placement.pending > 0 ? `Pending: ${placement.pending} instance${placement.pending === 1 ? '' : 's'}: ${placement.reason ?? ''}` : undefined;
+      if (pendingReason !== set.pendingReason) {
+        set.pendingReason = pendingReason;
+        if (pendingReason && set.phase !== 'ready') set.phase = 'pending';
+        else if (!pendingReason && set.phase === 'pending') {
+          set.phase = 'starting';
+          if (count === 0) this.#becomeReady(set);
+        }
+        changed = true;
+      }
+      const total = Object.values(placement.nodes).reduce((a, b) => a + b, 0) + placement.pending;
+      if (set.desired !== count || set.total !== total) {
         set.desired = count;
+        set.total = total;
         changed = true;
       }
       // Start first, report after: a cold start waits for nothing but its instance.
@@ -268,7 +299,7 @@ export class NodeAgent {
       // new one has failed to start: the last ready revision keeps serving, as in Knative).
       const next = wantedFunctions.get(set.record.function);
       const nextSet = next === undefined ? undefined : this.#sets.get(next);
-      if (set.phase === 'ready' && nextSet !== undefined && nextSet.phase !== 'ready') continue;
+      if (set.phase === 'ready' && next !== undefined && nextSet?.phase !== 'ready') continue;
       this.#stopRevision(set);
     }
     // Status left by an earlier run of this node for revisions it no longer runs.

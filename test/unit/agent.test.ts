@@ -6,6 +6,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { FUNCTION_DEFAULTS, type FunctionRecord, keys, type RevisionRecord, type RevisionStatus, type ScaleRecord } from '../../control/api/schema/function.ts';
 import { PROBE_DEFAULTS, type ProbeSpec, type ProbesSpec } from '../../control/api/schema/probe.ts';
 import { SCALING_DEFAULTS, type ScalingSpec } from '../../control/autoscaler/config.ts';
+import { Scheduler } from '../../control/scheduler/scheduler.ts';
 import { createMemoryStore, type Store } from '../../control/store/index.ts';
 import { TideError } from '../../lib/errors.ts';
 import { silentLogger } from '../../lib/log.ts';
@@ -90,21 +91,45 @@ async function status(store: Store, rev: string): Promise<RevisionStatus | undef
 }
 
 const agents: NodeAgent[] = [];
+const schedulers = new Map<NodeAgent, Scheduler>();
 afterEach(async () => {
-  for (const a of agents.splice(0)) await a.close();
+  for (const a of agents.splice(0)) {
+    schedulers.get(a)?.close();
+    await a.close();
+  }
+  schedulers.clear();
 });
+
+const NODE = { name: 'node-a', capacity: { memoryMb: 1_000_000, cpuMillis: 1_000_000 }, labels: {}, taints: [] };
+
+/** Starts the agent (it registers its node) and a scheduler beside it, and waits until both are idle. */
+async function begin(agent: NodeAgent): Promise<void> {
+  await agent.start();
+  await schedulers.get(agent)?.start();
+  await new Promise((r) => setImmediate(r));
+  await agent.settled();
+}
 
 function makeAgent(store: Store, driver: SandboxDriver): NodeAgent {
   const agent = new NodeAgent({
     store,
     driver,
     log: silentLogger,
-    keys: { functions: keys.functions(), revisions: keys.revisions(), statuses: keys.statuses(), status: (r) => keys.status(r), scales: keys.scales() },
+    keys: {
+      functions: keys.functions(),
+      revisions: keys.revisions(),
+      statuses: keys.statuses(),
+      status: (r) => keys.status(r),
+      placements: keys.placements(),
+      node: (n) => keys.node(n),
+    },
+    node: NODE,
     bundlePath: (d) => `/bundles/${d}.mjs`,
     drainMs: 10,
     restartBackoffMs: 200,
   });
   agents.push(agent);
+  schedulers.set(agent, new Scheduler({ store, log: silentLogger }));
   return agent;
 }
 
@@ -116,8 +141,7 @@ async function running(revisions: RevisionRecord[], fn: string, serving: string,
   const driver = new RecordingDriver();
   prepare(driver);
   const agent = makeAgent(store, driver);
-  await agent.start();
-  await agent.settled();
+  await begin(agent);
   return { store, driver, agent };
 }
 
@@ -150,8 +174,7 @@ describe('node agent reconcile', () => {
     for (const [fn, serving] of functions) await putFunction(store, fn as string, serving as string);
     const driver = new RecordingDriver();
     const agent = makeAgent(store, driver);
-    await agent.start();
-    await agent.settled();
+    await begin(agent);
     expect(driver.started).toEqual(wantStarted);
     for (const [rev, want] of Object.entries(wantStatus)) expect(await status(store, rev)).toMatchObject(want);
     expect((await store.list(keys.statuses())).items.length).toBe(Object.keys(wantStatus).length);
@@ -179,8 +202,7 @@ describe('node agent reconcile', () => {
     const store = createMemoryStore();
     await store.put(keys.status('gone-00001'), JSON.stringify({ revision: 'gone-00001', phase: 'ready' }));
     const agent = makeAgent(store, new RecordingDriver());
-    await agent.start();
-    await agent.settled();
+    await begin(agent);
     expect(await status(store, 'gone-00001')).toBeUndefined();
   });
 

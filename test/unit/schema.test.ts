@@ -42,8 +42,10 @@ describe('function settings', () => {
       timeoutMs: 5000,
       memoryMb: 128,
       maxBodyBytes: 10,
+      cpuMillis: 100,
       scaling: { ...SCALING_DEFAULTS, minScale: 3, maxScale: 3, initialScale: 3, containerConcurrency: 8 },
       probes: {},
+      placement: { nodeSelector: {}, tolerations: [], affinity: [], antiAffinity: [] },
     });
   });
 

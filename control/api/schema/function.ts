@@ -4,35 +4,43 @@
  */
 import { TideError } from '../../../lib/errors.ts';
 import { resolveScalingSpec, SCALING_DEFAULTS, type ScalingSpec } from '../../autoscaler/config.ts';
+import { checkPlacement, type NodeInfo, type PlacementSpec } from '../../scheduler/placement.ts';
 import { type ProbesSpec, resolveProbes } from './probe.ts';
 
 /** Per-revision settings. Every field has a default in FUNCTION_DEFAULTS (scaling: SCALING_DEFAULTS). */
 export interface FunctionConfig {
   /** Longest one request may run, from dispatch to the last body byte, in ms. Default 30000; 1..3600000. */
   timeoutMs: number;
-  /** Heap limit of each worker-thread instance (V8 old generation), in MiB. Default 128; 16..16384. */
+  /** Heap limit of each worker-thread instance (V8 old generation), in MiB; also what the scheduler reserves for it. Default 128; 16..16384. */
   memoryMb: number;
+  /** CPU the scheduler reserves for each instance, in millicores (1000 = one core). Default 100; 1..64000. */
+  cpuMillis: number;
   /** Largest request body accepted, in bytes; larger gets 413. Default 10 MiB; 0..1 GiB. */
   maxBodyBytes: number;
   /** How many instances run, and how many requests each takes at once (control/autoscaler/config.ts). */
   scaling: ScalingSpec;
   /** Startup, readiness and liveness probes (schema/probe.ts). Default none. */
   probes: ProbesSpec;
+  /** Which nodes instances may run on and which they prefer (control/scheduler/placement.ts). Default anywhere. */
+  placement: PlacementSpec;
 }
 
-type NumericSetting = Exclude<keyof FunctionConfig, 'scaling' | 'probes'>;
+type NumericSetting = Exclude<keyof FunctionConfig, 'scaling' | 'probes' | 'placement'>;
 
 export const FUNCTION_DEFAULTS: Readonly<FunctionConfig> = Object.freeze({
   timeoutMs: 30_000,
   memoryMb: 128,
+  cpuMillis: 100,
   maxBodyBytes: 10 * 1024 * 1024,
   scaling: SCALING_DEFAULTS,
   probes: Object.freeze({}),
+  placement: Object.freeze({ nodeSelector: {}, tolerations: [], affinity: [], antiAffinity: [] }),
 });
 
 const LIMITS: Record<NumericSetting, [number, number]> = {
   timeoutMs: [1, 3_600_000],
   memoryMb: [16, 16_384],
+  cpuMillis: [1, 64_000],
   maxBodyBytes: [0, 1024 * 1024 * 1024],
 };
 
@@ -44,7 +52,7 @@ const REPLACED: Record<string, string> = {
 
 /** Fills defaults and checks every field; names the field and the rule on failure. */
 export function resolveFunctionConfig(input: Partial<Record<keyof FunctionConfig, unknown>> = {}): FunctionConfig {
-  const out: FunctionConfig = { ...FUNCTION_DEFAULTS, scaling: { ...SCALING_DEFAULTS }, probes: {} };
+  const out: FunctionConfig = { ...FUNCTION_DEFAULTS, scaling: { ...SCALING_DEFAULTS }, probes: {}, placement: checkPlacement(undefined) };
   for (const [key, value] of Object.entries(input)) {
     if (value === undefined) continue;
     if (key === 'scaling') {
@@ -56,6 +64,10 @@ export function resolveFunctionConfig(input: Partial<Record<keyof FunctionConfig
     }
     if (key === 'probes') {
       out.probes = resolveProbes(value);
+      continue;
+    }
+    if (key === 'placement') {
+      out.placement = checkPlacement(value);
       continue;
     }
     if (key in REPLACED) {
@@ -144,6 +156,8 @@ export interface FunctionRecord {
 export function parseRevision(json: string): RevisionRecord {
   const r = JSON.parse(json) as RevisionRecord & { config: { instances?: number; concurrency?: number } };
   r.config.probes ??= {};
+  r.config.placement ??= checkPlacement(undefined);
+  r.config.cpuMillis ??= FUNCTION_DEFAULTS.cpuMillis;
   if (r.config.scaling === undefined) {
     const { instances, concurrency, ...rest } = r.config;
     const n = instances ?? 1;
@@ -174,11 +188,14 @@ export interface RevisionRecord {
 /** Reported by the node agent at /tide/status/revisions/<namespace>/<revision>. */
 export interface RevisionStatus {
   revision: string;
-  phase: 'starting' | 'ready' | 'failed' | 'stopping';
+  /** pending: no node can take its instances (see `pending`). */
+  phase: 'starting' | 'ready' | 'failed' | 'stopping' | 'pending';
   readyInstances: number;
   desiredInstances: number;
   /** Every instance on this node, ready or not. */
   instances?: InstanceStatus[];
+  /** Why some instances are not placed, as the scheduler says: "Pending: 1 instance: 0/1 nodes are available: 1 Insufficient memory." */
+  pending?: string;
   /** Instances replaced after a crash, timeout kill or memory limit, since the revision started here. */
   restarts: number;
   lastError?: string;
@@ -208,6 +225,24 @@ export interface ScaleRecord {
   updatedAt: string;
 }
 
+/** A node as it registers itself at /tide/nodes/<name>. */
+export interface NodeRecord extends NodeInfo {
+  /** When it (re)registered. */
+  registeredAt: string;
+}
+
+/**
+ * Written by the scheduler at /tide/placements/<namespace>/<revision>: how many instances of
+ * the revision each node runs, and how many no node can take (with kubectl-style reasons).
+ */
+export interface PlacementRecord {
+  revision: string;
+  nodes: Record<string, number>;
+  pending: number;
+  reason?: string;
+  updatedAt: string;
+}
+
 export function revisionName(fn: string, n: number): string {
   return `${fn}-${String(n).padStart(5, '0')}`;
 }
@@ -221,4 +256,8 @@ export const keys = {
   status: (rev: string, ns = DEFAULT_NAMESPACE) => `/tide/status/revisions/${ns}/${rev}`,
   scales: (ns = DEFAULT_NAMESPACE) => `/tide/scale/${ns}/`,
   scale: (rev: string, ns = DEFAULT_NAMESPACE) => `/tide/scale/${ns}/${rev}`,
+  nodes: () => '/tide/nodes/',
+  node: (name: string) => `/tide/nodes/${name}`,
+  placements: (ns = DEFAULT_NAMESPACE) => `/tide/placements/${ns}/`,
+  placement: (rev: string, ns = DEFAULT_NAMESPACE) => `/tide/placements/${ns}/${rev}`,
 };
