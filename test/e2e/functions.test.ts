@@ -249,6 +249,20 @@ describe('faults stay inside their own request', () => {
     expect(outcome).not.toBe('hung');
     await eventually(async () => (await get('faults', '/')).status === 200, 10_000);
   });
+  it('a function that ends its own thread (process.exit) fails only its request; the instance gets a new thread', async () => {
+    const before = await tide(['describe', 'faults', '-o', 'json'], { dataDir: t.dataDir });
+    const restarts = (JSON.parse(before.stdout) as { restarts: number }).restarts;
+    const r = await get('faults', '/exit');
+    expect(r.status).toBeGreaterThanOrEqual(500);
+    expect(r.headers['tide-proxy-error']).toBeDefined();
+    await eventually(async () => (await get('faults', '/')).status === 200, 10_000);
+    const after = await eventually(async () => {
+      const d = JSON.parse((await tide(['describe', 'faults', '-o', 'json'], { dataDir: t.dataDir })).stdout) as { restarts: number; lastError: string };
+      return d.restarts > restarts ? d : undefined;
+    });
+    expect(after.lastError).toMatch(/thread failed|exit/i);
+    expect((await get('hello')).status).toBe(200);
+  });
   it('blowing the memory limit fails the request, replaces the thread and is reported', async () => {
     const r = await get('faults', '/hog');
     expect(r.status).toBe(500);
