@@ -272,7 +272,8 @@ export class WorkerInstance implements Instance {
       return new TideError('ERR_PROXY_QUEUE_FULL', `instance ${this.spec.id} is at capacity`, { status: 503 });
     }
     // Other requests on a thread we terminated, or that died of another request's fault.
-    if (/Terminating worker thread|worker exited/.test(message) && Date.now() - this.#killedAt < 5000) {
+    // Ours: terminate() ends a thread with exit code 1 (a function's own process.exit(N) says N).
+    if (/Terminating worker thread|worker exited with code: 1$/.test(message) && Date.now() - this.#killedAt < 5000) {
       return new TideError('ERR_SANDBOX_INSTANCE_REPLACED', 'the instance serving this request was replaced', { status: 503 });
     }
     if (this.#closed) return new TideError('ERR_SANDBOX_CLOSED', `instance ${this.spec.id} stopped`, { status: 503 });
