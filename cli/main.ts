@@ -257,6 +257,7 @@ export function program(): Command {
     .option('--access-log <where>', 'access log: a file, "-" for stdout, or "off" (default <data-dir>/access.log)')
     .option('--drain <duration>', 'how long shutdown waits for in-flight requests', '30s')
     .option('--warm-threads <n>', 'worker threads kept started so a cold start only loads the function (0 = none)', integer('--warm-threads', 0, 64), 2)
+    .option('--warm-containers <n>', 'containers kept started for cold starts once the container sandbox is used (0 = none)', integer('--warm-containers', 0, 16), 1)
     .option('--node-name <name>', "this node's name for the scheduler (default: the host name)")
     .option('--node-memory <MiB>', 'memory the scheduler may place here (default: all of the machine)', integer('--node-memory', 1, 16_777_216))
     .option('--node-cpu <millicores>', 'CPU the scheduler may place here (default: 1000 per core)', integer('--node-cpu', 1, 16_000_000))
@@ -280,6 +281,7 @@ export function program(): Command {
         drainMs: parseDuration(o.drain, '--drain'),
         logLevel: o.logLevel,
         warmThreads: o.warmThreads,
+        warmContainers: o.warmContainers,
         nodeName: o.nodeName,
         nodeMemoryMb: o.nodeMemory,
         nodeCpuMillis: o.nodeCpu,
@@ -337,9 +339,11 @@ export function program(): Command {
       .option('-n, --name <name>', 'function name, a DNS label (default: the file name)')
       .option('-e, --env <KEY=VALUE>', 'environment variable for env (repeatable)', keyValues('--env'))
       .option('-s, --secret <KEY=VALUE>', 'secret for env, never printed back (repeatable)', keyValues('--secret'))
+      .addOption(new Option('--sandbox <kind>', 'worker (a thread in Tide) or container (a runc container: strong isolation)').choices(['worker', 'container']))
       .option('--timeout <duration>', 'longest a request may run (default 30s)')
       .option('--memory <MiB>', 'heap limit per instance in MiB, also reserved on its node (default 128)', integer('--memory', 16, 16384))
       .option('--cpu <millicores>', 'CPU reserved per instance on its node, e.g. 250 or 250m (default 100)', millicores)
+      .option('--cpu-limit <millicores>', 'most CPU a container instance may use, 0 = no limit (default 1000)', (v: string) => (v.trim() === '0' ? 0 : millicores(v)))
       .option('--node-selector <KEY=VALUE>', 'run only on nodes with this label (repeatable)', keyValues('--node-selector'))
       .option('--toleration <KEY[=VALUE]>', 'may run on nodes with this taint (repeatable)', (v: string, prev: string[] = []) => [...prev, v])
       .option('--affinity <function>', 'prefer nodes running this function (repeatable)', (v: string, prev: string[] = []) => [...prev, v])
@@ -391,10 +395,12 @@ export function program(): Command {
         source: file,
         env: o.env,
         secrets: o.secret,
+        sandbox: o.sandbox,
         config: {
           timeoutMs: o.timeout ? parseDuration(o.timeout, '--timeout') : undefined,
           memoryMb: o.memory,
           cpuMillis: o.cpu,
+          cpuLimitMillis: o.cpuLimit,
           placement: placementFlags(o),
           maxBodyBytes: o.maxBody,
           scaling: scalingFlags(o),

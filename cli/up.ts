@@ -25,7 +25,7 @@ import { resolveUpConfig, UP_DEFAULTS, type UpConfig, type UpOptions } from '../
 import { errorMessage, TideError } from '../lib/errors.ts';
 import { createLogger, type Logger } from '../lib/log.ts';
 import { Gateway } from '../proxy/index.ts';
-import { FunctionLogs, NodeAgent, validateWorkerBundle, WorkerDriver } from '../runtime/index.ts';
+import { ContainerDriver, FunctionLogs, NodeAgent, validateWorkerBundle, WorkerDriver } from '../runtime/index.ts';
 import { bundleFunction } from './bundle.ts';
 
 export { VERSION } from './version.ts';
@@ -58,9 +58,16 @@ export async function up(options: UpOptions = {}, log: Logger = createLogger({ l
   const blobs = new BlobStore(dataDir);
   const logs = new FunctionLogs(join(dataDir, 'logs'));
   const driver = new WorkerDriver({ onEvent: (e) => agent.recordEvent(e), warmThreads: config.warmThreads });
+  const containers = new ContainerDriver({
+    dataDir,
+    warmContainers: config.warmContainers,
+    onEvent: (e) => agent.recordEvent(e),
+    onLog: (l) => logs.append({ time: new Date().toISOString(), ...l }),
+  });
   const agent: NodeAgent = new NodeAgent({
     store,
     driver,
+    container: containers,
     log,
     keys: {
       functions: keys.functions(),
@@ -136,6 +143,8 @@ export async function up(options: UpOptions = {}, log: Logger = createLogger({ l
   };
 
   try {
+    // Containers left by an earlier run that was killed are found and removed now.
+    await containers.cleanupIfUsed();
     await autoscaler.start();
     await scheduler.start();
     await agent.start();

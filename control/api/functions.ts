@@ -19,7 +19,9 @@ import {
   type RevisionStatus,
   resolveFunctionConfig,
   revisionName,
+  type SandboxKind,
   validateFunctionName,
+  validateSandbox,
   validateVariables,
 } from './schema/function.ts';
 
@@ -35,6 +37,8 @@ export interface DeployInput {
   env?: Record<string, string>;
   secrets?: Record<string, string>;
   config?: Partial<FunctionConfig>;
+  /** Default worker. */
+  sandbox?: SandboxKind;
 }
 
 export interface DeployResult {
@@ -70,7 +74,8 @@ export class Functions {
     }
     const digest = await this.#blobs.put(input.bundle);
     await this.#validator.validate(this.#blobs.path(digest), { ...env, ...secrets });
-    const templateHash = sha256(JSON.stringify({ digest, env, secrets, config, sandbox: 'worker' }));
+    const sandbox = validateSandbox(input.sandbox);
+    const templateHash = sha256(JSON.stringify({ digest, env, secrets, config, sandbox }));
 
     for (let attempt = 1; ; attempt++) {
       const current = await this.#store.get(keys.function(name));
@@ -96,7 +101,7 @@ export class Functions {
           digest,
           templateHash,
           source: input.source,
-          sandbox: 'worker',
+          sandbox,
           env,
           secrets,
           config,

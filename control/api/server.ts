@@ -203,6 +203,7 @@ export class ControlApi {
       env: body.env as Record<string, string> | undefined,
       secrets: body.secrets as Record<string, string> | undefined,
       config: body.config as DeployInput['config'],
+      sandbox: body.sandbox as DeployInput['sandbox'],
     };
     const result = await this.#opts.functions.deploy(input);
     const status = await this.#opts.functions.waitReady(result.revision.name, this.#opts.deployWaitMs ?? 30_000);

@@ -26,6 +26,8 @@ export interface UpConfig {
   logLevel: 'debug' | 'info' | 'warn' | 'error' | 'silent';
   /** Worker threads kept started for cold starts (each about 10 MiB of memory). Default 2; 0..64. */
   warmThreads: number;
+  /** Containers kept started (with no function yet) for cold starts, once the container sandbox was used. Default 1; 0..16. */
+  warmContainers: number;
   /** This node's name for the scheduler. Default "" = the host name. */
   nodeName: string;
   /** Memory the scheduler may place on this node, MiB. Default 0 = all of the machine's. */
@@ -51,6 +53,7 @@ export const UP_DEFAULTS: Readonly<UpConfig> = Object.freeze({
   deploy: [],
   logLevel: 'info',
   warmThreads: 2,
+  warmContainers: 1,
   nodeName: '',
   nodeMemoryMb: 0,
   nodeCpuMillis: 0,
@@ -72,6 +75,8 @@ export function resolveUpConfig(options: UpOptions = {}): UpConfig {
     throw new TideError('ERR_INVALID_ARGUMENT', `domain must be a DNS name like "localhost" or "fn.example.test" (got "${c.domain}")`);
   if (!Number.isInteger(c.drainMs) || c.drainMs < 0) throw new TideError('ERR_INVALID_ARGUMENT', `drainMs must be an integer ≥ 0 (got ${c.drainMs})`);
   if (!LEVELS.includes(c.logLevel)) throw new TideError('ERR_INVALID_ARGUMENT', `logLevel must be one of ${LEVELS.join(', ')} (got ${c.logLevel})`);
+  if (!Number.isInteger(c.warmContainers) || c.warmContainers < 0 || c.warmContainers > 16)
+    throw new TideError('ERR_INVALID_ARGUMENT', `warmContainers must be an integer from 0 to 16 (got ${c.warmContainers})`);
   if (!Number.isInteger(c.warmThreads) || c.warmThreads < 0 || c.warmThreads > 64)
     throw new TideError('ERR_INVALID_ARGUMENT', `warmThreads must be an integer from 0 to 64 (got ${c.warmThreads})`);
   for (const [name, v] of [

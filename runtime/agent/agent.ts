@@ -33,7 +33,10 @@ export interface AgentKeys {
 
 export interface AgentOptions {
   store: Store;
+  /** Runs revisions with sandbox `worker`. */
   driver: SandboxDriver;
+  /** Runs revisions with sandbox `container`; without it they fail to start, saying so. */
+  container?: SandboxDriver;
   keys: AgentKeys;
   /** This node: its name, what it offers, labels and taints. */
   node: NodeInfo;
@@ -183,6 +186,8 @@ export class NodeAgent {
   readonly #log: Logger;
   readonly #pending = new Set<Promise<unknown>>();
   readonly #statusDue = new Set<RevisionSet>();
+  /** Instances started by the container driver (the others are the worker driver's). */
+  readonly #containers = new WeakSet<Instance>();
   #informer: Informer | undefined;
   #retryTimer: NodeJS.Timeout | undefined;
   #closed = false;
@@ -372,7 +377,7 @@ export class NodeAgent {
     const log = this.#log.child({ revision: rev.name, instance: id });
     let instance: Instance;
     try {
-      instance = await this.#opts.driver.start({
+      instance = await this.#driverOf(rev).start({
         id,
         function: rev.function,
         revision: rev.name,
@@ -381,6 +386,7 @@ export class NodeAgent {
         env: { ...rev.env, ...rev.secrets },
         config: rev.config,
       });
+      if (rev.sandbox === 'container') this.#containers.add(instance);
     } catch (err) {
       set.starting.delete(id);
       if (set.stopped || this.#closed) return;
@@ -397,7 +403,7 @@ export class NodeAgent {
     set.starting.delete(id);
     if (set.stopped || this.#closed || set.ready.length + set.unready.size >= set.desired) {
       // Not wanted any more (stopped, or scaled down while it started).
-      await this.#opts.driver.stop(instance, { drain: false });
+      await this.#stopInstance(instance, { drain: false });
       if (!set.stopped) this.#reportStatus(set);
       return;
     }
@@ -477,9 +483,20 @@ export class NodeAgent {
       reason: 'probe',
       message: set.lastError,
     });
-    this.#track(this.#opts.driver.stop(slot.instance, { drain: true, drainMs: Math.min(2000, this.#opts.drainMs ?? 30_000) }));
+    this.#track(this.#stopInstance(slot.instance, { drain: true, drainMs: Math.min(2000, this.#opts.drainMs ?? 30_000) }));
     this.#reportStatus(set);
     this.#converge(set);
+  }
+
+  #driverOf(rev: RevisionRecord): SandboxDriver {
+    if (rev.sandbox !== 'container') return this.#opts.driver;
+    if (this.#opts.container) return this.#opts.container;
+    throw new TideError('ERR_SANDBOX_UNAVAILABLE', `${rev.name} needs the container sandbox, which this node does not offer`, { status: 503 });
+  }
+
+  #stopInstance(instance: Instance, options: { drain: boolean; drainMs?: number }): Promise<void> {
+    const driver = this.#containers.has(instance) ? this.#opts.container : this.#opts.driver;
+    return (driver ?? this.#opts.driver).stop(instance, options);
   }
 
   #becomeReady(set: RevisionSet): void {
@@ -495,7 +512,7 @@ export class NodeAgent {
     slot.status = { ...slot.status, phase: 'draining', since: new Date().toISOString() };
     set.draining.set(slot.status.id, slot);
     this.#reportStatus(set);
-    await this.#opts.driver.stop(slot.instance, { drain: true, drainMs: this.#opts.drainMs ?? 30_000 });
+    await this.#stopInstance(slot.instance, { drain: true, drainMs: this.#opts.drainMs ?? 30_000 });
     set.draining.delete(slot.status.id);
     this.#reportStatus(set);
   }
@@ -513,7 +530,7 @@ export class NodeAgent {
     this.#track(
       (async () => {
         await this.#opts.store.delete(this.#opts.keys.status(set.revision)).catch(() => {});
-        await Promise.all(slots.map((s) => this.#opts.driver.stop(s.instance, { drain: true, drainMs: this.#opts.drainMs ?? 30_000 })));
+        await Promise.all(slots.map((s) => this.#stopInstance(s.instance, { drain: true, drainMs: this.#opts.drainMs ?? 30_000 })));
       })(),
     );
   }
@@ -557,10 +574,11 @@ export class NodeAgent {
     await Promise.all(
       sets.flatMap((s) =>
         [...s.ready, ...s.unready.values(), ...s.draining.values()].map((slot) =>
-          this.#opts.driver.stop(slot.instance, { drain: true, drainMs: this.#opts.drainMs ?? 30_000 }),
+          this.#stopInstance(slot.instance, { drain: true, drainMs: this.#opts.drainMs ?? 30_000 }),
         ),
       ),
     );
     await this.#opts.driver.close?.();
+    await this.#opts.container?.close?.();
   }
 }

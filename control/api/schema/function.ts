@@ -13,8 +13,10 @@ export interface FunctionConfig {
   timeoutMs: number;
   /** Heap limit of each worker-thread instance (V8 old generation), in MiB; also what the scheduler reserves for it. Default 128; 16..16384. */
   memoryMb: number;
-  /** CPU the scheduler reserves for each instance, in millicores (1000 = one core). Default 100; 1..64000. */
+  /** CPU the scheduler reserves for each instance, in millicores (1000 = one core); a container's CPU weight. Default 100; 1..64000. */
   cpuMillis: number;
+  /** Most CPU a container instance may use (its cgroup quota), millicores; 0 = no limit. Default 1000; 0..64000. */
+  cpuLimitMillis: number;
   /** Largest request body accepted, in bytes; larger gets 413. Default 10 MiB; 0..1 GiB. */
   maxBodyBytes: number;
   /** How many instances run, and how many requests each takes at once (control/autoscaler/config.ts). */
@@ -31,6 +33,7 @@ export const FUNCTION_DEFAULTS: Readonly<FunctionConfig> = Object.freeze({
   timeoutMs: 30_000,
   memoryMb: 128,
   cpuMillis: 100,
+  cpuLimitMillis: 1000,
   maxBodyBytes: 10 * 1024 * 1024,
   scaling: SCALING_DEFAULTS,
   probes: Object.freeze({}),
@@ -41,6 +44,7 @@ const LIMITS: Record<NumericSetting, [number, number]> = {
   timeoutMs: [1, 3_600_000],
   memoryMb: [16, 16_384],
   cpuMillis: [1, 64_000],
+  cpuLimitMillis: [0, 64_000],
   maxBodyBytes: [0, 1024 * 1024 * 1024],
 };
 
@@ -82,6 +86,11 @@ export function resolveFunctionConfig(input: Partial<Record<keyof FunctionConfig
       throw new TideError('ERR_INVALID_ARGUMENT', `${field} must be an integer from ${min} to ${max} (got ${JSON.stringify(value)})`, { status: 400 });
     }
     out[field] = value;
+  }
+  if (out.cpuLimitMillis !== 0 && out.cpuLimitMillis < out.cpuMillis) {
+    throw new TideError('ERR_INVALID_ARGUMENT', `cpuLimitMillis must be 0 (no limit) or at least cpuMillis ${out.cpuMillis} (got ${out.cpuLimitMillis})`, {
+      status: 400,
+    });
   }
   return out;
 }
@@ -136,6 +145,14 @@ export function validateVariables(env: unknown, secrets: unknown): { env: Record
 
 export const DEFAULT_NAMESPACE = 'default';
 
+export type SandboxKind = 'worker' | 'container';
+
+export function validateSandbox(value: unknown): SandboxKind {
+  if (value === undefined || value === null) return 'worker';
+  if (value === 'worker' || value === 'container') return value;
+  throw new TideError('ERR_INVALID_ARGUMENT', `sandbox must be "worker" or "container" (got ${JSON.stringify(value)})`, { status: 400 });
+}
+
 /** Stored at /tide/functions/<namespace>/<name>. */
 export interface FunctionRecord {
   name: string;
@@ -158,6 +175,7 @@ export function parseRevision(json: string): RevisionRecord {
   r.config.probes ??= {};
   r.config.placement ??= checkPlacement(undefined);
   r.config.cpuMillis ??= FUNCTION_DEFAULTS.cpuMillis;
+  r.config.cpuLimitMillis ??= FUNCTION_DEFAULTS.cpuLimitMillis;
   if (r.config.scaling === undefined) {
     const { instances, concurrency, ...rest } = r.config;
     const n = instances ?? 1;
@@ -179,7 +197,8 @@ export interface RevisionRecord {
   templateHash: string;
   /** File the bundle was built from, as the deployer named it. */
   source: string;
-  sandbox: 'worker';
+  /** worker: a thread in Tide's process; container: a runc container (runtime/sandbox/container). */
+  sandbox: SandboxKind;
   env: Record<string, string>;
   secrets: Record<string, string>;
   config: FunctionConfig;

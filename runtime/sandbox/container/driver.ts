@@ -1,0 +1,713 @@
+/**
+ * The container sandbox driver: each Instance is a runc container running Tide's program
+ * (inside.ts) on the host's Node, reached over a Unix socket. What the container may see and
+ * use is in spec.ts; docs/container-sandbox.md says what is isolated and what is not.
+ *
+ * Files under /run/tide/<hash of the data dir> (not in the data dir: the container's root is
+ * host uid 100000, and it must be able to reach what is mounted; every folder on the way is
+ * traversable, every file readable only by whom it is for): `runc/` (runc's state root:
+ * everything there is Tide's), `rootfs/` (an empty skeleton of mount points, shared and
+ * read-only), `bin/` (Node and inside.ts, when their own paths are not reachable), and one
+ * folder per container: config.json, `fn/` (the bundle and its env, readable only by the
+ * container), `sock/` (the socket), stdout.log and stderr.log (tailed into the function's logs,
+ * capped in size).
+ *
+ * Pre-started containers: `warmContainers` generic containers are kept running with no
+ * function (TIDE_WAIT=1). A cold start with the default resources copies the bundle into one
+ * and asks it to load: no runc, no Node start on the request's path.
+ *
+ * A container that dies (OOM kill, crash) is replaced by a new one for the same instance and
+ * reported (`out-of-memory` is OOMKilled); in-flight requests fail with 5xx.
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import { access, chmod, chown, constants, copyFile, mkdir, open, readFile, rm, stat, truncate, writeFile } from 'node:fs/promises';
+import { Agent, type ClientRequest, request as httpRequest, type IncomingMessage } from 'node:http';
+import { dirname, join, resolve } from 'node:path';
+import { TideError } from '../../../lib/errors.ts';
+import { CTL, HOP_BY_HOP } from '../../../proxy/http/grammar.ts';
+import type { DispatchMeta, Instance, InstanceEvent, InstanceSpec, SandboxDriver, SandboxRequest, SandboxResponse } from '../driver.ts';
+import { findRunc, Runc } from './runc.ts';
+import { containerSpec, ID_BASE } from './spec.ts';
+
+const INSIDE = new URL('./inside.ts', import.meta.url).pathname;
+
+export interface LogRecord {
+  instance: string;
+  revision: string;
+  function: string;
+  level: 'info' | 'error';
+  message: string;
+}
+
+export interface ContainerDriverOptions {
+  /** The data directory this driver's containers belong to (their files go under `containersRoot`). */
+  dataDir: string;
+  /** Default /run/tide. */
+  containersRoot?: string;
+  onEvent?: (event: InstanceEvent) => void;
+  /** Each line the function prints. */
+  onLog?: (line: LogRecord) => void;
+  /** The Node binary mounted into containers. Default: the one running Tide. */
+  nodeBinary?: string;
+  /** Pre-started generic containers kept for cold starts. Default 1. */
+  warmContainers?: number;
+  /** How long a container may take to answer its first health check, ms. Default 10000. */
+  startTimeoutMs?: number;
+  /** After a request's timeout, how long before an unresponsive container is replaced, ms. Default 1000. */
+  killGraceMs?: number;
+  /** Processes a container may have. Default 256. */
+  pidsLimit?: number;
+  /** Size of a container's /tmp, MiB. Default 64. */
+  tmpMb?: number;
+  /** Bytes of stdout or stderr kept before the file is cut (after being read). Default 1 MiB. */
+  maxLogBytes?: number;
+}
+
+type Required2 = Required<Omit<ContainerDriverOptions, 'onEvent' | 'onLog' | 'containersRoot'>> & Pick<ContainerDriverOptions, 'onEvent' | 'onLog'>;
+
+/** The resources warm containers are made with (a function's defaults). */
+const WARM_RESOURCES = { memoryMb: 128, cpuMillis: 100, cpuLimitMillis: 1000 };
+
+type Resources = typeof WARM_RESOURCES;
+
+export class ContainerDriver implements SandboxDriver {
+  readonly kind = 'container' as const;
+  readonly #opts: Required2;
+  readonly #dir: string;
+  #runc: Runc | undefined;
+  #node = '';
+  #inside = '';
+  #ready: Promise<void> | undefined;
+  readonly #warm: Container[] = [];
+  #warming = 0;
+  #closed = false;
+
+  constructor(options: ContainerDriverOptions) {
+    this.#opts = {
+      nodeBinary: process.execPath,
+      warmContainers: 1,
+      startTimeoutMs: 10_000,
+      killGraceMs: 1000,
+      pidsLimit: 256,
+      tmpMb: 64,
+      maxLogBytes: 1024 * 1024,
+      ...options,
+    };
+    const hash = createHash('sha256').update(resolve(options.dataDir)).digest('hex').slice(0, 10);
+    this.#dir = join(options.containersRoot ?? '/run/tide', hash);
+  }
+
+  /** Finds runc, prepares the folders, removes what an earlier run left, starts the warm containers. */
+  init(): Promise<void> {
+    this.#ready ??= (async () => {
+      this.#runc = new Runc(await findRunc(), join(this.#dir, 'runc'));
+      await mkdir(join(this.#dir, 'runc'), { recursive: true, mode: 0o700 });
+      await chmod(dirname(this.#dir), 0o711);
+      await chmod(this.#dir, 0o711);
+      this.#node = await reachable(this.#opts.nodeBinary, join(this.#dir, 'bin', 'node'));
+      this.#inside = await reachable(INSIDE, join(this.#dir, 'bin', 'inside.ts'), true);
+      const rootfs = join(this.#dir, 'rootfs');
+      for (const d of ['usr', 'lib64', 'proc', 'dev', 'sys', 'tmp', 'etc', 'fn', 'run/tide', 'tide']) await mkdir(join(rootfs, d), { recursive: true });
+      for (const f of ['tide/node', 'tide/inside.ts', 'etc/hosts', 'etc/resolv.conf']) await writeFile(join(rootfs, f), '', { flag: 'a' });
+      await symlinks(rootfs);
+      await this.cleanOrphans();
+      this.#refill();
+    })();
+    return this.#ready;
+  }
+
+  /** Runs init (so orphans are removed and warm containers start) only if an earlier run used containers. */
+  async cleanupIfUsed(): Promise<void> {
+    const used = await stat(join(this.#dir, 'runc')).then(
+      () => true,
+      () => false,
+    );
+    if (used) await this.init();
+  }
+
+  /** Deletes every container under Tide's runc root and its folder (left by a crash or kill -9). */
+  async cleanOrphans(): Promise<string[]> {
+    const runc = this.#runc as Runc;
+    const found = await runc.list();
+    const live = new Set([...this.#warm.map((c) => c.id), ...Container.live.keys()]);
+    const orphans = found.filter((c) => !live.has(c.id));
+    for (const c of orphans) {
+      await runc.delete(c.id);
+      await rm(join(this.#dir, c.id), { recursive: true, force: true });
+    }
+    return orphans.map((c) => c.id);
+  }
+
+  async start(spec: InstanceSpec, signal?: AbortSignal): Promise<Instance> {
+    await this.init();
+    const instance = new ContainerInstance(spec, this);
+    try {
+      await instance.boot(signal);
+    } catch (err) {
+      await instance.destroy();
+      throw err;
+    }
+    return instance;
+  }
+
+  async stop(instance: Instance, options: { drain?: boolean; drainMs?: number } = {}): Promise<void> {
+    if (!(instance instanceof ContainerInstance)) throw new TypeError('not a container instance');
+    if (options.drain === false) return instance.destroy();
+    return instance.close(options.drainMs ?? 30_000);
+  }
+
+  async probe(instance: Instance): Promise<boolean> {
+    return instance instanceof ContainerInstance && (await instance.healthy());
+  }
+
+  /** Removes the warm containers; when no container of this driver is left, its folder too. */
+  async close(): Promise<void> {
+    this.#closed = true;
+    await Promise.all(this.#warm.splice(0).map((c) => c.remove()));
+    if (this.#runc && Container.live.size === 0 && (await this.#runc.list()).length === 0) {
+      await rm(this.#dir, { recursive: true, force: true });
+    }
+  }
+
+  /** @internal a container for `spec`: a warm one when the resources match, else a new one. */
+  async container(spec: InstanceSpec, signal?: AbortSignal): Promise<Container> {
+    const fits =
+      spec.config.memoryMb === WARM_RESOURCES.memoryMb &&
+      spec.config.cpuMillis === WARM_RESOURCES.cpuMillis &&
+      spec.config.cpuLimitMillis === WARM_RESOURCES.cpuLimitMillis;
+    const warm = fits ? this.#warm.shift() : undefined;
+    const c = warm ?? new Container(this, `${spec.id}-${randomBytes(2).toString('hex')}`, spec.config, false);
+    try {
+      if (warm) {
+        setTimeout(() => this.#refill(), 200).unref();
+        await warm.assign(spec, signal);
+      } else {
+        await c.create(spec, signal);
+      }
+    } catch (err) {
+      await c.remove();
+      throw err;
+    }
+    return c;
+  }
+
+  #refill(): void {
+    while (!this.#closed && this.#warm.length + this.#warming < this.#opts.warmContainers) {
+      this.#warming++;
+      const c = new Container(this, `warm-${randomBytes(4).toString('hex')}`, WARM_RESOURCES, true);
+      c.create(undefined).then(
+        () => {
+          this.#warming--;
+          if (this.#closed) void c.remove();
+          else this.#warm.push(c);
+        },
+        () => {
+          this.#warming--;
+          void c.remove();
+        },
+      );
+    }
+  }
+
+  /** @internal */
+  get opts(): Required2 {
+    return this.#opts;
+  }
+
+  /** @internal */
+  get dir(): string {
+    return this.#dir;
+  }
+
+  /** @internal the Node binary and inside.ts as containers can reach them. */
+  get binaries(): { node: string; inside: string } {
+    return { node: this.#node, inside: this.#inside };
+  }
+
+  /** @internal */
+  get runc(): Runc {
+    return this.#runc as Runc;
+  }
+}
+
+/** One runc container and its folder. */
+export class Container {
+  /** Containers this process runs, by id (for orphan cleanup and tests). */
+  static readonly live = new Map<string, Container>();
+  readonly id: string;
+  readonly dir: string;
+  readonly socket: string;
+  readonly #driver: ContainerDriver;
+  readonly #resources: Resources;
+  readonly #generic: boolean;
+  readonly agent = new Agent({ keepAlive: true, maxSockets: Number.POSITIVE_INFINITY });
+  pid = 0;
+  #tailer: NodeJS.Timeout | undefined;
+  #read = { stdout: 0, stderr: 0 };
+  #owner: InstanceSpec | undefined;
+  #removed = false;
+
+  constructor(driver: ContainerDriver, id: string, resources: Resources, generic: boolean) {
+    this.#driver = driver;
+    this.id = id;
+    this.dir = join(driver.dir, id);
+    this.socket = join(this.dir, 'sock', 'tide.sock');
+    this.#resources = resources;
+    this.#generic = generic;
+    if (this.socket.length > 100) {
+      throw new TideError('ERR_SANDBOX_START', `the socket path ${this.socket} is too long for a Unix socket (${this.socket.length} > 100)`, {
+        hint: 'use a shorter --data-dir',
+      });
+    }
+  }
+
+  /** Writes the folder and config, then `runc create` + `runc start`; resolves when it answers its health check. */
+  async create(spec: InstanceSpec | undefined, signal?: AbortSignal): Promise<void> {
+    const o = this.#driver.opts;
+    Container.live.set(this.id, this);
+    await mkdir(join(this.dir, 'fn'), { recursive: true, mode: 0o700 });
+    await mkdir(join(this.dir, 'sock'), { recursive: true, mode: 0o700 });
+    await chown(join(this.dir, 'sock'), ID_BASE, ID_BASE);
+    await chmod(this.dir, 0o711);
+    if (spec) await this.#writeFunction(spec);
+    const config = containerSpec({
+      rootfs: join(this.#driver.dir, 'rootfs'),
+      args: ['/tide/node', `--max-old-space-size=${Math.max(16, Math.floor(this.#resources.memoryMb * 0.75))}`, '/tide/inside.ts'],
+      env: ['PATH=/usr/local/bin:/usr/bin:/bin', 'HOME=/tmp', 'NODE_ENV=production', 'TIDE_SOCKET=/run/tide/tide.sock', ...(spec ? [] : ['TIDE_WAIT=1'])],
+      cwd: '/tmp',
+      hostname: spec ? spec.function : 'tide',
+      binds: [
+        { source: '/usr', destination: '/usr', readonly: true },
+        { source: '/lib64', destination: '/lib64', readonly: true },
+        { source: this.#driver.binaries.node, destination: '/tide/node', readonly: true, file: true },
+        { source: this.#driver.binaries.inside, destination: '/tide/inside.ts', readonly: true, file: true },
+        { source: join(this.dir, 'fn'), destination: '/fn', readonly: true },
+        { source: join(this.dir, 'sock'), destination: '/run/tide', readonly: false },
+      ],
+      memoryMb: this.#resources.memoryMb,
+      cpuMillis: this.#resources.cpuMillis,
+      cpuLimitMillis: this.#resources.cpuLimitMillis,
+      pidsLimit: o.pidsLimit,
+      tmpMb: o.tmpMb,
+      cgroupsPath: `/tide/${this.id}`,
+      idBase: ID_BASE,
+    });
+    await writeFile(join(this.dir, 'config.json'), JSON.stringify(config));
+    const out = await open(join(this.dir, 'stdout.log'), 'a', 0o600);
+    const err = await open(join(this.dir, 'stderr.log'), 'a', 0o600);
+    try {
+      await this.#driver.runc.create(this.id, this.dir, join(this.dir, 'pid'), out.fd, err.fd);
+    } finally {
+      await out.close();
+      await err.close();
+    }
+    this.pid = Number((await readFile(join(this.dir, 'pid'), 'utf8')).trim());
+    await this.#driver.runc.start(this.id);
+    this.#owner = spec;
+    this.#tailer = setInterval(() => void this.#tail(), 250);
+    this.#tailer.unref();
+    await this.#waitHealthy(signal);
+  }
+
+  /** Gives a pre-started container its function and has it load it. */
+  async assign(spec: InstanceSpec, signal?: AbortSignal): Promise<void> {
+    await this.#writeFunction(spec);
+    this.#owner = spec;
+    const r = await this.call('POST', '/.tide/load', signal);
+    if (r.status !== 200) throw new TideError('ERR_FUNCTION_INVALID', r.body.trim() || `loading failed (${r.status})`, { status: 422 });
+  }
+
+  async #writeFunction(spec: InstanceSpec): Promise<void> {
+    const fn = join(this.dir, 'fn');
+    await copyFile(spec.bundlePath, join(fn, 'bundle.mjs'));
+    await writeFile(join(fn, 'env.json'), JSON.stringify(spec.env), { mode: 0o400 });
+    for (const f of ['bundle.mjs', 'env.json']) {
+      await chown(join(fn, f), ID_BASE, ID_BASE);
+      await chmod(join(fn, f), 0o400);
+    }
+    await chown(fn, ID_BASE, ID_BASE);
+  }
+
+  async #waitHealthy(signal?: AbortSignal): Promise<void> {
+    const deadline = Date.now() + this.#driver.opts.startTimeoutMs;
+    let last = '';
+    while (Date.now() < deadline) {
+      signal?.throwIfAborted();
+      if (!this.alive()) break;
+      try {
+        const r = await this.call('GET', '/.tide/health');
+        // A pre-started container has no function yet: answering at all is ready.
+        if (r.status === 200 || this.#generic) return;
+        last = r.body.trim();
+      } catch (err) {
+        last = (err as Error).message;
+      }
+      await new Promise((r) => setTimeout(r, 2));
+    }
+    await this.#tail();
+    const log = (await readFile(join(this.dir, 'stderr.log'), 'utf8').catch(() => '')).trim().split('\n').slice(-3).join(' | ');
+    throw new TideError('ERR_FUNCTION_INVALID', `container ${this.id} did not become ready: ${log || last || 'it exited'}`, { status: 422 });
+  }
+
+  /** A small request to Tide's program inside (health, load). */
+  call(method: string, path: string, signal?: AbortSignal): Promise<{ status: number; body: string }> {
+    return new Promise((resolve, reject) => {
+      const req = httpRequest({ socketPath: this.socket, method, path, agent: this.agent, headers: { host: 'tide' }, signal }, (res) => {
+        let body = '';
+        res.setEncoding('utf8');
+        res.on('data', (d: string) => {
+          body += d;
+        });
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+        res.on('error', reject);
+      });
+      req.on('error', reject);
+      req.end();
+    });
+  }
+
+  alive(): boolean {
+    if (this.pid <= 0) return false;
+    try {
+      process.kill(this.pid, 0);
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  /** True when the container's memory cgroup recorded an OOM kill. */
+  async oomKilled(): Promise<boolean> {
+    for (const file of [`/sys/fs/cgroup/memory/tide/${this.id}/memory.oom_control`, `/sys/fs/cgroup/tide/${this.id}/memory.events`]) {
+      const text = await readFile(file, 'utf8').catch(() => '');
+      const m = /oom_kill (\d+)/.exec(text);
+      if (m && Number(m[1]) > 0) return true;
+    }
+    return false;
+  }
+
+  /** Moves new lines of stdout/stderr into the function's logs; cuts a file that grew past the cap. */
+  async #tail(): Promise<void> {
+    const owner = this.#owner;
+    for (const stream of ['stdout', 'stderr'] as const) {
+      const file = join(this.dir, `${stream}.log`);
+      const size = await stat(file).then(
+        (s) => s.size,
+        () => 0,
+      );
+      if (size < this.#read[stream]) this.#read[stream] = 0;
+      if (size === this.#read[stream]) continue;
+      const fh = await open(file, 'r').catch(() => undefined);
+      if (!fh) continue;
+      try {
+        const len = Math.min(size - this.#read[stream], 1024 * 1024);
+        const buf = Buffer.alloc(len);
+        await fh.read(buf, 0, len, this.#read[stream]);
+        const text = buf.toString('utf8');
+        const end = text.lastIndexOf('\n');
+        if (end === -1 && len < 64 * 1024) continue;
+        const complete = end === -1 ? text : text.slice(0, end);
+        this.#read[stream] += Buffer.byteLength(end === -1 ? text : text.slice(0, end + 1));
+        if (owner) {
+          for (const message of complete.split('\n')) {
+            if (message === '') continue;
+            this.#driver.opts.onLog?.({
+              instance: owner.id,
+              revision: owner.revision,
+              function: owner.function,
+              level: stream === 'stdout' ? 'info' : 'error',
+              message,
+            });
+          }
+        }
+      } finally {
+        await fh.close();
+      }
+      if (this.#read[stream] >= this.#driver.opts.maxLogBytes) {
+        await truncate(file, 0).catch(() => {});
+        this.#read[stream] = 0;
+      }
+    }
+  }
+
+  /** SIGTERM, wait up to `graceMs`, SIGKILL; then runc delete and the folder. */
+  async remove(graceMs = 0): Promise<void> {
+    if (this.#removed) return;
+    this.#removed = true;
+    clearInterval(this.#tailer);
+    const runc = this.#driver.runc;
+    if (graceMs > 0 && this.alive()) {
+      await runc.kill(this.id, 'TERM');
+      const deadline = Date.now() + graceMs;
+      while (this.alive() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+    }
+    await this.#tail().catch(() => {});
+    await runc.kill(this.id, 'KILL');
+    await runc.delete(this.id);
+    this.agent.destroy();
+    await rm(this.dir, { recursive: true, force: true });
+    Container.live.delete(this.id);
+  }
+}
+
+/** An instance: its current container (replaced when it dies) and the requests it serves. */
+export class ContainerInstance implements Instance {
+  readonly spec: InstanceSpec;
+  readonly #driver: ContainerDriver;
+  #container: Container | undefined;
+  #inflight = 0;
+  #closed = false;
+  #watch: NodeJS.Timeout | undefined;
+  #replacing: Promise<void> | undefined;
+  readonly #requests = new Set<ClientRequest>();
+
+  constructor(spec: InstanceSpec, driver: ContainerDriver) {
+    this.spec = spec;
+    this.#driver = driver;
+  }
+
+  get inflight(): number {
+    return this.#inflight;
+  }
+
+  /** The container now serving (tests look inside it). */
+  get container(): Container | undefined {
+    return this.#container;
+  }
+
+  async boot(signal?: AbortSignal): Promise<void> {
+    this.#container = await this.#driver.container(this.spec, signal);
+    this.#watch = setInterval(() => this.#check(), 100);
+    this.#watch.unref();
+  }
+
+  async healthy(): Promise<boolean> {
+    const c = this.#container;
+    if (!c || !c.alive()) return false;
+    return c.call('GET', '/.tide/health').then(
+      (r) => r.status === 200,
+      () => false,
+    );
+  }
+
+  /** Notices a container that died, reports why and starts another. */
+  #check(): void {
+    const c = this.#container;
+    if (this.#closed || !c || this.#replacing || c.alive()) return;
+    this.#replacing = (async () => {
+      const oom = await c.oomKilled();
+      const reason: InstanceEvent['reason'] = oom ? 'out-of-memory' : 'crashed';
+      const message = oom
+        ? `OOMKilled: the container went over its memory limit of ${this.spec.config.memoryMb} MiB; replaced`
+        : 'the container exited; replaced';
+      this.#emit(reason, message);
+      for (const r of this.#requests) r.destroy(new TideError(oom ? 'ERR_SANDBOX_OUT_OF_MEMORY' : 'ERR_SANDBOX_INSTANCE_REPLACED', message));
+      await c.remove();
+      if (this.#closed) return;
+      try {
+        this.#container = await this.#driver.container(this.spec);
+      } catch {
+        this.#container = undefined;
+      }
+    })().finally(() => {
+      this.#replacing = undefined;
+    });
+  }
+
+  #emit(reason: InstanceEvent['reason'], message: string): void {
+    this.#driver.opts.onEvent?.({ instance: this.spec.id, revision: this.spec.revision, function: this.spec.function, type: 'replaced', reason, message });
+  }
+
+  dispatch(req: SandboxRequest, res: SandboxResponse, meta: DispatchMeta): Promise<void> {
+    const c = this.#container;
+    if (this.#closed || !c) return Promise.reject(new TideError('ERR_SANDBOX_CLOSED', `instance ${this.spec.id} is stopping`, { status: 503 }));
+    this.#inflight++;
+    return new Promise<void>((resolve, reject) => this.#exchange(c, req, res, meta, resolve, reject)).finally(() => {
+      this.#inflight--;
+    });
+  }
+
+  #exchange(c: Container, req: SandboxRequest, res: SandboxResponse, meta: DispatchMeta, resolve: () => void, reject: (e: Error) => void): void {
+    const url = new URL(req.url);
+    const headers: Record<string, string | string[]> = {};
+    for (let i = 0; i + 1 < req.headers.length; i += 2) {
+      const name = (req.headers[i] as string).toLowerCase();
+      if (HOP_BY_HOP.has(name)) continue;
+      const prev = headers[name];
+      const value = req.headers[i + 1] as string;
+      headers[name] = prev === undefined ? value : Array.isArray(prev) ? [...prev, value] : [prev, value];
+    }
+    headers['x-request-id'] ??= meta.requestId;
+    headers['tide-scheme'] = meta.scheme;
+    const timeoutMs = this.spec.config.timeoutMs;
+    let settled = false;
+    const finish = (err?: TideError) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      this.#requests.delete(out);
+      if (err && !res.headersSent) reject(err);
+      else {
+        if (err) res.destroy(err);
+        resolve();
+      }
+    };
+    const out = httpRequest({ socketPath: c.socket, agent: c.agent, method: req.method, path: `${url.pathname}${url.search}`, headers }, (ires) =>
+      this.#respond(ires, req, res, finish),
+    );
+    this.#requests.add(out);
+    const timer = setTimeout(() => {
+      out.destroy();
+      finish(new TideError('ERR_SANDBOX_TIMEOUT', `the function did not answer within ${timeoutMs} ms`, { status: 504 }));
+      // A container that no longer answers at all (a loop) is replaced.
+      setTimeout(() => {
+        void this.healthy().then((ok) => {
+          if (!ok && this.#container === c && !this.#closed) {
+            this.#emit('timeout', `the container stopped answering after a request ran past ${timeoutMs} ms; replaced`);
+            process.kill(c.pid, 'SIGKILL');
+          }
+        });
+      }, this.#driver.opts.killGraceMs).unref();
+    }, timeoutMs);
+    out.on('error', (err: Error) => {
+      const e =
+        err instanceof TideError
+          ? err
+          : new TideError('ERR_SANDBOX_INSTANCE_REPLACED', `the function's container failed: ${err.message}`, { status: 502, cause: err });
+      finish(e);
+    });
+    res.onClose(() => {
+      out.destroy();
+      finish();
+    });
+    void this.#sendBody(req, out);
+  }
+
+  async #sendBody(req: SandboxRequest, out: ClientRequest): Promise<void> {
+    const body = req.body;
+    if (!body) {
+      out.end();
+      return;
+    }
+    try {
+      for (;;) {
+        const { value, done } = await body.next();
+        if (done) break;
+        if (!out.write(value)) await new Promise<void>((r) => out.once('drain', r));
+      }
+      out.end();
+    } catch (err) {
+      out.destroy(err as Error);
+    }
+  }
+
+  #respond(ires: IncomingMessage, req: SandboxRequest, res: SandboxResponse, finish: (err?: TideError) => void): void {
+    const code = ires.headers['tide-function-error'];
+    if (typeof code === 'string') {
+      let text = '';
+      ires.setEncoding('utf8');
+      ires.on('data', (d: string) => {
+        text += d;
+      });
+      ires.on('end', () =>
+        finish(
+          new TideError(
+            code === 'ERR_FUNCTION_THREW' ? 'ERR_FUNCTION_THREW' : code === 'ERR_FUNCTION_BAD_RESPONSE' ? 'ERR_FUNCTION_BAD_RESPONSE' : 'ERR_INTERNAL',
+            text.trim(),
+            {
+              status: ires.statusCode ?? 500,
+            },
+          ),
+        ),
+      );
+      return;
+    }
+    const flat: string[] = [];
+    for (let i = 0; i + 1 < ires.rawHeaders.length; i += 2) {
+      const name = ires.rawHeaders[i] as string;
+      if (HOP_BY_HOP.has(name.toLowerCase()) || CTL.test(ires.rawHeaders[i + 1] as string)) continue;
+      flat.push(name, ires.rawHeaders[i + 1] as string);
+    }
+    try {
+      res.writeHead(ires.statusCode ?? 502, flat);
+    } catch (err) {
+      ires.destroy();
+      finish(new TideError('ERR_FUNCTION_BAD_RESPONSE', `the function's response cannot be sent: ${(err as Error).message}`, { status: 502 }));
+      return;
+    }
+    if (req.method === 'HEAD') {
+      ires.resume();
+      res.end();
+      finish();
+      return;
+    }
+    ires.on('data', (chunk: Buffer) => {
+      if (!res.write(chunk)) {
+        ires.pause();
+        res.onDrain(() => ires.resume());
+      }
+    });
+    ires.on('end', () => {
+      res.end();
+      finish();
+    });
+    ires.on('error', () => finish(new TideError('ERR_SANDBOX_INSTANCE_REPLACED', 'the response from the container was cut off', { status: 502 })));
+  }
+
+  /** Stops taking requests, lets in-flight ones finish (up to drainMs), then stops the container. */
+  async close(drainMs: number): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    clearInterval(this.#watch);
+    const deadline = Date.now() + drainMs;
+    while (this.#inflight > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    await this.#replacing;
+    await this.#container?.remove(Math.max(100, deadline - Date.now()));
+  }
+
+  async destroy(): Promise<void> {
+    this.#closed = true;
+    clearInterval(this.#watch);
+    await this.#replacing;
+    await this.#container?.remove(0);
+  }
+}
+
+/**
+ * `file` itself when the container's root (an unprivileged uid on the host) can reach it
+ * through every folder on its path, else a copy at `copy` (made once, kept while unchanged).
+ */
+async function reachable(file: string, copy: string, always = false): Promise<string> {
+  let ok = !always;
+  for (let d = dirname(file); ok; d = dirname(d)) {
+    ok = ((await stat(d)).mode & 0o001) !== 0;
+    if (d === dirname(d)) break;
+  }
+  if (ok && ((await stat(file)).mode & 0o004) !== 0) return file;
+  const [src, dst] = await Promise.all([stat(file), stat(copy).catch(() => undefined)]);
+  if (!dst || dst.size !== src.size || dst.mtimeMs < src.mtimeMs) {
+    await mkdir(dirname(copy), { recursive: true, mode: 0o711 });
+    await copyFile(file, `${copy}.tmp`);
+    await chmod(`${copy}.tmp`, 0o555);
+    const { rename } = await import('node:fs/promises');
+    await rename(`${copy}.tmp`, copy);
+  }
+  await access(copy, constants.R_OK);
+  return copy;
+}
+
+/** The merged-/usr symlinks a Debian root has (bin → usr/bin, lib → usr/lib, sbin → usr/sbin). */
+async function symlinks(rootfs: string): Promise<void> {
+  const { symlink, lstat } = await import('node:fs/promises');
+  for (const [name, target] of [
+    ['bin', 'usr/bin'],
+    ['lib', 'usr/lib'],
+    ['sbin', 'usr/sbin'],
+  ] as const) {
+    const exists = await lstat(join(rootfs, name)).then(
+      () => true,
+      () => false,
+    );
+    if (!exists) await symlink(target, join(rootfs, name));
+  }
+}

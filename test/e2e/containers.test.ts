@@ -1,0 +1,125 @@
+/**
+ * The container sandbox through a real `tide up` and real runc: a function served from a
+ * container, and each isolation point checked from inside it.
+ */
+import { existsSync, readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { eventually, FIXTURES, http, ROOT, startTide, stopTide, type TideProcess, tide } from '../helpers/tide.ts';
+
+let t: TideProcess;
+const INSPECT = join(FIXTURES, 'functions', 'inspect.ts');
+const get = (fn: string, path = '/', timeoutMs = 20_000) => http(t.gatewayPort, `${fn}.localhost`, path, { timeoutMs });
+const json = async (fn: string, path: string) => JSON.parse((await get(fn, path)).text) as Record<string, unknown>;
+
+beforeAll(async () => {
+  t = await startTide();
+  const r = await tide(['deploy', INSPECT, '--sandbox', 'container', '--memory', '128', '--min-scale', '1'], { dataDir: t.dataDir });
+  expect(r.code, r.stderr).toBe(0);
+}, 60_000);
+
+afterAll(async () => {
+  await stopTide(t);
+});
+
+describe('a function in a container', () => {
+  it('serves the hello example through the gateway', async () => {
+    const r = await tide(['deploy', join(ROOT, 'examples/hello.ts'), '--sandbox', 'container'], { dataDir: t.dataDir });
+    expect(r.code, r.stderr).toBe(0);
+    const res = await get('hello', '/');
+    expect(res.status).toBe(200);
+    expect(res.text).toBe('Hello from Tide\n');
+  });
+
+  it('runs in its own pid, uts, network and user namespaces, with no capabilities, no-new-privileges and seccomp', async () => {
+    const w = await json('inspect', '/whoami');
+    expect(w.uid).toBe(0);
+    expect(w.uidMap).toEqual(['0', '100000', '65536']); // root inside is uid 100000 outside
+    expect(w.hostname).toBe('inspect');
+    expect((w.pids as string[]).length).toBeLessThanOrEqual(3); // cannot see host processes
+    expect(w.capEff).toBe('0000000000000000');
+    expect(w.noNewPrivs).toBe('1');
+    expect(w.seccomp).toBe('2');
+    expect(w.interfaces).toEqual(['lo']);
+  });
+
+  it('cannot open a network connection out, nor reach the host', async () => {
+    const n = await json('inspect', `/net?port=${t.gatewayPort}`);
+    expect(n.outside).toBe('ENETUNREACH');
+    expect(n.hostLoopback).toBe('ECONNREFUSED'); // its loopback is its own
+  });
+
+  it('cannot write its root filesystem; /tmp is writable and size-limited; /proc is masked; unshare is refused', async () => {
+    const f = await json('inspect', '/fs');
+    expect(f.root).toBe('EROFS');
+    expect(f.usr).toBe('EROFS');
+    expect(f.tmp).toBe('ok');
+    expect(f.tmpFull).toBe('ENOSPC');
+    expect(f.kcore).not.toBe('ok');
+    expect(f.sysrq).not.toBe('ok');
+    expect(f.unshare).not.toBe('ok');
+  });
+
+  it('contains a fork bomb at its pids limit', async () => {
+    const b = await json('inspect', '/forkbomb');
+    expect(b.started).toBeGreaterThan(0);
+    expect(b.started).toBeLessThan(256);
+    expect(b.refused).toBe('EAGAIN');
+    expect((await get('inspect', '/')).status).toBe(200);
+  });
+
+  it('is killed at its memory limit, reported as OOMKilled, and replaced', async () => {
+    const r = await get('inspect', '/oom');
+    expect(r.status).toBeGreaterThanOrEqual(500);
+    await eventually(async () => ((await get('inspect', '/')).status === 200 ? true : undefined), 20_000);
+    const logs = await eventually(async () => {
+      const l = await tide(['logs', 'inspect'], { dataDir: t.dataDir });
+      return /OOMKilled/.test(l.stdout) ? l.stdout : undefined;
+    });
+    expect(logs).toMatch(/instance replaced \(out-of-memory\): OOMKilled: the container went over its memory limit of 128 MiB/);
+  }, 40_000);
+
+  it("keeps the function's stdout and stderr in tide logs", async () => {
+    await get('inspect', '/log?n=42');
+    const logs = await eventually(async () => {
+      const l = await tide(['logs', 'inspect'], { dataDir: t.dataDir });
+      return l.stdout.includes('line for stdout 42') ? l.stdout : undefined;
+    });
+    expect(logs).toMatch(/INFO\s+line for stdout 42/);
+    expect(logs).toMatch(/ERROR\s+line for stderr/);
+  });
+});
+
+describe('container clean-up', () => {
+  it('leaves no container, folder or cgroup after a kill -9 of Tide and a restart, nor after a clean stop', async () => {
+    const { createHash } = await import('node:crypto');
+    const { execFileSync } = await import('node:child_process');
+    const dir = join('/run/tide', createHash('sha256').update(t.dataDir).digest('hex').slice(0, 10));
+    const containers = () =>
+      ((JSON.parse(execFileSync('runc', ['--root', join(dir, 'runc'), 'list', '--format', 'json'], { encoding: 'utf8' })) ?? []) as { id: string }[])
+        .map((c) => c.id)
+        .sort();
+    const folders = () =>
+      readdirSync(dir)
+        .filter((f) => !['runc', 'rootfs', 'bin'].includes(f))
+        .sort();
+    const cgroups = () => (existsSync('/sys/fs/cgroup/memory/tide') ? readdirSync('/sys/fs/cgroup/memory/tide').filter((d) => !d.includes('.')) : []);
+    const before = containers();
+    expect(before.length).toBeGreaterThanOrEqual(2);
+    t.child.kill('SIGKILL');
+    await t.exited;
+    const dataDir = t.dataDir;
+    t = await startTide({ dataDir });
+    // The restarted Tide removed the killed one's containers, and runs its own again.
+    await eventually(async () => ((await get('inspect', '/')).status === 200 ? true : undefined), 20_000);
+    await eventually(async () => (containers().length >= 2 ? true : undefined));
+    const after = containers();
+    for (const id of before) expect(after).not.toContain(id);
+    expect(folders()).toEqual(after); // a folder only for each live container
+    for (const id of before) expect(cgroups()).not.toContain(id);
+    await stopTide(t);
+    expect(existsSync(dir)).toBe(false); // a clean stop leaves nothing
+    for (const id of after) expect(cgroups()).not.toContain(id);
+    t = await startTide({ dataDir });
+  }, 60_000);
+});
