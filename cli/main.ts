@@ -257,7 +257,12 @@ export function program(): Command {
     .option('--access-log <where>', 'access log: a file, "-" for stdout, or "off" (default <data-dir>/access.log)')
     .option('--drain <duration>', 'how long shutdown waits for in-flight requests', '30s')
     .option('--warm-threads <n>', 'worker threads kept started so a cold start only loads the function (0 = none)', integer('--warm-threads', 0, 64), 2)
-    .option('--warm-containers <n>', 'containers kept started for cold starts once the container sandbox is used (0 = none)', integer('--warm-containers', 0, 16), 1)
+    .option(
+      '--warm-containers <n>',
+      'containers kept started for cold starts once the container sandbox is used (0 = none)',
+      integer('--warm-containers', 0, 16),
+      1,
+    )
     .option('--node-name <name>', "this node's name for the scheduler (default: the host name)")
     .option('--node-memory <MiB>', 'memory the scheduler may place here (default: all of the machine)', integer('--node-memory', 1, 16_777_216))
     .option('--node-cpu <millicores>', 'CPU the scheduler may place here (default: 1000 per core)', integer('--node-cpu', 1, 16_000_000))
@@ -343,7 +348,9 @@ export function program(): Command {
       .option('--timeout <duration>', 'longest a request may run (default 30s)')
       .option('--memory <MiB>', 'heap limit per instance in MiB, also reserved on its node (default 128)', integer('--memory', 16, 16384))
       .option('--cpu <millicores>', 'CPU reserved per instance on its node, e.g. 250 or 250m (default 100)', millicores)
-      .option('--cpu-limit <millicores>', 'most CPU a container instance may use, 0 = no limit (default 1000)', (v: string) => (v.trim() === '0' ? 0 : millicores(v)))
+      .option('--cpu-limit <millicores>', 'most CPU a container instance may use, 0 = no limit (default 1000)', (v: string) =>
+        v.trim() === '0' ? 0 : millicores(v),
+      )
       .option('--node-selector <KEY=VALUE>', 'run only on nodes with this label (repeatable)', keyValues('--node-selector'))
       .option('--toleration <KEY[=VALUE]>', 'may run on nodes with this taint (repeatable)', (v: string, prev: string[] = []) => [...prev, v])
       .option('--affinity <function>', 'prefer nodes running this function (repeatable)', (v: string, prev: string[] = []) => [...prev, v])

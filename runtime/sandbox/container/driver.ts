@@ -483,7 +483,7 @@ export class ContainerInstance implements Instance {
 
   async healthy(): Promise<boolean> {
     const c = this.#container;
-    if (!c || !c.alive()) return false;
+    if (!c?.alive()) return false;
     return c.call('GET', '/.tide/health').then(
       (r) => r.status === 200,
       () => false,
