@@ -7,7 +7,10 @@
  *  - worker: Tide as shipped (warm generic threads: a cold start loads the function into one);
  *  - worker_no_warm_pool: the same Tide with `--warm-threads 0` (a cold start starts a thread);
  *  - fresh_thread: the floor of the second one, measured here: `new Worker` to its first reply;
- *  - warm_request: the same request once the instance is up (the path without the cold start).
+ *  - warm_request: the same request once the instance is up (the path without the cold start);
+ *  - container: the same function with `--sandbox container` in the first Tide (a pre-started
+ *    container is given the function), container_no_warm_pool in the second (`--warm-containers
+ *    0`: runc create, runc start, Node's start, then the function).
  * Between cycles each function scales back to zero by itself (6 s stable window, no grace).
  *
  * JSON: worker.p50_ms, worker.p99_ms, container.p50_ms, container.p99_ms (null until the
@@ -73,11 +76,11 @@ async function untilZero(t: TideUp, fn: string): Promise<void> {
 }
 
 /** A cold request: opens the connection first (a 404 for an unknown host), then asks the function. */
-async function cold(t: TideUp, agent: Agent): Promise<{ cold: number; warm: number }> {
+async function cold(t: TideUp, agent: Agent, fn = 'hello'): Promise<{ cold: number; warm: number }> {
   await timedGet(agent, t.port, 'nobody.localhost');
-  const c = await timedGet(agent, t.port, 'hello.localhost');
-  if (c.status !== 200 || !c.body.startsWith('Hello from Tide')) throw new Error(`cold request answered ${c.status}: ${c.body}`);
-  const w = await timedGet(agent, t.port, 'hello.localhost');
+  const c = await timedGet(agent, t.port, `${fn}.localhost`);
+  if (c.status !== 200 || !c.body.startsWith('Hello from Tide')) throw new Error(`cold request to ${fn} answered ${c.status}: ${c.body}`);
+  const w = await timedGet(agent, t.port, `${fn}.localhost`);
   return { cold: c.ms, warm: w.ms };
 }
 
@@ -110,27 +113,44 @@ export async function run({ jsonFile }: { jsonFile?: string }): Promise<void> {
     '--scaling',
     'tickMs=250',
   ];
+  const containerFlags = deployFlags.map((f) => (f === 'hello' ? 'chello' : f)).concat(['--sandbox', 'container']);
   let warm: TideUp | undefined;
   let bare: TideUp | undefined;
   try {
     warm = await startTideUp(k);
-    bare = await startTideUp(k, ['--warm-threads', '0']);
+    bare = await startTideUp(k, ['--warm-threads', '0', '--warm-containers', '0']);
     await warm.cli(deployFlags);
     await bare.cli(deployFlags);
+    await warm.cli(containerFlags);
+    await bare.cli(containerFlags);
     process.stdout.write(`coldstart: ${N} cycles per series, pinning ${k.pin ? 'tide on cpu1, client on cpu0' : 'off'}\n`);
-    const series = { worker: [] as number[], worker_no_warm_pool: [] as number[], fresh_thread: [] as number[], warm_request: [] as number[] };
+    const series = {
+      worker: [] as number[],
+      worker_no_warm_pool: [] as number[],
+      fresh_thread: [] as number[],
+      warm_request: [] as number[],
+      container: [] as number[],
+      container_no_warm_pool: [] as number[],
+      container_warm_request: [] as number[],
+    };
     const agents = [new Agent({ keepAlive: true, maxSockets: 1 }), new Agent({ keepAlive: true, maxSockets: 1 })];
     for (let i = 0; i < N; i++) {
-      await Promise.all([untilZero(warm, 'hello'), untilZero(bare, 'hello')]);
-      await new Promise((r) => setTimeout(r, 300)); // the warm pool refills after each start
+      await Promise.all([untilZero(warm, 'hello'), untilZero(bare, 'hello'), untilZero(warm, 'chello'), untilZero(bare, 'chello')]);
+      await new Promise((r) => setTimeout(r, 300)); // the warm pools refill after each start
       const a = await cold(warm, agents[0] as Agent);
       const b = await cold(bare, agents[1] as Agent);
+      await new Promise((r) => setTimeout(r, 300));
+      const c = await cold(warm, agents[0] as Agent, 'chello');
+      const d = await cold(bare, agents[1] as Agent, 'chello');
       series.worker.push(a.cold);
       series.warm_request.push(a.warm);
       series.worker_no_warm_pool.push(b.cold);
+      series.container.push(c.cold);
+      series.container_warm_request.push(c.warm);
+      series.container_no_warm_pool.push(d.cold);
       series.fresh_thread.push(await freshThread());
       process.stdout.write(
-        `  cycle ${i + 1}: warm pool ${a.cold.toFixed(2)} ms, no warm pool ${b.cold.toFixed(2)} ms, fresh thread ${series.fresh_thread.at(-1)?.toFixed(2)} ms, warm request ${a.warm.toFixed(2)} ms\n`,
+        `  cycle ${i + 1}: worker ${a.cold.toFixed(2)} ms (no warm pool ${b.cold.toFixed(2)}), container ${c.cold.toFixed(2)} ms (no warm pool ${d.cold.toFixed(2)}), fresh thread ${series.fresh_thread.at(-1)?.toFixed(2)} ms, warm request ${a.warm.toFixed(2)} / ${c.warm.toFixed(2)} ms\n`,
       );
     }
     for (const a of agents) a.destroy();
@@ -143,15 +163,20 @@ export async function run({ jsonFile }: { jsonFile?: string }): Promise<void> {
     const ratios = {
       worker_vs_no_warm_pool_p50: Math.round((results.worker.p50_ms / results.worker_no_warm_pool.p50_ms) * 1000) / 1000,
       worker_vs_fresh_thread_p50: Math.round((results.worker.p50_ms / results.fresh_thread.p50_ms) * 1000) / 1000,
+      container_vs_no_warm_pool_p50: Math.round((results.container.p50_ms / results.container_no_warm_pool.p50_ms) * 1000) / 1000,
     };
-    process.stdout.write(`\nratios: ${JSON.stringify(ratios)}\ntarget: worker p50 ≤ 5 ms → ${results.worker.p50_ms <= 5 ? 'met' : 'missed'}\n`);
+    process.stdout.write(
+      `\nratios: ${JSON.stringify(ratios)}\ntargets: worker p50 ≤ 5 ms → ${results.worker.p50_ms <= 5 ? 'met' : 'missed'}; container p50 ≤ 60 ms → ${results.container.p50_ms <= 60 ? 'met' : 'missed'}\n`,
+    );
     writeReport(jsonFile, {
       benchmark: 'coldstart',
       worker: results.worker,
       worker_no_warm_pool: results.worker_no_warm_pool,
       fresh_thread: results.fresh_thread,
       warm_request: results.warm_request,
-      container: { p50_ms: null, p99_ms: null, note: 'the container sandbox is not built yet' },
+      container: results.container,
+      container_no_warm_pool: results.container_no_warm_pool,
+      container_warm_request: results.container_warm_request,
       ratios,
       targets: { worker_p50_ms: 5, container_p50_ms: 60 },
       versions: versions(),

@@ -55,6 +55,8 @@ export interface H1PoolOptions {
   connectTimeoutMs: number;
   idleMs?: number;
   maxResponseHeadBytes?: number;
+  /** Connect to this Unix socket instead of host:port (a container's socket). */
+  socketPath?: string;
 }
 
 const CRLF2 = Buffer.from('\r\n\r\n');
@@ -80,7 +82,7 @@ export class H1Pool {
   constructor(host: string, port: number, opts: H1PoolOptions) {
     this.#host = host;
     this.#port = port;
-    this.#opts = { idleMs: 4000, maxResponseHeadBytes: 64 * 1024, ...opts };
+    this.#opts = { idleMs: 4000, maxResponseHeadBytes: 64 * 1024, socketPath: '', ...opts };
     this.#sweeper = setInterval(() => this.#sweep(), 1000);
     this.#sweeper.unref();
   }
@@ -119,7 +121,7 @@ export class H1Pool {
   }
 
   #open(): Conn {
-    const socket = connect({ host: this.#host, port: this.#port, noDelay: true });
+    const socket = this.#opts.socketPath ? connect({ path: this.#opts.socketPath }) : connect({ host: this.#host, port: this.#port, noDelay: true });
     const conn = new Conn(socket, this, this.#opts);
     this.#all.add(conn);
     return conn;

@@ -188,6 +188,7 @@ export class NodeAgent {
   readonly #statusDue = new Set<RevisionSet>();
   /** Instances started by the container driver (the others are the worker driver's). */
   readonly #containers = new WeakSet<Instance>();
+  #containersPrepared = false;
   #informer: Informer | undefined;
   #retryTimer: NodeJS.Timeout | undefined;
   #closed = false;
@@ -255,6 +256,10 @@ export class NodeAgent {
       const fn = JSON.parse(kv.value) as FunctionRecord;
       const rev = revisions.get(fn.servingRevision);
       if (rev) desired.set(rev.name, rev);
+    }
+    if (!this.#containersPrepared && [...desired.values()].some((r) => r.sandbox === 'container')) {
+      this.#containersPrepared = true;
+      this.#opts.container?.prepare?.().catch((err: unknown) => this.#log.error({ err: errorMessage(err) }, 'the container sandbox is not available'));
     }
     for (const [name, rev] of desired) {
       const placement = placements.get(name);

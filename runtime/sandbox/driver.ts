@@ -93,6 +93,8 @@ export interface SandboxDriver {
   stop(instance: Instance, options?: { drain?: boolean; drainMs?: number }): Promise<void>;
   /** True when the instance answers a health check. */
   probe(instance: Instance): Promise<boolean>;
+  /** Gets ready to start instances soon (pre-starts sandboxes); called when a revision of this kind is wanted. */
+  prepare?(): Promise<void>;
   /** Releases what the driver holds besides instances (pre-started sandboxes). */
   close?(): Promise<void>;
 }

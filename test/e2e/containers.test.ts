@@ -31,6 +31,31 @@ describe('a function in a container', () => {
     expect(res.text).toBe('Hello from Tide\n');
   });
 
+  it('streams request and response bodies both ways, and reports a function that throws as 500', async () => {
+    const r = await tide(['deploy', join(FIXTURES, 'functions', 'stream.ts'), '--name', 'cstream', '--sandbox', 'container'], { dataDir: t.dataDir });
+    expect(r.code, r.stderr).toBe(0);
+    const chunk = Buffer.alloc(64 * 1024, 7);
+    async function* body() {
+      for (let i = 0; i < 8; i++) yield chunk;
+    }
+    const posted = await http(t.gatewayPort, 'cstream.localhost', '/', { method: 'POST', body: body(), headers: { 'transfer-encoding': 'chunked' } });
+    const { createHash } = await import('node:crypto');
+    const want = createHash('sha256');
+    for (let i = 0; i < 8; i++) want.update(chunk);
+    expect(JSON.parse(posted.text)).toMatchObject({ length: 8 * 64 * 1024, sha256: want.digest('hex') });
+    const chunks = await http(t.gatewayPort, 'cstream.localhost', '/chunks?n=3&ms=50');
+    expect(chunks.text.trim().split('\n')).toHaveLength(3);
+    expect(chunks.headers['content-length']).toBeUndefined(); // streamed
+    const big = await http(t.gatewayPort, 'cstream.localhost', '/big?mb=8');
+    expect(big.body.length).toBe(8 * 1024 * 1024);
+    const thrown = await tide(['deploy', join(FIXTURES, 'functions', 'faults.ts'), '--name', 'cfaults', '--sandbox', 'container'], { dataDir: t.dataDir });
+    expect(thrown.code, thrown.stderr).toBe(0);
+    const err = await http(t.gatewayPort, 'cfaults.localhost', '/throw');
+    expect(err.status).toBe(500);
+    expect(err.headers['tide-proxy-error']).toBe('ERR_FUNCTION_THREW');
+    expect(err.text).toMatch(/boom from the function/);
+  });
+
   it('runs in its own pid, uts, network and user namespaces, with no capabilities, no-new-privileges and seccomp', async () => {
     const w = await json('inspect', '/whoami');
     expect(w.uid).toBe(0);

@@ -21,10 +21,12 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { access, chmod, chown, constants, copyFile, mkdir, open, readFile, rm, stat, truncate, writeFile } from 'node:fs/promises';
-import { Agent, type ClientRequest, request as httpRequest, type IncomingMessage } from 'node:http';
+import { Agent, request as httpRequest } from 'node:http';
 import { dirname, join, resolve } from 'node:path';
+import { Readable } from 'node:stream';
 import { TideError } from '../../../lib/errors.ts';
 import { CTL, HOP_BY_HOP } from '../../../proxy/http/grammar.ts';
+import { H1Pool, type PoolController, type PoolHandler } from '../../../proxy/upstream/h1pool.ts';
 import type { DispatchMeta, Instance, InstanceEvent, InstanceSpec, SandboxDriver, SandboxRequest, SandboxResponse } from '../driver.ts';
 import { findRunc, Runc } from './runc.ts';
 import { containerSpec, ID_BASE } from './spec.ts';
@@ -114,6 +116,10 @@ export class ContainerDriver implements SandboxDriver {
       this.#refill();
     })();
     return this.#ready;
+  }
+
+  prepare(): Promise<void> {
+    return this.init();
   }
 
   /** Runs init (so orphans are removed and warm containers start) only if an earlier run used containers. */
@@ -241,6 +247,8 @@ export class Container {
   readonly #resources: Resources;
   readonly #generic: boolean;
   readonly agent = new Agent({ keepAlive: true, maxSockets: Number.POSITIVE_INFINITY });
+  /** The request path: Tide's own HTTP/1.1 pool over the container's socket. */
+  readonly pool: H1Pool;
   pid = 0;
   #tailer: NodeJS.Timeout | undefined;
   #read = { stdout: 0, stderr: 0 };
@@ -254,6 +262,7 @@ export class Container {
     this.socket = join(this.dir, 'sock', 'tide.sock');
     this.#resources = resources;
     this.#generic = generic;
+    this.pool = new H1Pool('localhost', 0, { connections: 1024, connectTimeoutMs: 5000, socketPath: this.socket, idleMs: 60_000 });
     if (this.socket.length > 100) {
       throw new TideError('ERR_SANDBOX_START', `the socket path ${this.socket} is too long for a Unix socket (${this.socket.length} > 100)`, {
         hint: 'use a shorter --data-dir',
@@ -445,6 +454,7 @@ export class Container {
     await runc.kill(this.id, 'KILL');
     await runc.delete(this.id);
     this.agent.destroy();
+    await this.pool.destroy();
     await rm(this.dir, { recursive: true, force: true });
     Container.live.delete(this.id);
   }
@@ -459,7 +469,7 @@ export class ContainerInstance implements Instance {
   #closed = false;
   #watch: NodeJS.Timeout | undefined;
   #replacing: Promise<void> | undefined;
-  readonly #requests = new Set<ClientRequest>();
+  readonly #exchanges = new Set<ContainerExchange>();
 
   constructor(spec: InstanceSpec, driver: ContainerDriver) {
     this.spec = spec;
@@ -501,7 +511,8 @@ export class ContainerInstance implements Instance {
         ? `OOMKilled: the container went over its memory limit of ${this.spec.config.memoryMb} MiB; replaced`
         : 'the container exited; replaced';
       this.#emit(reason, message);
-      for (const r of this.#requests) r.destroy(new TideError(oom ? 'ERR_SANDBOX_OUT_OF_MEMORY' : 'ERR_SANDBOX_INSTANCE_REPLACED', message));
+      const error = new TideError(oom ? 'ERR_SANDBOX_OUT_OF_MEMORY' : 'ERR_SANDBOX_INSTANCE_REPLACED', message, { status: oom ? 500 : 503 });
+      for (const x of this.#exchanges) x.fail(error);
       await c.remove();
       if (this.#closed) return;
       try {
@@ -529,36 +540,21 @@ export class ContainerInstance implements Instance {
 
   #exchange(c: Container, req: SandboxRequest, res: SandboxResponse, meta: DispatchMeta, resolve: () => void, reject: (e: Error) => void): void {
     const url = new URL(req.url);
-    const headers: Record<string, string | string[]> = {};
+    const headers: string[] = [];
+    let hasId = false;
     for (let i = 0; i + 1 < req.headers.length; i += 2) {
-      const name = (req.headers[i] as string).toLowerCase();
-      if (HOP_BY_HOP.has(name)) continue;
-      const prev = headers[name];
-      const value = req.headers[i + 1] as string;
-      headers[name] = prev === undefined ? value : Array.isArray(prev) ? [...prev, value] : [prev, value];
+      const name = req.headers[i] as string;
+      const lower = name.toLowerCase();
+      if (HOP_BY_HOP.has(lower) || lower === 'tide-scheme' || lower === 'content-length') continue;
+      if (lower === 'x-request-id') hasId = true;
+      headers.push(name, req.headers[i + 1] as string);
     }
-    headers['x-request-id'] ??= meta.requestId;
-    headers['tide-scheme'] = meta.scheme;
+    if (!hasId) headers.push('x-request-id', meta.requestId);
+    headers.push('tide-scheme', meta.scheme);
     const timeoutMs = this.spec.config.timeoutMs;
-    let settled = false;
-    const finish = (err?: TideError) => {
-      if (settled) return;
-      settled = true;
-      clearTimeout(timer);
-      this.#requests.delete(out);
-      if (err && !res.headersSent) reject(err);
-      else {
-        if (err) res.destroy(err);
-        resolve();
-      }
-    };
-    const out = httpRequest({ socketPath: c.socket, agent: c.agent, method: req.method, path: `${url.pathname}${url.search}`, headers }, (ires) =>
-      this.#respond(ires, req, res, finish),
-    );
-    this.#requests.add(out);
+    const exchange = new ContainerExchange(req, res, resolve, reject);
     const timer = setTimeout(() => {
-      out.destroy();
-      finish(new TideError('ERR_SANDBOX_TIMEOUT', `the function did not answer within ${timeoutMs} ms`, { status: 504 }));
+      exchange.fail(new TideError('ERR_SANDBOX_TIMEOUT', `the function did not answer within ${timeoutMs} ms`, { status: 504 }));
       // A container that no longer answers at all (a loop) is replaced.
       setTimeout(() => {
         void this.healthy().then((ok) => {
@@ -569,89 +565,14 @@ export class ContainerInstance implements Instance {
         });
       }, this.#driver.opts.killGraceMs).unref();
     }, timeoutMs);
-    out.on('error', (err: Error) => {
-      const e =
-        err instanceof TideError
-          ? err
-          : new TideError('ERR_SANDBOX_INSTANCE_REPLACED', `the function's container failed: ${err.message}`, { status: 502, cause: err });
-      finish(e);
-    });
-    res.onClose(() => {
-      out.destroy();
-      finish();
-    });
-    void this.#sendBody(req, out);
-  }
-
-  async #sendBody(req: SandboxRequest, out: ClientRequest): Promise<void> {
-    const body = req.body;
-    if (!body) {
-      out.end();
-      return;
-    }
-    try {
-      for (;;) {
-        const { value, done } = await body.next();
-        if (done) break;
-        if (!out.write(value)) await new Promise<void>((r) => out.once('drain', r));
-      }
-      out.end();
-    } catch (err) {
-      out.destroy(err as Error);
-    }
-  }
-
-  #respond(ires: IncomingMessage, req: SandboxRequest, res: SandboxResponse, finish: (err?: TideError) => void): void {
-    const code = ires.headers['tide-function-error'];
-    if (typeof code === 'string') {
-      let text = '';
-      ires.setEncoding('utf8');
-      ires.on('data', (d: string) => {
-        text += d;
-      });
-      ires.on('end', () =>
-        finish(
-          new TideError(
-            code === 'ERR_FUNCTION_THREW' ? 'ERR_FUNCTION_THREW' : code === 'ERR_FUNCTION_BAD_RESPONSE' ? 'ERR_FUNCTION_BAD_RESPONSE' : 'ERR_INTERNAL',
-            text.trim(),
-            {
-              status: ires.statusCode ?? 500,
-            },
-          ),
-        ),
-      );
-      return;
-    }
-    const flat: string[] = [];
-    for (let i = 0; i + 1 < ires.rawHeaders.length; i += 2) {
-      const name = ires.rawHeaders[i] as string;
-      if (HOP_BY_HOP.has(name.toLowerCase()) || CTL.test(ires.rawHeaders[i + 1] as string)) continue;
-      flat.push(name, ires.rawHeaders[i + 1] as string);
-    }
-    try {
-      res.writeHead(ires.statusCode ?? 502, flat);
-    } catch (err) {
-      ires.destroy();
-      finish(new TideError('ERR_FUNCTION_BAD_RESPONSE', `the function's response cannot be sent: ${(err as Error).message}`, { status: 502 }));
-      return;
-    }
-    if (req.method === 'HEAD') {
-      ires.resume();
-      res.end();
-      finish();
-      return;
-    }
-    ires.on('data', (chunk: Buffer) => {
-      if (!res.write(chunk)) {
-        ires.pause();
-        res.onDrain(() => ires.resume());
-      }
-    });
-    ires.on('end', () => {
-      res.end();
-      finish();
-    });
-    ires.on('error', () => finish(new TideError('ERR_SANDBOX_INSTANCE_REPLACED', 'the response from the container was cut off', { status: 502 })));
+    exchange.onDone = () => {
+      clearTimeout(timer);
+      this.#exchanges.delete(exchange);
+    };
+    this.#exchanges.add(exchange);
+    res.onClose(() => exchange.cancel());
+    const body = req.body === null ? null : Readable.from(iterate(req.body), { objectMode: false });
+    c.pool.dispatch({ method: req.method, path: `${url.pathname}${url.search}`, headers, body, contentLength: -1 }, exchange);
   }
 
   /** Stops taking requests, lets in-flight ones finish (up to drainMs), then stops the container. */
@@ -709,5 +630,119 @@ async function symlinks(rootfs: string): Promise<void> {
       () => false,
     );
     if (!exists) await symlink(target, join(rootfs, name));
+  }
+}
+
+async function* iterate(it: AsyncIterator<Buffer>): AsyncGenerator<Buffer> {
+  for (;;) {
+    const { value, done } = await it.next();
+    if (done) return;
+    yield value;
+  }
+}
+
+/** One request's answer from a container, in the pool's handler terms, written to the sandbox response. */
+class ContainerExchange implements PoolHandler {
+  readonly #req: SandboxRequest;
+  readonly #res: SandboxResponse;
+  readonly #resolve: () => void;
+  readonly #reject: (e: Error) => void;
+  #controller: PoolController | undefined;
+  #settled = false;
+  /** A function error: its body is the message. */
+  #error: { code: string; status: number; text: string } | undefined;
+  onDone: () => void = () => {};
+
+  constructor(req: SandboxRequest, res: SandboxResponse, resolve: () => void, reject: (e: Error) => void) {
+    this.#req = req;
+    this.#res = res;
+    this.#resolve = resolve;
+    this.#reject = reject;
+  }
+
+  onRequestStart(controller: PoolController): void {
+    this.#controller = controller;
+    if (this.#settled) controller.abort(new Error('cancelled'));
+  }
+
+  onResponseStart(controller: PoolController, status: number): void {
+    if (this.#settled) return;
+    // The pool hands over the raw header list (it parses only what framing needs).
+    const raw = controller.rawHeaders ?? [];
+    const flat: string[] = [];
+    for (let i = 0; i + 1 < raw.length; i += 2) {
+      const name = raw[i] as string;
+      const lower = name.toLowerCase();
+      if (lower === 'tide-function-error') {
+        this.#error = { code: raw[i + 1] as string, status, text: '' };
+        return;
+      }
+      if (HOP_BY_HOP.has(lower) || CTL.test(raw[i + 1] as string)) continue;
+      flat.push(name, raw[i + 1] as string);
+    }
+    try {
+      this.#res.writeHead(status, flat);
+    } catch (err) {
+      controller.abort(err as Error);
+      this.fail(new TideError('ERR_FUNCTION_BAD_RESPONSE', `the function's response cannot be sent: ${(err as Error).message}`, { status: 502 }));
+    }
+  }
+
+  onResponseData(controller: PoolController, chunk: Buffer): void {
+    if (this.#settled) return;
+    if (this.#error) {
+      this.#error.text += chunk.toString('utf8');
+      return;
+    }
+    if (!this.#res.write(chunk)) {
+      controller.pause();
+      this.#res.onDrain(() => controller.resume());
+    }
+  }
+
+  onResponseEnd(): void {
+    if (this.#settled) return;
+    const e = this.#error;
+    if (e) {
+      const code = e.code === 'ERR_FUNCTION_THREW' || e.code === 'ERR_FUNCTION_BAD_RESPONSE' ? e.code : 'ERR_INTERNAL';
+      this.fail(new TideError(code, e.text.trim(), { status: e.status }));
+      return;
+    }
+    this.#settled = true;
+    this.#res.end();
+    this.onDone();
+    this.#resolve();
+  }
+
+  onResponseError(_controller: PoolController, err: Error): void {
+    this.fail(
+      err instanceof TideError && err.code.startsWith('ERR_SANDBOX')
+        ? err
+        : new TideError('ERR_SANDBOX_INSTANCE_REPLACED', `the function's container failed: ${err.message}`, { status: 502, cause: err }),
+    );
+  }
+
+  /** Ends the exchange with `err`: rejected before the head went out, the response cut after. */
+  fail(err: TideError): void {
+    if (this.#settled) return;
+    this.#settled = true;
+    this.#controller?.abort(err);
+    this.onDone();
+    if (this.#res.headersSent) {
+      this.#res.destroy(err);
+      this.#resolve();
+    } else {
+      this.#req.discard();
+      this.#reject(err);
+    }
+  }
+
+  /** The client went away. */
+  cancel(): void {
+    if (this.#settled) return;
+    this.#settled = true;
+    this.#controller?.abort(new Error('the client went away'));
+    this.onDone();
+    this.#resolve();
   }
 }

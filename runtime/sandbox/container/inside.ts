@@ -102,7 +102,43 @@ async function serveFunction(req: IncomingMessage, res: ServerResponse): Promise
     res.end();
     return;
   }
-  await pipeline(Readable.fromWeb(response.body as import('node:stream/web').ReadableStream), res).catch(() => res.destroy());
+  // Most bodies are complete at once (a string, JSON): one chunk and done, sent in one write.
+  const reader = response.body.getReader();
+  try {
+    const first = await reader.read();
+    if (first.done) {
+      res.end();
+      return;
+    }
+    const next = reader.read();
+    const second = await Promise.race([next, microtasks(4)]);
+    if (second !== null && second.done) {
+      res.end(first.value);
+      return;
+    }
+    res.write(first.value);
+    if (second !== null) res.write(second.value);
+    else {
+      const r = await next;
+      if (r.done) {
+        res.end();
+        return;
+      }
+      res.write(r.value);
+    }
+    reader.releaseLock();
+    await pipeline(Readable.fromWeb(response.body as import('node:stream/web').ReadableStream), res);
+  } catch {
+    res.destroy();
+  }
+}
+
+/** Resolves with null after a few microtask turns: long enough for a complete stream to say it is done. */
+function microtasks(turns: number): Promise<null> {
+  return new Promise((resolve) => {
+    const step = (n: number) => (n === 0 ? resolve(null) : queueMicrotask(() => step(n - 1)));
+    step(turns);
+  });
 }
 
 // Forward mode: the image's process, and a gate of $TIDE_CONCURRENCY requests at once.

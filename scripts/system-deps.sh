@@ -1,0 +1,16 @@
+#!/bin/sh
+# The system packages Tide's tests use, from Debian: runc (the container sandbox).
+# Installed when missing and this runs as root with apt-get; otherwise it says what to install.
+set -eu
+missing=""
+command -v runc >/dev/null 2>&1 || [ -x /usr/sbin/runc ] || missing="$missing runc"
+[ -z "$missing" ] && exit 0
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "installing Debian packages:$missing" >&2
+  if ! apt-get install -y -q --no-install-recommends $missing >/dev/null 2>&1; then
+    apt-get update -q >/dev/null 2>&1
+    apt-get install -y -q --no-install-recommends $missing >/dev/null
+  fi
+else
+  echo "tide: the container sandbox tests need:$missing (apt-get install$missing, as root)" >&2
+fi
