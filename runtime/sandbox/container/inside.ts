@@ -112,7 +112,7 @@ async function serveFunction(req: IncomingMessage, res: ServerResponse): Promise
     }
     const next = reader.read();
     const second = await Promise.race([next, microtasks(4)]);
-    if (second !== null && second.done) {
+    if (second?.done) {
       res.end(first.value);
       return;
     }
