@@ -200,6 +200,23 @@ function probeFlags(o: Record<string, unknown>): Record<string, Record<string, u
   return Object.keys(probes).length > 0 ? probes : undefined;
 }
 
+/** --command as a JSON list, or words split on spaces. */
+function commandFlag(value: string | undefined): string[] | undefined {
+  if (value === undefined) return undefined;
+  if (value.trim().startsWith('[')) {
+    try {
+      const list = JSON.parse(value) as unknown;
+      if (Array.isArray(list) && list.length > 0 && list.every((x) => typeof x === 'string')) return list;
+    } catch {
+      // fall through to the error below
+    }
+    throw new TideError('ERR_INVALID_ARGUMENT', `--command must be a JSON list of strings or plain words (got ${value})`);
+  }
+  const words = value.trim().split(/\s+/).filter(Boolean);
+  if (words.length === 0) throw new TideError('ERR_INVALID_ARGUMENT', '--command is empty');
+  return words;
+}
+
 function millicores(value: string): number {
   const m = /^(\d+)m?$/.exec(value.trim());
   const n = m ? Number(m[1]) : Number.NaN;
@@ -340,7 +357,10 @@ export function program(): Command {
     prog
       .command('deploy')
       .description('bundle a function file and deploy it as a new revision (no new revision if nothing changed)')
-      .argument('<file>', 'a module whose default export has fetch(request, env, ctx)')
+      .argument('[file]', 'a module whose default export has fetch(request, env, ctx) (or --image)')
+      .option('--image <path>', 'run a container image instead: an OCI layout folder or tar, a docker-save tar, or a root filesystem folder on this machine')
+      .option('--command <json|words>', 'with --image: what to run instead of its entrypoint and cmd, e.g. \'["/bin/server","-v"]\' or "/bin/server -v"')
+      .option('--port <port>', "with --image: the port its process listens on ($PORT; default the image's, else 8080)", integer('--port', 1, 65535))
       .option('-n, --name <name>', 'function name, a DNS label (default: the file name)')
       .option('-e, --env <KEY=VALUE>', 'environment variable for env (repeatable)', keyValues('--env'))
       .option('-s, --secret <KEY=VALUE>', 'secret for env, never printed back (repeatable)', keyValues('--secret'))
@@ -381,25 +401,34 @@ export function program(): Command {
       )
       .option('--max-body <size>', 'largest request body, e.g. 10mb (default 10mb)', bytes)
       .option('-o, --output <format>', 'json or yaml instead of text'),
-  ).action(async (file: string, o) => {
+  ).action(async (file: string | undefined, o) => {
     const format = parseOutput(o.output);
+    if ((file === undefined) === (o.image === undefined)) {
+      throw new TideError('ERR_INVALID_ARGUMENT', 'give a function file or --image PATH (one of them)');
+    }
+    const from = (file ?? o.image) as string;
     const name =
       o.name ??
-      file
+      from
+        .replace(/[\\/]+$/, '')
         .replace(/^.*[\\/]/, '')
         .replace(/\.[^.]*$/, '')
         .toLowerCase();
     const started = performance.now();
-    const { bundleFunction } = await import('./bundle.ts');
-    const bundle = await bundleFunction(file);
-    for (const w of bundle.warnings) process.stderr.write(`${w}\n`);
+    let code: Uint8Array | undefined;
+    if (file !== undefined) {
+      const { bundleFunction } = await import('./bundle.ts');
+      const bundle = await bundleFunction(file);
+      for (const w of bundle.warnings) process.stderr.write(`${w}\n`);
+      code = bundle.code;
+    }
+    const image = o.image === undefined ? undefined : { path: resolve(o.image), command: commandFlag(o.command), port: o.port };
     const api = await client(o);
     const result = await api.call<{ created: boolean; revision: RevisionView; url: string; durationMs: number; function: FunctionView }>(
       'POST',
       `/v1/functions/${encodeURIComponent(name)}/deploy`,
       {
-        bundle: Buffer.from(bundle.code).toString('base64'),
-        source: file,
+        ...(code ? { bundle: Buffer.from(code).toString('base64'), source: file } : { image }),
         env: o.env,
         secrets: o.secret,
         sandbox: o.sandbox,

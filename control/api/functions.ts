@@ -5,14 +5,18 @@
  * function's serving pointer in one compare-and-swap transaction. Any failure before that
  * transaction leaves the Store untouched. It never sits on the request path.
  */
+
+import { rm } from 'node:fs/promises';
 import { type Clock, systemClock } from '../../lib/clock.ts';
 import { isTideError, TideError } from '../../lib/errors.ts';
+import { chainId, readImage } from '../../lib/oci.ts';
 import { type BlobStore, sha256 } from '../blobs.ts';
 import type { KeyValue, Store } from '../store/index.ts';
 import {
   DEFAULT_NAMESPACE,
   type FunctionConfig,
   type FunctionRecord,
+  type ImageRef,
   keys,
   parseRevision,
   type RevisionRecord,
@@ -32,7 +36,10 @@ export interface BundleValidator {
 
 export interface DeployInput {
   name: string;
-  bundle: Uint8Array;
+  /** The bundled module; not with `image`. */
+  bundle?: Uint8Array;
+  /** A container image on this node instead of a bundle (sandbox container). */
+  image?: { path: string; command?: string[]; port?: number };
   source: string;
   env?: Record<string, string>;
   secrets?: Record<string, string>;
@@ -52,6 +59,35 @@ export interface DeployResult {
 
 const CAS_ATTEMPTS = 5;
 
+/** Reads the image (not unpacking it) and settles what runs: the given command and port, else the image's. */
+async function imageRef(input: { path: string; command?: string[]; port?: number }): Promise<ImageRef> {
+  if (typeof input.path !== 'string' || !input.path.startsWith('/')) {
+    throw new TideError('ERR_INVALID_ARGUMENT', `image must be an absolute path on the node (got ${JSON.stringify(input.path)})`, { status: 400 });
+  }
+  if (input.command !== undefined && (!Array.isArray(input.command) || input.command.some((c) => typeof c !== 'string') || input.command.length === 0)) {
+    throw new TideError('ERR_INVALID_ARGUMENT', 'command must be a non-empty list of strings', { status: 400 });
+  }
+  if (input.port !== undefined && (!Number.isInteger(input.port) || input.port < 1 || input.port > 65535)) {
+    throw new TideError('ERR_INVALID_ARGUMENT', `port must be an integer from 1 to 65535 (got ${JSON.stringify(input.port)})`, { status: 400 });
+  }
+  const info = await readImage(input.path);
+  if (info.temp) await rm(info.temp, { recursive: true, force: true });
+  const command = input.command ?? [...info.config.entrypoint, ...info.config.cmd];
+  if (command.length === 0) {
+    throw new TideError('ERR_IMAGE_INVALID', `image ${input.path} has no entrypoint or cmd: give one with --command`, { status: 422 });
+  }
+  return {
+    source: info.source,
+    kind: info.kind,
+    digest: info.digest,
+    chain: info.layers.length > 0 ? chainId(info.layers.map((l) => l.digest)) : '',
+    command,
+    env: info.config.env,
+    workingDir: info.config.workingDir,
+    port: input.port ?? (info.config.port || 8080),
+  };
+}
+
 export class Functions {
   readonly #store: Store;
   readonly #blobs: BlobStore;
@@ -69,13 +105,22 @@ export class Functions {
     const name = validateFunctionName(input.name);
     const { env, secrets } = validateVariables(input.env, input.secrets);
     const config = resolveFunctionConfig(input.config);
-    if (!(input.bundle instanceof Uint8Array) || input.bundle.length === 0) {
-      throw new TideError('ERR_BAD_REQUEST', 'the bundle is empty', { status: 400 });
+    const sandbox = validateSandbox(input.sandbox ?? (input.image ? 'container' : undefined));
+    let digest: string;
+    let image: ImageRef | undefined;
+    if (input.image) {
+      if (input.bundle) throw new TideError('ERR_BAD_REQUEST', 'give a bundle or an image, not both', { status: 400 });
+      if (sandbox !== 'container') throw new TideError('ERR_INVALID_ARGUMENT', 'an image runs in the container sandbox only', { status: 400 });
+      image = await imageRef(input.image);
+      digest = image.digest;
+    } else {
+      if (!(input.bundle instanceof Uint8Array) || input.bundle.length === 0) {
+        throw new TideError('ERR_BAD_REQUEST', 'the bundle is empty', { status: 400 });
+      }
+      digest = await this.#blobs.put(input.bundle);
+      await this.#validator.validate(this.#blobs.path(digest), { ...env, ...secrets });
     }
-    const digest = await this.#blobs.put(input.bundle);
-    await this.#validator.validate(this.#blobs.path(digest), { ...env, ...secrets });
-    const sandbox = validateSandbox(input.sandbox);
-    const templateHash = sha256(JSON.stringify({ digest, env, secrets, config, sandbox }));
+    const templateHash = sha256(JSON.stringify({ digest, env, secrets, config, sandbox, image }));
 
     for (let attempt = 1; ; attempt++) {
       const current = await this.#store.get(keys.function(name));
@@ -102,6 +147,7 @@ export class Functions {
           templateHash,
           source: input.source,
           sandbox,
+          ...(image ? { image } : {}),
           env,
           secrets,
           config,

@@ -195,11 +195,13 @@ export class ControlApi {
     const started = performance.now();
     const body = await readJson(req);
     const bundle = typeof body.bundle === 'string' ? Buffer.from(body.bundle, 'base64') : undefined;
-    if (!bundle) throw new TideError('ERR_BAD_REQUEST', 'deploy needs "bundle" (base64 of the bundled module)', { status: 400 });
+    const image = body.image as DeployInput['image'];
+    if (!bundle && !image) throw new TideError('ERR_BAD_REQUEST', 'deploy needs "bundle" (base64 of the bundled module) or "image" ({path})', { status: 400 });
     const input: DeployInput = {
       name,
-      bundle,
-      source: typeof body.source === 'string' ? body.source : 'bundle.mjs',
+      ...(bundle ? { bundle } : {}),
+      source: typeof body.source === 'string' ? body.source : image ? image.path : 'bundle.mjs',
+      ...(image ? { image } : {}),
       env: body.env as Record<string, string> | undefined,
       secrets: body.secrets as Record<string, string> | undefined,
       config: body.config as DeployInput['config'],

@@ -387,9 +387,10 @@ export class NodeAgent {
         function: rev.function,
         revision: rev.name,
         namespace: rev.namespace,
-        bundlePath: this.#opts.bundlePath(rev.digest),
+        bundlePath: rev.image ? '' : this.#opts.bundlePath(rev.digest),
         env: { ...rev.env, ...rev.secrets },
         config: rev.config,
+        ...(rev.image ? { image: rev.image } : {}),
       });
       if (rev.sandbox === 'container') this.#containers.add(instance);
     } catch (err) {

@@ -3,7 +3,7 @@
  * The node agent starts and stops Instances; the proxy sends requests to them through
  * `dispatch`. Everything above this file is sandbox-agnostic.
  */
-import type { FunctionConfig } from '../../control/api/schema/function.ts';
+import type { FunctionConfig, ImageRef } from '../../control/api/schema/function.ts';
 
 export interface InstanceSpec {
   /** Unique per instance on this node, e.g. hello-00001-a3f9. */
@@ -13,6 +13,8 @@ export interface InstanceSpec {
   namespace: string;
   /** Absolute path of the bundled ES module. */
   bundlePath: string;
+  /** Set when the instance runs a container image instead of a bundle. */
+  image?: ImageRef;
   /** Env and secrets, as the function's `env` argument sees them. */
   env: Record<string, string>;
   config: FunctionConfig;

@@ -5,6 +5,8 @@
 import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { cachedImages } from '../../runtime/sandbox/container/image.ts';
+import { buildImage, imageTar } from '../helpers/image.ts';
 import { eventually, FIXTURES, http, ROOT, startTide, stopTide, type TideProcess, tide } from '../helpers/tide.ts';
 
 let t: TideProcess;
@@ -112,6 +114,50 @@ describe('a function in a container', () => {
     });
     expect(logs).toMatch(/INFO\s+line for stdout 42/);
     expect(logs).toMatch(/ERROR\s+line for stderr/);
+  });
+});
+
+describe('an image in a container', () => {
+  let layout = '';
+  beforeAll(async () => {
+    layout = await buildImage();
+  }, 60_000);
+
+  it('runs an OCI image layout through the gateway, with its layers, whiteouts, config and the function env', async () => {
+    const r = await tide(['deploy', '--image', layout, '--name', 'img', '--env', 'GREETING=hi'], { dataDir: t.dataDir });
+    expect(r.code, r.stderr).toBe(0);
+    const res = await get('img', '/anything');
+    expect(res.status).toBe(200);
+    // layer two's file, layer one's old.txt whited out, etc/junk made opaque, env from the function, read-only root
+    expect(res.text).toBe('message=layer two old=0 junk=b.txt, greeting=hi rootWritable=0\n');
+    const logs = await eventually(async () => {
+      const l = await tide(['logs', 'img'], { dataDir: t.dataDir });
+      return l.stdout.includes('image server listening on 9000') ? l.stdout : undefined;
+    });
+    expect(logs).toMatch(/ERROR\s+image server listening on 9000/); // its exposed port became $PORT; stderr kept
+  });
+
+  it('runs the same image from a tar, two instances sharing one unpacked copy', async () => {
+    const tar = await imageTar(layout);
+    const before = (await cachedImages()).length;
+    const r = await tide(['deploy', '--image', tar, '--name', 'imgtar', '--instances', '2'], { dataDir: t.dataDir });
+    expect(r.code, r.stderr).toBe(0);
+    expect((await get('imgtar', '/')).text).toMatch(/^message=layer two old=0 junk=b.txt, greeting= rootWritable=0/);
+    const d = await eventually(async () => {
+      const out = await tide(['describe', 'imgtar'], { dataDir: t.dataDir });
+      return /2\/2 instances/.test(out.stdout) ? out : undefined;
+    });
+    expect(d.stdout).toMatch(/2\/2 instances/);
+    expect((await cachedImages()).length).toBe(before); // same layers: the copy unpacked for `img`
+  });
+
+  it('refuses what is not an image, and an image without a command, saying why', async () => {
+    const notImage = await tide(['deploy', '--image', join(FIXTURES, 'functions', 'inspect.ts'), '--name', 'bad'], { dataDir: t.dataDir });
+    expect(notImage.code).toBe(1);
+    expect(notImage.stderr).toMatch(/not a readable tar/);
+    const both = await tide(['deploy', INSPECT, '--image', layout], { dataDir: t.dataDir });
+    expect(both.code).toBe(2);
+    expect(both.stderr).toMatch(/give a function file or --image PATH \(one of them\)/);
   });
 });
 

@@ -147,6 +147,23 @@ export const DEFAULT_NAMESPACE = 'default';
 
 export type SandboxKind = 'worker' | 'container';
 
+/** A container image a revision runs: where it is on the node, what it is, and how to run it. */
+export interface ImageRef {
+  /** Absolute path of the OCI layout, tar or root filesystem folder on the node. */
+  source: string;
+  kind: 'oci' | 'docker' | 'rootfs';
+  digest: string;
+  /** Chain id of its layers: the unpacked copy's name in the node's image cache ('' for a root filesystem folder). */
+  chain: string;
+  /** What runs: the function's command if given, else the image's entrypoint + cmd. */
+  command: string[];
+  /** Environment from the image config (the function's env comes on top). */
+  env: string[];
+  workingDir: string;
+  /** The port the process listens on ($PORT): the function's, else the image's first exposed one, else 8080. */
+  port: number;
+}
+
 export function validateSandbox(value: unknown): SandboxKind {
   if (value === undefined || value === null) return 'worker';
   if (value === 'worker' || value === 'container') return value;
@@ -199,6 +216,8 @@ export interface RevisionRecord {
   source: string;
   /** worker: a thread in Tide's process; container: a runc container (runtime/sandbox/container). */
   sandbox: SandboxKind;
+  /** For an image instead of a bundle (container sandbox only). */
+  image?: ImageRef;
   env: Record<string, string>;
   secrets: Record<string, string>;
   config: FunctionConfig;

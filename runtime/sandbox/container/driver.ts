@@ -20,14 +20,17 @@
  * reported (`out-of-memory` is OOMKilled); in-flight requests fail with 5xx.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { access, chmod, chown, constants, copyFile, mkdir, open, readFile, rm, stat, truncate, writeFile } from 'node:fs/promises';
+import { access, chmod, chown, constants, copyFile, mkdir, open, readFile, realpath, rm, stat, truncate, writeFile } from 'node:fs/promises';
 import { Agent, request as httpRequest } from 'node:http';
-import { dirname, join, resolve } from 'node:path';
+import { basename, dirname, join, resolve } from 'node:path';
 import { Readable } from 'node:stream';
+import type { ImageRef } from '../../../control/api/schema/function.ts';
 import { TideError } from '../../../lib/errors.ts';
+import { readImage } from '../../../lib/oci.ts';
 import { CTL, HOP_BY_HOP } from '../../../proxy/http/grammar.ts';
 import { H1Pool, type PoolController, type PoolHandler } from '../../../proxy/upstream/h1pool.ts';
 import type { DispatchMeta, Instance, InstanceEvent, InstanceSpec, SandboxDriver, SandboxRequest, SandboxResponse } from '../driver.ts';
+import { IMAGE_CACHE, imageRootfs } from './image.ts';
 import { findRunc, Runc } from './runc.ts';
 import { containerSpec, ID_BASE } from './spec.ts';
 
@@ -79,6 +82,7 @@ export class ContainerDriver implements SandboxDriver {
   #runc: Runc | undefined;
   #node = '';
   #inside = '';
+  #lib = { dir: '', loader: '' };
   #ready: Promise<void> | undefined;
   readonly #warm: Container[] = [];
   #warming = 0;
@@ -107,6 +111,9 @@ export class ContainerDriver implements SandboxDriver {
       await chmod(dirname(this.#dir), 0o711);
       await chmod(this.#dir, 0o711);
       this.#node = await reachable(this.#opts.nodeBinary, join(this.#dir, 'bin', 'node'));
+      // The host's dynamic loader and its libraries, for Node inside images that have their own.
+      const loader = await realpath('/lib64/ld-linux-x86-64.so.2').catch(() => realpath('/lib/ld-linux-aarch64.so.1'));
+      this.#lib = { dir: dirname(loader), loader: basename(loader) };
       this.#inside = await reachable(INSIDE, join(this.#dir, 'bin', 'inside.ts'), true);
       const rootfs = join(this.#dir, 'rootfs');
       for (const d of ['usr', 'lib64', 'proc', 'dev', 'sys', 'tmp', 'etc', 'fn', 'run/tide', 'tide']) await mkdir(join(rootfs, d), { recursive: true });
@@ -181,7 +188,7 @@ export class ContainerDriver implements SandboxDriver {
       spec.config.memoryMb === WARM_RESOURCES.memoryMb &&
       spec.config.cpuMillis === WARM_RESOURCES.cpuMillis &&
       spec.config.cpuLimitMillis === WARM_RESOURCES.cpuLimitMillis;
-    const warm = fits ? this.#warm.shift() : undefined;
+    const warm = fits && !spec.image ? this.#warm.shift() : undefined;
     const c = warm ?? new Container(this, `${spec.id}-${randomBytes(2).toString('hex')}`, spec.config, false);
     try {
       if (warm) {
@@ -225,9 +232,9 @@ export class ContainerDriver implements SandboxDriver {
     return this.#dir;
   }
 
-  /** @internal the Node binary and inside.ts as containers can reach them. */
-  get binaries(): { node: string; inside: string } {
-    return { node: this.#node, inside: this.#inside };
+  /** @internal the Node binary and inside.ts as containers can reach them, and the host's loader. */
+  get binaries(): { node: string; inside: string; libDir: string; loader: string } {
+    return { node: this.#node, inside: this.#inside, libDir: this.#lib.dir, loader: this.#lib.loader };
   }
 
   /** @internal */
@@ -278,21 +285,9 @@ export class Container {
     await mkdir(join(this.dir, 'sock'), { recursive: true, mode: 0o700 });
     await chown(join(this.dir, 'sock'), ID_BASE, ID_BASE);
     await chmod(this.dir, 0o711);
-    if (spec) await this.#writeFunction(spec);
-    const config = containerSpec({
-      rootfs: join(this.#driver.dir, 'rootfs'),
-      args: ['/tide/node', `--max-old-space-size=${Math.max(16, Math.floor(this.#resources.memoryMb * 0.75))}`, '/tide/inside.ts'],
-      env: ['PATH=/usr/local/bin:/usr/bin:/bin', 'HOME=/tmp', 'NODE_ENV=production', 'TIDE_SOCKET=/run/tide/tide.sock', ...(spec ? [] : ['TIDE_WAIT=1'])],
-      cwd: '/tmp',
-      hostname: spec ? spec.function : 'tide',
-      binds: [
-        { source: '/usr', destination: '/usr', readonly: true },
-        { source: '/lib64', destination: '/lib64', readonly: true },
-        { source: this.#driver.binaries.node, destination: '/tide/node', readonly: true, file: true },
-        { source: this.#driver.binaries.inside, destination: '/tide/inside.ts', readonly: true, file: true },
-        { source: join(this.dir, 'fn'), destination: '/fn', readonly: true },
-        { source: join(this.dir, 'sock'), destination: '/run/tide', readonly: false },
-      ],
+    if (spec && !spec.image) await this.#writeFunction(spec);
+    const bins = this.#driver.binaries;
+    const base = {
       memoryMb: this.#resources.memoryMb,
       cpuMillis: this.#resources.cpuMillis,
       cpuLimitMillis: this.#resources.cpuLimitMillis,
@@ -300,12 +295,65 @@ export class Container {
       tmpMb: o.tmpMb,
       cgroupsPath: `/tide/${this.id}`,
       idBase: ID_BASE,
-    });
+      hostname: spec ? spec.function : 'tide',
+    };
+    const sock = { source: join(this.dir, 'sock'), destination: '/run/tide', readonly: false };
+    const image = spec?.image;
+    const config = image
+      ? containerSpec({
+          ...base,
+          rootfs: await rootfsOf(image),
+          // Tide's forwarder runs on the host's Node through the host's loader; the image's process on its own libraries.
+          args: [`/tide/lib/${bins.loader}`, '--library-path', '/tide/lib', '/tide/node', '--max-old-space-size=48', '/tide/inside.ts'],
+          env: [
+            ...(image.env.some((e) => e.startsWith('PATH=')) ? [] : ['PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin']),
+            ...image.env,
+            ...Object.entries(spec.env).map(([k, v]) => `${k}=${v}`),
+            `PORT=${image.port}`,
+            'TIDE_MODE=forward',
+            'TIDE_SOCKET=/run/tide/tide.sock',
+            `TIDE_COMMAND=${JSON.stringify(image.command)}`,
+            `TIDE_WORKDIR=${image.workingDir}`,
+            `TIDE_CONCURRENCY=${spec.config.scaling.containerConcurrency}`,
+          ],
+          cwd: '/',
+          binds: [
+            { source: bins.node, destination: '/tide/node', readonly: true, file: true },
+            { source: bins.inside, destination: '/tide/inside.ts', readonly: true, file: true },
+            { source: bins.libDir, destination: '/tide/lib', readonly: true },
+            sock,
+          ],
+        })
+      : containerSpec({
+          ...base,
+          rootfs: join(this.#driver.dir, 'rootfs'),
+          args: ['/tide/node', `--max-old-space-size=${Math.max(16, Math.floor(this.#resources.memoryMb * 0.75))}`, '/tide/inside.ts'],
+          env: ['PATH=/usr/local/bin:/usr/bin:/bin', 'HOME=/tmp', 'NODE_ENV=production', 'TIDE_SOCKET=/run/tide/tide.sock', ...(spec ? [] : ['TIDE_WAIT=1'])],
+          cwd: '/tmp',
+          binds: [
+            { source: '/usr', destination: '/usr', readonly: true },
+            { source: '/lib64', destination: '/lib64', readonly: true },
+            { source: bins.node, destination: '/tide/node', readonly: true, file: true },
+            { source: bins.inside, destination: '/tide/inside.ts', readonly: true, file: true },
+            { source: join(this.dir, 'fn'), destination: '/fn', readonly: true },
+            sock,
+          ],
+        });
     await writeFile(join(this.dir, 'config.json'), JSON.stringify(config));
     const out = await open(join(this.dir, 'stdout.log'), 'a', 0o600);
     const err = await open(join(this.dir, 'stderr.log'), 'a', 0o600);
     try {
       await this.#driver.runc.create(this.id, this.dir, join(this.dir, 'pid'), out.fd, err.fd);
+    } catch (e) {
+      // runc says why on the container's stderr; the folder goes away with the failure, so say it here.
+      const why = (await readFile(join(this.dir, 'stderr.log'), 'utf8').catch(() => ''))
+        .trim()
+        .split('\n')
+        .slice(-2)
+        .join(' | ')
+        .replace(/^.*?msg="/, '')
+        .replace(/"$/, '');
+      throw new TideError('ERR_SANDBOX_START', `runc create ${this.id} failed${why ? `: ${why}` : ''}`, { status: 502, cause: e });
     } finally {
       await out.close();
       await err.close();
@@ -591,6 +639,24 @@ export class ContainerInstance implements Instance {
     clearInterval(this.#watch);
     await this.#replacing;
     await this.#container?.remove(0);
+  }
+}
+
+/** The unpacked root filesystem of an image: from the cache when its layers are there already. */
+async function rootfsOf(image: ImageRef): Promise<string> {
+  if (image.kind === 'rootfs') return image.source;
+  const cached = join(IMAGE_CACHE, image.chain.replace(/^sha256:/, ''));
+  if (image.chain !== '' && (await stat(join(cached, 'complete')).catch(() => undefined))) return join(cached, 'rootfs');
+  const info = await readImage(image.source);
+  try {
+    if (info.digest !== image.digest) {
+      throw new TideError('ERR_IMAGE_INVALID', `image ${image.source} changed since it was deployed (${info.digest}, deployed ${image.digest})`, {
+        status: 422,
+      });
+    }
+    return await imageRootfs(info);
+  } finally {
+    if (info.temp) await rm(info.temp, { recursive: true, force: true });
   }
 }
 
