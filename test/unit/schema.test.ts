@@ -43,6 +43,7 @@ describe('function settings', () => {
       memoryMb: 128,
       maxBodyBytes: 10,
       cpuMillis: 100,
+      cpuLimitMillis: 1000,
       scaling: { ...SCALING_DEFAULTS, minScale: 3, maxScale: 3, initialScale: 3, containerConcurrency: 8 },
       probes: {},
       placement: { nodeSelector: {}, tolerations: [], affinity: [], antiAffinity: [] },
@@ -60,6 +61,11 @@ describe('function settings', () => {
     );
     expect(() => resolveFunctionConfig({ probes: { liveness: { path: '/h', successThreshold: 2 } } })).toThrow(/must be 1/);
     expect(() => resolveFunctionConfig({ probes: { health: { path: '/h' } } })).toThrow('unknown probe "probes.health": use startup, readiness or liveness');
+  });
+
+  it('keeps the CPU limit at or above the CPU request', () => {
+    expect(() => resolveFunctionConfig({ cpuMillis: 500, cpuLimitMillis: 250 })).toThrow('cpuLimitMillis must be 0 (no limit) or at least cpuMillis 500 (got 250)');
+    expect(resolveFunctionConfig({ cpuMillis: 500, cpuLimitMillis: 0 }).cpuLimitMillis).toBe(0);
   });
 
   it('checks env and secret names and refuses the same name in both', () => {
