@@ -64,7 +64,9 @@ describe('function settings', () => {
   });
 
   it('keeps the CPU limit at or above the CPU request', () => {
-    expect(() => resolveFunctionConfig({ cpuMillis: 500, cpuLimitMillis: 250 })).toThrow('cpuLimitMillis must be 0 (no limit) or at least cpuMillis 500 (got 250)');
+    expect(() => resolveFunctionConfig({ cpuMillis: 500, cpuLimitMillis: 250 })).toThrow(
+      'cpuLimitMillis must be 0 (no limit) or at least cpuMillis 500 (got 250)',
+    );
     expect(resolveFunctionConfig({ cpuMillis: 500, cpuLimitMillis: 0 }).cpuLimitMillis).toBe(0);
   });
 
