@@ -404,7 +404,7 @@ export function program(): Command {
   ).action(async (file: string | undefined, o) => {
     const format = parseOutput(o.output);
     if ((file === undefined) === (o.image === undefined)) {
-      throw new TideError('ERR_INVALID_ARGUMENT', 'give a function file or --image PATH (one of them)');
+      throw new TideError('ERR_INVALID_ARGUMENT', 'give a function file or --image PATH (one of them)', { hint: 'see tide deploy --help' });
     }
     const from = (file ?? o.image) as string;
     const name =

@@ -245,7 +245,8 @@ describe('the CLI', () => {
   it('exits 2 on a usage error, with a pointer to --help', async () => {
     const r = await tide(['deploy']);
     expect(r.code).toBe(2);
-    expect(r.stderr).toContain("missing required argument 'file'");
+    expect(r.stderr).toContain('give a function file or --image PATH (one of them)');
+    expect(r.stderr).toContain('see tide deploy --help');
     const u = await tide(['frobnicate']);
     expect(u.code).toBe(2);
   });
