@@ -68,6 +68,18 @@ describe('a function in a container', () => {
     expect(w.noNewPrivs).toBe('1');
     expect(w.seccomp).toBe('2');
     expect(w.interfaces).toEqual(['lo']);
+    const { readlinkSync } = await import('node:fs');
+    for (const [ns, inside] of Object.entries(w.namespaces as Record<string, string>)) expect(inside, ns).not.toBe(readlinkSync(`/proc/self/ns/${ns}`));
+  });
+
+  it('has the CPU quota and memory limit of its function in its cgroup', async () => {
+    const { readFileSync } = await import('node:fs');
+    const ids = readdirSync('/sys/fs/cgroup/memory/tide').filter((d) => d.startsWith('inspect-'));
+    expect(ids.length).toBeGreaterThan(0);
+    const id = ids[0] as string;
+    expect(readFileSync(`/sys/fs/cgroup/memory/tide/${id}/memory.limit_in_bytes`, 'utf8').trim()).toBe(String(128 * 1024 * 1024));
+    expect(readFileSync(`/sys/fs/cgroup/cpu/tide/${id}/cpu.cfs_quota_us`, 'utf8').trim()).toBe('100000'); // 1000 millicores
+    expect(readFileSync(`/sys/fs/cgroup/pids/tide/${id}/pids.max`, 'utf8').trim()).toBe('256');
   });
 
   it('cannot open a network connection out, nor reach the host', async () => {
