@@ -25,7 +25,7 @@ import { Agent, request as httpRequest } from 'node:http';
 import { basename, dirname, join, resolve } from 'node:path';
 import { Readable } from 'node:stream';
 import type { ImageRef } from '../../../control/api/schema/function.ts';
-import { TideError } from '../../../lib/errors.ts';
+import { isTideError, TideError } from '../../../lib/errors.ts';
 import { readImage } from '../../../lib/oci.ts';
 import { CTL, HOP_BY_HOP } from '../../../proxy/http/grammar.ts';
 import { H1Pool, type PoolController, type PoolHandler } from '../../../proxy/upstream/h1pool.ts';
@@ -327,7 +327,13 @@ export class Container {
       : containerSpec({
           ...base,
           rootfs: join(this.#driver.dir, 'rootfs'),
-          args: ['/tide/node', `--max-old-space-size=${Math.max(16, Math.floor(this.#resources.memoryMb * 0.75))}`, '/tide/inside.ts'],
+          // The cgroup limit is the whole container's; Node's heap gets half, the rest is Node itself and its buffers.
+          args: [
+            '/tide/node',
+            `--max-old-space-size=${Math.max(16, Math.floor(this.#resources.memoryMb * 0.5))}`,
+            '--max-semi-space-size=4',
+            '/tide/inside.ts',
+          ],
           env: ['PATH=/usr/local/bin:/usr/bin:/bin', 'HOME=/tmp', 'NODE_ENV=production', 'TIDE_SOCKET=/run/tide/tide.sock', ...(spec ? [] : ['TIDE_WAIT=1'])],
           cwd: '/tmp',
           binds: [
@@ -578,15 +584,39 @@ export class ContainerInstance implements Instance {
   }
 
   dispatch(req: SandboxRequest, res: SandboxResponse, meta: DispatchMeta): Promise<void> {
-    const c = this.#container;
-    if (this.#closed || !c) return Promise.reject(new TideError('ERR_SANDBOX_CLOSED', `instance ${this.spec.id} is stopping`, { status: 503 }));
+    if (this.#closed) return Promise.reject(new TideError('ERR_SANDBOX_CLOSED', `instance ${this.spec.id} is stopping`, { status: 503 }));
     this.#inflight++;
-    return new Promise<void>((resolve, reject) => this.#exchange(c, req, res, meta, resolve, reject)).finally(() => {
-      this.#inflight--;
-    });
+    const c = this.#container;
+    // While its container is being replaced, a request waits for the new one instead of failing.
+    const ready = c && !this.#replacing && c.alive() ? Promise.resolve(c) : this.#ready();
+    return ready
+      .then((container) => new Promise<void>((resolve, reject) => this.#exchange(container, req, res, meta, resolve, reject, true)))
+      .finally(() => {
+        this.#inflight--;
+      });
   }
 
-  #exchange(c: Container, req: SandboxRequest, res: SandboxResponse, meta: DispatchMeta, resolve: () => void, reject: (e: Error) => void): void {
+  /** The container once it is up, replacing a dead one first. */
+  async #ready(): Promise<Container> {
+    for (let i = 0; i < 2; i++) {
+      const c = this.#container;
+      if (this.#closed) break;
+      if (c && !this.#replacing && c.alive()) return c;
+      this.#check();
+      await this.#replacing;
+    }
+    throw new TideError('ERR_SANDBOX_INSTANCE_REPLACED', `instance ${this.spec.id} has no running container`, { status: 503 });
+  }
+
+  #exchange(
+    c: Container,
+    req: SandboxRequest,
+    res: SandboxResponse,
+    meta: DispatchMeta,
+    resolve: () => void,
+    reject: (e: Error) => void,
+    mayRetry: boolean,
+  ): void {
     const url = new URL(req.url);
     const headers: string[] = [];
     let hasId = false;
@@ -601,6 +631,16 @@ export class ContainerInstance implements Instance {
     headers.push('tide-scheme', meta.scheme);
     const timeoutMs = this.spec.config.timeoutMs;
     const exchange = new ContainerExchange(req, res, resolve, reject);
+    // A container that died just now refused the connection: nothing was sent, so a request
+    // without a body goes again to its replacement.
+    if (mayRetry && req.body === null) {
+      exchange.retry = () => {
+        this.#ready().then(
+          (next) => this.#exchange(next, req, res, meta, resolve, reject, false),
+          (err: Error) => reject(err),
+        );
+      };
+    }
     const timer = setTimeout(() => {
       exchange.fail(new TideError('ERR_SANDBOX_TIMEOUT', `the function did not answer within ${timeoutMs} ms`, { status: 504 }));
       // A container that no longer answers at all (a loop) is replaced.
@@ -718,6 +758,8 @@ class ContainerExchange implements PoolHandler {
   /** A function error: its body is the message. */
   #error: { code: string; status: number; text: string } | undefined;
   onDone: () => void = () => {};
+  /** Set when the request may go again (to a replacement container) after a refused connection. */
+  retry: (() => void) | undefined;
 
   constructor(req: SandboxRequest, res: SandboxResponse, resolve: () => void, reject: (e: Error) => void) {
     this.#req = req;
@@ -781,6 +823,14 @@ class ContainerExchange implements PoolHandler {
   }
 
   onResponseError(_controller: PoolController, err: Error): void {
+    if (this.retry && !this.#settled && isTideError(err, 'ERR_PROXY_CONNECT')) {
+      const again = this.retry;
+      this.retry = undefined;
+      this.#settled = true;
+      this.onDone();
+      again();
+      return;
+    }
     this.fail(
       err instanceof TideError && err.code.startsWith('ERR_SANDBOX')
         ? err
