@@ -118,6 +118,31 @@ describe('a function in a container', () => {
     expect(logs).toMatch(/instance replaced \(out-of-memory\): OOMKilled: the container went over its memory limit of 128 MiB/);
   }, 40_000);
 
+  it('answers the requests that come while a killed container is replaced (they wait for the new one)', async () => {
+    const { createHash } = await import('node:crypto');
+    const { execFileSync } = await import('node:child_process');
+    const root = join('/run/tide', createHash('sha256').update(t.dataDir).digest('hex').slice(0, 10), 'runc');
+    const { readFileSync } = await import('node:fs');
+    const list = (JSON.parse(execFileSync('runc', ['--root', root, 'list', '--format', 'json'], { encoding: 'utf8' })) ?? []) as {
+      id: string;
+      pid: number;
+      bundle: string;
+    }[];
+    // inspect's container (pre-started ones have generic names): the one running its bundle
+    const victim = list.find((c) => readFileSync(join(c.bundle, 'fn', 'bundle.mjs'), 'utf8').includes('/forkbomb'));
+    expect(victim).toBeDefined();
+    const answers = Array.from({ length: 40 }, (_, i) => new Promise((r) => setTimeout(r, i * 10)).then(() => get('inspect', '/')));
+    setTimeout(() => process.kill(victim?.pid as number, 'SIGKILL'), 55);
+    const statuses = (await Promise.all(answers)).map((a) => a.status);
+    // Only a request in flight at the moment of the kill may fail; the rest wait for the replacement.
+    expect(statuses.filter((s) => s !== 200).length).toBeLessThanOrEqual(1);
+    const logs = await eventually(async () => {
+      const l = await tide(['logs', 'inspect'], { dataDir: t.dataDir });
+      return /instance replaced \(crashed\): the container exited/.test(l.stdout) ? l.stdout : undefined;
+    });
+    expect(logs).toBeTruthy();
+  }, 30_000);
+
   it("keeps the function's stdout and stderr in tide logs", async () => {
     await get('inspect', '/log?n=42');
     const logs = await eventually(async () => {

@@ -20,6 +20,7 @@
  * reported (`out-of-memory` is OOMKilled); in-flight requests fail with 5xx.
  */
 import { createHash, randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { access, chmod, chown, constants, copyFile, mkdir, open, readFile, realpath, rm, stat, truncate, writeFile } from 'node:fs/promises';
 import { Agent, request as httpRequest } from 'node:http';
 import { basename, dirname, join, resolve } from 'node:path';
@@ -429,11 +430,16 @@ export class Container {
     });
   }
 
+  /**
+   * True while the container's first process runs. A dead one may stay a zombie (its parent is
+   * whatever reaps orphans here, not Tide), so the state in /proc counts, not just the pid.
+   */
   alive(): boolean {
     if (this.pid <= 0) return false;
     try {
-      process.kill(this.pid, 0);
-      return true;
+      const stat = readFileSync(`/proc/${this.pid}/stat`, 'latin1');
+      const state = stat.charAt(stat.lastIndexOf(')') + 2);
+      return state !== 'Z' && state !== 'X' && state !== 'x';
     } catch {
       return false;
     }
@@ -588,7 +594,8 @@ export class ContainerInstance implements Instance {
     this.#inflight++;
     const c = this.#container;
     // While its container is being replaced, a request waits for the new one instead of failing.
-    const ready = c && !this.#replacing && c.alive() ? Promise.resolve(c) : this.#ready();
+    // (Whether it is alive is checked every 100 ms and on a refused connection, not per request.)
+    const ready = c && !this.#replacing ? Promise.resolve(c) : this.#ready();
     return ready
       .then((container) => new Promise<void>((resolve, reject) => this.#exchange(container, req, res, meta, resolve, reject, true)))
       .finally(() => {
