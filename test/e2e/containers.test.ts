@@ -6,15 +6,18 @@ import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { cachedImages } from '../../runtime/sandbox/container/image.ts';
+import { findRunc } from '../../runtime/sandbox/container/runc.ts';
 import { buildImage, imageTar } from '../helpers/image.ts';
 import { eventually, FIXTURES, http, ROOT, startTide, stopTide, type TideProcess, tide } from '../helpers/tide.ts';
 
 let t: TideProcess;
+let RUNC = 'runc';
 const INSPECT = join(FIXTURES, 'functions', 'inspect.ts');
 const get = (fn: string, path = '/', timeoutMs = 20_000) => http(t.gatewayPort, `${fn}.localhost`, path, { timeoutMs });
 const json = async (fn: string, path: string) => JSON.parse((await get(fn, path)).text) as Record<string, unknown>;
 
 beforeAll(async () => {
+  RUNC = await findRunc();
   t = await startTide();
   const r = await tide(['deploy', INSPECT, '--sandbox', 'container', '--memory', '128', '--min-scale', '1'], { dataDir: t.dataDir });
   expect(r.code, r.stderr).toBe(0);
@@ -123,7 +126,7 @@ describe('a function in a container', () => {
     const { execFileSync } = await import('node:child_process');
     const root = join('/run/tide', createHash('sha256').update(t.dataDir).digest('hex').slice(0, 10), 'runc');
     const { readFileSync } = await import('node:fs');
-    const list = (JSON.parse(execFileSync('runc', ['--root', root, 'list', '--format', 'json'], { encoding: 'utf8' })) ?? []) as {
+    const list = (JSON.parse(execFileSync(RUNC, ['--root', root, 'list', '--format', 'json'], { encoding: 'utf8' })) ?? []) as {
       id: string;
       pid: number;
       bundle: string;
@@ -204,7 +207,7 @@ describe('container clean-up', () => {
     const { execFileSync } = await import('node:child_process');
     const dir = join('/run/tide', createHash('sha256').update(t.dataDir).digest('hex').slice(0, 10));
     const containers = () =>
-      ((JSON.parse(execFileSync('runc', ['--root', join(dir, 'runc'), 'list', '--format', 'json'], { encoding: 'utf8' })) ?? []) as { id: string }[])
+      ((JSON.parse(execFileSync(RUNC, ['--root', join(dir, 'runc'), 'list', '--format', 'json'], { encoding: 'utf8' })) ?? []) as { id: string }[])
         .map((c) => c.id)
         .sort();
     const folders = () =>
