@@ -5,6 +5,7 @@
  */
 import { resolve } from 'node:path';
 import { Command, CommanderError, Option } from 'commander';
+import type { DecisionRecord } from '../control/autoscaler/autoscaler.ts';
 import { formatAge, parseDuration } from '../lib/duration.ts';
 import { errorMessage, TideError } from '../lib/errors.ts';
 import { createLogger } from '../lib/log.ts';
@@ -85,18 +86,7 @@ interface InstancesView {
   queued: number;
   panic: boolean;
   instances: { id: string; phase: string; since: string }[];
-  decisions: {
-    seq: number;
-    at: number;
-    desired: number;
-    wanted: number;
-    ready: number;
-    observedStable: number;
-    observedPanic: number;
-    panic: boolean;
-    queued: number;
-    reason: string;
-  }[];
+  decisions: DecisionRecord[];
 }
 
 interface RevisionView {

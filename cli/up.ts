@@ -10,11 +10,11 @@ import { basename, extname, join, resolve } from 'node:path';
 import { pino } from 'pino';
 import {
   Autoscaler,
+  agentKeys,
   BlobStore,
   ControlApi,
   createSqliteStore,
   Functions,
-  keys,
   Scheduler,
   type Snapshot,
   SnapshotPublisher,
@@ -69,14 +69,7 @@ export async function up(options: UpOptions = {}, log: Logger = createLogger({ l
     driver,
     container: containers,
     log,
-    keys: {
-      functions: keys.functions(),
-      revisions: keys.revisions(),
-      statuses: keys.statuses(),
-      status: (r) => keys.status(r),
-      placements: keys.placements(),
-      node: (n) => keys.node(n),
-    },
+    keys: agentKeys(),
     node: nodeInfo(config),
     bundlePath: (digest) => blobs.path(digest),
     drainMs: config.drainMs,

@@ -192,31 +192,33 @@ describe('the activator queue', () => {
 
 describe('probes', () => {
   const HEALTH = `${FIXTURES}/functions/health.ts`;
+  /** Deploys the health fixture with one probe that checks every 0.2 s and gives up after `failures`. */
+  const deployProbed = (name: string, kind: string, path: string, failures: number, extra: string[] = []) =>
+    tide(
+      [
+        'deploy',
+        HEALTH,
+        '--name',
+        name,
+        '--instances',
+        '1',
+        `--${kind}`,
+        path,
+        '--probe-option',
+        `${kind}.periodSeconds=0.2`,
+        '--probe-option',
+        `${kind}.failureThreshold=${failures}`,
+        ...extra,
+      ],
+      { dataDir: t.dataDir },
+    );
   const status = async (fn: string) => {
     const r = await fetch(`${t.apiUrl}/v1/functions/${fn}`, { headers: { authorization: `Bearer ${t.token}` } });
     return (await r.json()) as { restarts: number; lastError: string | null; readyInstances: number };
   };
 
   it('takes an instance out of service while its readiness probe fails; the activator holds its requests', async () => {
-    const r = await tide(
-      [
-        'deploy',
-        HEALTH,
-        '--name',
-        'ready',
-        '--instances',
-        '1',
-        '--readiness',
-        '/ready',
-        '--probe-option',
-        'readiness.periodSeconds=0.2',
-        '--probe-option',
-        'readiness.failureThreshold=1',
-        '--queue-timeout',
-        '800ms',
-      ],
-      { dataDir: t.dataDir },
-    );
+    const r = await deployProbed('ready', 'readiness', '/ready', 1, ['--queue-timeout', '800ms']);
     expect(r.code, r.stderr).toBe(0);
     expect((await get('ready', '/sick')).status).toBe(200);
     await eventually(async () => ((await instances('ready')).instances[0]?.phase === 'unready' ? true : undefined));
@@ -227,23 +229,7 @@ describe('probes', () => {
   });
 
   it('restarts an instance whose liveness probe fails, after the kubelet back-off, and says why', async () => {
-    const r = await tide(
-      [
-        'deploy',
-        HEALTH,
-        '--name',
-        'live',
-        '--instances',
-        '1',
-        '--liveness',
-        '/healthz',
-        '--probe-option',
-        'liveness.periodSeconds=0.2',
-        '--probe-option',
-        'liveness.failureThreshold=2',
-      ],
-      { dataDir: t.dataDir },
-    );
+    const r = await deployProbed('live', 'liveness', '/healthz', 2);
     expect(r.code, r.stderr).toBe(0);
     const before = (await get('live', '/')).text;
     expect((await get('live', '/sick')).status).toBe(200);

@@ -3,7 +3,15 @@
  * was asked to do: which revisions it starts and stops, and what status it reports.
  */
 import { afterEach, describe, expect, it } from 'vitest';
-import { FUNCTION_DEFAULTS, type FunctionRecord, keys, type RevisionRecord, type RevisionStatus, type ScaleRecord } from '../../control/api/schema/function.ts';
+import {
+  agentKeys,
+  FUNCTION_DEFAULTS,
+  type FunctionRecord,
+  keys,
+  type RevisionRecord,
+  type RevisionStatus,
+  type ScaleRecord,
+} from '../../control/api/schema/function.ts';
 import { PROBE_DEFAULTS, type ProbeSpec, type ProbesSpec } from '../../control/api/schema/probe.ts';
 import { SCALING_DEFAULTS, type ScalingSpec } from '../../control/autoscaler/config.ts';
 import { Scheduler } from '../../control/scheduler/scheduler.ts';
@@ -115,14 +123,7 @@ function makeAgent(store: Store, driver: SandboxDriver): NodeAgent {
     store,
     driver,
     log: silentLogger,
-    keys: {
-      functions: keys.functions(),
-      revisions: keys.revisions(),
-      statuses: keys.statuses(),
-      status: (r) => keys.status(r),
-      placements: keys.placements(),
-      node: (n) => keys.node(n),
-    },
+    keys: agentKeys(),
     node: NODE,
     bundlePath: (d) => `/bundles/${d}.mjs`,
     drainMs: 10,

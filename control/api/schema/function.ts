@@ -299,3 +299,15 @@ export const keys = {
   placements: (ns = DEFAULT_NAMESPACE) => `/tide/placements/${ns}/`,
   placement: (rev: string, ns = DEFAULT_NAMESPACE) => `/tide/placements/${ns}/${rev}`,
 };
+
+/** The keys a node agent watches and writes, for namespace `ns`. */
+export function agentKeys(ns = DEFAULT_NAMESPACE) {
+  return {
+    functions: keys.functions(ns),
+    revisions: keys.revisions(ns),
+    statuses: keys.statuses(ns),
+    status: (rev: string) => keys.status(rev, ns),
+    placements: keys.placements(ns),
+    node: (name: string) => keys.node(name),
+  };
+}
