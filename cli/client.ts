@@ -66,10 +66,12 @@ export class ApiClient {
       throw new TideError('ERR_INTERNAL', `the API answered ${res.status} with something that is not JSON`);
     }
     if (!res.ok) {
-      const e = (data as { error?: { code?: string; message?: string; hint?: string | null } }).error ?? {};
-      throw new TideError((e.code ?? 'ERR_INTERNAL') as ErrorCode, e.message ?? `the API answered ${res.status}`, {
+      const e = (data as { error?: { code?: string; message?: string; hint?: string | null } & Record<string, unknown> }).error ?? {};
+      const { code, message, hint, ...details } = e;
+      throw new TideError((code ?? 'ERR_INTERNAL') as ErrorCode, message ?? `the API answered ${res.status}`, {
         status: res.status,
-        hint: e.hint ?? undefined,
+        hint: hint ?? undefined,
+        details,
       });
     }
     return data as T;

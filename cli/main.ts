@@ -5,6 +5,7 @@
  */
 import { resolve } from 'node:path';
 import { Command, CommanderError, Option } from 'commander';
+import type { ApplyProblem } from '../control/api/resources.ts';
 import type { DecisionRecord } from '../control/autoscaler/autoscaler.ts';
 import { formatAge, parseDuration } from '../lib/duration.ts';
 import { errorMessage, TideError } from '../lib/errors.ts';
@@ -444,6 +445,56 @@ export function program(): Command {
     );
     out(`URL: ${result.url}/`);
   });
+
+  connectionOptions(
+    prog
+      .command('apply')
+      .description('create or update the resources in YAML files (Function, Secret, Config): all of them, or none when any is wrong')
+      .requiredOption('-f, --filename <path>', 'a YAML file, or a folder of them (repeatable)', (v: string, prev: string[] = []) => [...prev, v])
+      .option('--dry-run', 'check everything and say what would change, changing nothing')
+      .option('-o, --output <format>', 'json or yaml'),
+  ).action(async (o) => {
+    const format = parseOutput(o.output);
+    const { loadResources, toItems, placeProblems } = await import('./apply.ts');
+    const { bundleFunction } = await import('./bundle.ts');
+    const loaded = await loadResources(o.filename);
+    const items = await toItems(loaded, async (file) => (await bundleFunction(file)).code);
+    const body = {
+      dryRun: o.dryRun === true,
+      items: items.map((it) =>
+        it.kind === 'Function' && it.deploy.bundle ? { ...it, deploy: { ...it.deploy, bundle: Buffer.from(it.deploy.bundle).toString('base64') } } : it,
+      ),
+    };
+    const api = await client(o);
+    let answer: { dryRun: boolean; results: { kind: string; name: string; action: string; revision?: string }[] };
+    try {
+      answer = await api.call('POST', '/v1/apply', body);
+    } catch (err) {
+      const problems = err instanceof TideError ? (err.details?.problems as ApplyProblem[] | undefined) : undefined;
+      if (problems) throw placeProblems(loaded, problems);
+      throw err;
+    }
+    if (format === 'json' || format === 'yaml') return out(structured(answer, format));
+    for (const r of answer.results) {
+      out(`${r.kind.toLowerCase()}/${r.name} ${r.action}${r.revision ? ` (${r.revision})` : ''}${answer.dryRun ? ' (dry run)' : ''}`);
+    }
+  });
+
+  prog
+    .command('schema')
+    .description('print the JSON Schema of a resource kind (editors validate YAML with it; also in schemas/v1/)')
+    .argument('[kind]', 'function, secret or config (default: the list of kinds)')
+    .action(async (kind: string | undefined) => {
+      const { KIND_SCHEMAS } = await import('../lib/config/resources.ts');
+      const kinds = Object.keys(KIND_SCHEMAS);
+      if (!kind) {
+        out(kinds.map((k) => k.toLowerCase()).join('\n'));
+        return;
+      }
+      const name = kinds.find((k) => k.toLowerCase() === kind.toLowerCase()) as keyof typeof KIND_SCHEMAS | undefined;
+      if (!name) throw new TideError('ERR_INVALID_ARGUMENT', `no kind "${kind}": use one of ${kinds.map((k) => k.toLowerCase()).join(', ')}`);
+      out(JSON.stringify({ $schema: 'http://json-schema.org/draft-07/schema#', ...KIND_SCHEMAS[name] }, null, 2));
+    });
 
   const get = prog.command('get').description('list functions or revisions');
   connectionOptions(

@@ -15,6 +15,7 @@ import {
   ControlApi,
   createSqliteStore,
   Functions,
+  Resources,
   Scheduler,
   type Snapshot,
   SnapshotPublisher,
@@ -105,6 +106,7 @@ export async function up(options: UpOptions = {}, log: Logger = createLogger({ l
     functionUrl,
     info: { version: VERSION, domain: config.domain, dataDir },
     scaling: autoscaler,
+    resources: new Resources(store, functions),
     routed: async (storeRevision) => {
       const deadline = Date.now() + 5000;
       while (gateway.snapshotVersion < storeRevision && Date.now() < deadline) await new Promise((r) => setTimeout(r, 2));

@@ -1,4 +1,5 @@
 export { type BundleValidator, type DeployInput, type DeployResult, Functions } from './api/functions.ts';
+export { type ApplyItem, type ApplyProblem, type ApplyResult, Resources, resourceKeys } from './api/resources.ts';
 export * from './api/schema/function.ts';
 export { type ApiOptions, ControlApi, type LogLine, type LogSource } from './api/server.ts';
 export { Autoscaler, type AutoscalerOptions, type DecisionRecord } from './autoscaler/autoscaler.ts';

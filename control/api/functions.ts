@@ -11,7 +11,7 @@ import { type Clock, systemClock } from '../../lib/clock.ts';
 import { isTideError, TideError } from '../../lib/errors.ts';
 import { chainId, readImage } from '../../lib/oci.ts';
 import { type BlobStore, sha256 } from '../blobs.ts';
-import type { KeyValue, Store } from '../store/index.ts';
+import type { KeyValue, Store, TxnOp } from '../store/index.ts';
 import {
   DEFAULT_NAMESPACE,
   type FunctionConfig,
@@ -59,6 +59,19 @@ export interface DeployResult {
 
 const CAS_ATTEMPTS = 5;
 
+/** A deploy checked and readied (see Functions.prepare), not yet written. */
+export interface PreparedDeploy {
+  name: string;
+  env: Record<string, string>;
+  secrets: Record<string, string>;
+  config: FunctionConfig;
+  sandbox: SandboxKind;
+  image: ImageRef | undefined;
+  digest: string;
+  templateHash: string;
+  source: string;
+}
+
 /** Reads the image (not unpacking it) and settles what runs: the given command and port, else the image's. */
 async function imageRef(input: { path: string; command?: string[]; port?: number }): Promise<ImageRef> {
   if (typeof input.path !== 'string' || !input.path.startsWith('/')) {
@@ -102,6 +115,25 @@ export class Functions {
   }
 
   async deploy(input: DeployInput): Promise<DeployResult> {
+    const prepared = await this.prepare(input);
+    for (let attempt = 1; ; attempt++) {
+      const plan = await this.plan(prepared);
+      try {
+        if (plan.ops.length === 0) return { ...plan.result, storeRevision: plan.storeRevision };
+        const storeRevision = await this.#store.txn(plan.ops);
+        return { ...plan.result, storeRevision };
+      } catch (err) {
+        if (isTideError(err, 'ERR_STORE_CONFLICT') && attempt < CAS_ATTEMPTS) continue;
+        throw err;
+      }
+    }
+  }
+
+  /**
+   * Checks a deploy and readies what does not depend on the store's state: the bundle is
+   * stored by digest and loaded once in a throwaway sandbox (or the image read). Writes no key.
+   */
+  async prepare(input: DeployInput): Promise<PreparedDeploy> {
     const name = validateFunctionName(input.name);
     const { env, secrets } = validateVariables(input.env, input.secrets);
     const config = resolveFunctionConfig(input.config);
@@ -121,55 +153,63 @@ export class Functions {
       await this.#validator.validate(this.#blobs.path(digest), { ...env, ...secrets });
     }
     const templateHash = sha256(JSON.stringify({ digest, env, secrets, config, sandbox, image }));
+    return { name, env, secrets, config, sandbox, image, digest, templateHash, source: input.source };
+  }
 
-    for (let attempt = 1; ; attempt++) {
-      const current = await this.#store.get(keys.function(name));
-      const fn = current ? parse<FunctionRecord>(current) : undefined;
-      const latest = fn ? await this.getRevision(fn.latestRevision) : undefined;
-      try {
-        if (fn && latest && latest.templateHash === templateHash) {
-          if (fn.servingRevision !== latest.name) {
-            const updated = { ...fn, servingRevision: latest.name };
-            const storeRevision = await this.#store.put(keys.function(name), JSON.stringify(updated), { expectModRevision: current?.modRevision });
-            return { function: updated, revision: latest, created: false, storeRevision };
-          }
-          return { function: fn, revision: latest, created: false, storeRevision: current?.modRevision ?? 0 };
-        }
-        const number = (fn?.revisionCounter ?? 0) + 1;
-        const now = new Date(this.#clock.now()).toISOString();
-        const revision: RevisionRecord = {
-          name: revisionName(name, number),
-          namespace: DEFAULT_NAMESPACE,
-          function: name,
-          number,
-          createdAt: now,
-          digest,
-          templateHash,
-          source: input.source,
-          sandbox,
-          ...(image ? { image } : {}),
-          env,
-          secrets,
-          config,
+  /**
+   * What a prepared deploy writes given the store now: nothing (an identical latest revision
+   * that serves), a serving-pointer move back to it, or a new revision and the pointer, each
+   * with a compare-and-swap on the function record.
+   */
+  async plan(p: PreparedDeploy): Promise<{ ops: TxnOp[]; result: Omit<DeployResult, 'storeRevision'>; storeRevision: number }> {
+    const current = await this.#store.get(keys.function(p.name));
+    const fn = current ? parse<FunctionRecord>(current) : undefined;
+    const latest = fn ? await this.getRevision(fn.latestRevision) : undefined;
+    const expect = current?.modRevision ?? 0;
+    if (fn && latest && latest.templateHash === p.templateHash) {
+      if (fn.servingRevision !== latest.name) {
+        const updated = { ...fn, servingRevision: latest.name };
+        return {
+          ops: [{ type: 'put', key: keys.function(p.name), value: JSON.stringify(updated), expectModRevision: expect }],
+          result: { function: updated, revision: latest, created: false },
+          storeRevision: expect,
         };
-        const updated: FunctionRecord = {
-          name,
-          namespace: DEFAULT_NAMESPACE,
-          createdAt: fn?.createdAt ?? now,
-          servingRevision: revision.name,
-          latestRevision: revision.name,
-          revisionCounter: number,
-        };
-        const storeRevision = await this.#store.txn([
-          { type: 'put', key: keys.revision(revision.name), value: JSON.stringify(revision), expectModRevision: 0 },
-          { type: 'put', key: keys.function(name), value: JSON.stringify(updated), expectModRevision: current?.modRevision ?? 0 },
-        ]);
-        return { function: updated, revision, created: true, storeRevision };
-      } catch (err) {
-        if (isTideError(err, 'ERR_STORE_CONFLICT') && attempt < CAS_ATTEMPTS) continue;
-        throw err;
       }
+      return { ops: [], result: { function: fn, revision: latest, created: false }, storeRevision: expect };
     }
+    const number = (fn?.revisionCounter ?? 0) + 1;
+    const now = new Date(this.#clock.now()).toISOString();
+    const revision: RevisionRecord = {
+      name: revisionName(p.name, number),
+      namespace: DEFAULT_NAMESPACE,
+      function: p.name,
+      number,
+      createdAt: now,
+      digest: p.digest,
+      templateHash: p.templateHash,
+      source: p.source,
+      sandbox: p.sandbox,
+      ...(p.image ? { image: p.image } : {}),
+      env: p.env,
+      secrets: p.secrets,
+      config: p.config,
+    };
+    const updated: FunctionRecord = {
+      name: p.name,
+      namespace: DEFAULT_NAMESPACE,
+      createdAt: fn?.createdAt ?? now,
+      servingRevision: revision.name,
+      latestRevision: revision.name,
+      revisionCounter: number,
+    };
+    return {
+      ops: [
+        { type: 'put', key: keys.revision(revision.name), value: JSON.stringify(revision), expectModRevision: 0 },
+        { type: 'put', key: keys.function(p.name), value: JSON.stringify(updated), expectModRevision: expect },
+      ],
+      result: { function: updated, revision, created: true },
+      storeRevision: expect,
+    };
   }
 
   async list(): Promise<FunctionRecord[]> {

@@ -12,6 +12,7 @@ import { errorMessage, TideError } from '../../lib/errors.ts';
 import type { Logger } from '../../lib/log.ts';
 import { listen } from '../../lib/net.ts';
 import type { DeployInput, Functions } from './functions.ts';
+import type { ApplyItem, Resources } from './resources.ts';
 import type { FunctionRecord, RevisionRecord, RevisionStatus } from './schema/function.ts';
 
 /** What the autoscaler tells about a revision (control/autoscaler's Autoscaler fits). */
@@ -56,6 +57,8 @@ export interface ApiOptions {
   routed?: (storeRevision: number) => Promise<void>;
   /** The autoscaler, for `GET /v1/functions/NAME/instances`. */
   scaling?: ScalingSource;
+  /** `POST /v1/apply`. */
+  resources?: Resources;
 }
 
 type Handler = (req: Request, params: Record<string, string>, url: URL) => Promise<Response>;
@@ -80,6 +83,7 @@ export class ControlApi {
     this.#route('GET', '/v1/revisions', async (_r, _p, url) => this.#revisions(url.searchParams.get('function') ?? undefined));
     this.#route('GET', '/v1/functions/:name/logs', (r, p, url) => this.#logs(r, p.name ?? '', url));
     this.#route('GET', '/v1/functions/:name/instances', (_r, p, url) => this.#instances(p.name ?? '', url));
+    this.#route('POST', '/v1/apply', (r) => this.#apply(r));
   }
 
   /** The Web-standard entry point (also used directly by tests). */
@@ -246,6 +250,24 @@ export class ControlApi {
         status: statuses.get(r.name) ?? null,
       })),
     });
+  }
+
+  /** Applies a set of resources at once (see resources.ts); waits until new revisions serve. */
+  async #apply(req: Request): Promise<Response> {
+    const resources = this.#opts.resources;
+    if (!resources) throw new TideError('ERR_NOT_FOUND', 'this Tide does not take apply', { status: 404 });
+    const body = await readJson(req);
+    if (!Array.isArray(body.items)) throw new TideError('ERR_BAD_REQUEST', 'apply needs "items", a list', { status: 400 });
+    const items = (body.items as ApplyItem[]).map((it) =>
+      it.kind === 'Function' && typeof (it.deploy as { bundle?: unknown }).bundle === 'string'
+        ? { ...it, deploy: { ...it.deploy, bundle: Buffer.from((it.deploy as unknown as { bundle: string }).bundle, 'base64') } }
+        : it,
+    );
+    const dryRun = body.dryRun === true;
+    const out = await resources.apply(items, dryRun);
+    for (const rev of out.newRevisions) await this.#opts.functions.waitReady(rev, this.#opts.deployWaitMs ?? 30_000);
+    if (out.newRevisions.length > 0) await this.#opts.routed?.(out.storeRevision);
+    return json(200, { dryRun, results: out.results });
   }
 
   /** The serving revision's instances and the autoscaler's decisions after `?since=SEQ`. */

@@ -89,7 +89,8 @@ export function failAt(doc: YamlDocument, problems: { path: (string | number)[] 
     problems.map((p) => {
       const segs = typeof p.path === 'string' ? fieldPath(p.path) : p.path;
       const pos = doc.positionOf(segs);
-      return { source: doc.source, line: pos.line, column: pos.column, path: segs.length ? `/${segs.join('/')}` : '', message: p.message };
+      const path = segs.length ? `/${segs.join('/')}` : '';
+      return { source: doc.source, line: pos.line, column: pos.column, path: `${doc.index > 0 ? `[doc ${doc.index + 1}]` : ''}${path}`, message: p.message };
     }),
   );
 }
@@ -109,7 +110,35 @@ export function fieldPath(field: string): (string | number)[] {
   return out;
 }
 
-const ajv = new Ajv({ allErrors: true, useDefaults: true, strict: false });
+const ajv = new Ajv({ allErrors: true, useDefaults: true, strict: false, verbose: true });
+
+/** The known name closest to `name` (at most two edits away), for "did you mean". */
+export function closest(name: string, known: string[]): string | undefined {
+  let best: string | undefined;
+  let bestD = 3;
+  for (const k of known) {
+    const d = distance(name.toLowerCase(), k.toLowerCase());
+    if (d < bestD) {
+      best = k;
+      bestD = d;
+    }
+  }
+  return best;
+}
+
+function distance(a: string, b: string): number {
+  const row = Array.from({ length: b.length + 1 }, (_, i) => i);
+  for (let i = 1; i <= a.length; i++) {
+    let prev = row[0] as number;
+    row[0] = i;
+    for (let j = 1; j <= b.length; j++) {
+      const tmp = row[j] as number;
+      row[j] = Math.min((row[j] as number) + 1, (row[j - 1] as number) + 1, prev + (a[i - 1] === b[j - 1] ? 0 : 1));
+      prev = tmp;
+    }
+  }
+  return row[b.length] as number;
+}
 const compiled = new WeakMap<object, ValidateFunction>();
 
 /**
@@ -147,7 +176,9 @@ function issuesOf(doc: YamlDocument, errors: ErrorObject[]): ConfigIssue[] {
     if (e.keyword === 'additionalProperties') {
       const extra = String((e.params as { additionalProperty: string }).additionalProperty);
       path = `${e.instancePath}/${extra}`;
-      message = `unknown field "${extra}"`;
+      const known = Object.keys(((e.parentSchema as { properties?: object } | undefined)?.properties ?? {}) as object);
+      const guess = closest(extra, known);
+      message = `unknown field "${extra}"${guess ? ` (did you mean "${guess}"?)` : ''}`;
       pos = doc.positionOf([...segs, extra], true);
     } else if (e.keyword === 'required') {
       message = `missing required field "${(e.params as { missingProperty: string }).missingProperty}"`;

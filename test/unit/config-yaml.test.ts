@@ -43,7 +43,7 @@ describe('YAML config files', () => {
     expect(problems(text).sort()).toEqual([
       'proxy.yaml:2:11: /listeners/0/port: must be <= 65535',
       'proxy.yaml:5:16: /routes/0/timeoutMs: must be integer',
-      'proxy.yaml:6:5: /routes/1/nmae: unknown field "nmae"',
+      'proxy.yaml:6:5: /routes/1/nmae: unknown field "nmae" (did you mean "name"?)',
       'proxy.yaml:6:5: /routes/1: missing required field "name"',
       'proxy.yaml:7:20: /routes/1/methods/1: must be one of "GET", "POST"',
     ]);

@@ -1,0 +1,195 @@
+/**
+ * `tide apply`: a set of resources (Functions, Secrets, Configs) checked together and written
+ * in one store transaction, or not at all. The CLI has parsed and schema-checked the files and
+ * bundled each function; here the references are resolved (an env var from a Secret or Config,
+ * in the same apply or already stored), every bundle is loaded once, and the whole set is
+ * planned against the store. A problem anywhere is reported with the item and field it is
+ * about, and nothing is written. A dry run plans and reports without writing.
+ */
+import { isTideError, TideError } from '../../lib/errors.ts';
+import type { KeyValue, Store, TxnOp } from '../store/index.ts';
+import type { DeployInput, Functions, PreparedDeploy } from './functions.ts';
+import { DEFAULT_NAMESPACE, validateFunctionName } from './schema/function.ts';
+
+export const resourceKeys = {
+  secrets: (ns = DEFAULT_NAMESPACE) => `/tide/secrets/${ns}/`,
+  secret: (name: string, ns = DEFAULT_NAMESPACE) => `/tide/secrets/${ns}/${name}`,
+  configs: (ns = DEFAULT_NAMESPACE) => `/tide/configs/${ns}/`,
+  config: (name: string, ns = DEFAULT_NAMESPACE) => `/tide/configs/${ns}/${name}`,
+};
+
+/** An env var whose value comes from a Secret or a Config. */
+export interface EnvRef {
+  name: string;
+  from: 'secret' | 'config';
+  source: string;
+  key: string;
+  /** Where it is written in the item, for errors: e.g. spec.env[2].valueFrom. */
+  path: string;
+}
+
+export type ApplyItem =
+  | { kind: 'Secret' | 'Config'; name: string; data: Record<string, string> }
+  | { kind: 'Function'; name: string; deploy: DeployInput; envRefs: EnvRef[] };
+
+export interface ApplyProblem {
+  /** Index of the item in the request. */
+  item: number;
+  /** The field, e.g. spec.env[0].valueFrom.secretKeyRef. */
+  path: string;
+  message: string;
+}
+
+export interface ApplyResult {
+  kind: string;
+  name: string;
+  action: 'created' | 'configured' | 'unchanged';
+  /** For a Function: the revision that serves after the apply. */
+  revision?: string;
+}
+
+interface Stored {
+  name: string;
+  data: Record<string, string>;
+}
+
+const CAS_ATTEMPTS = 5;
+
+export class Resources {
+  readonly #store: Store;
+  readonly #functions: Functions;
+
+  constructor(store: Store, functions: Functions) {
+    this.#store = store;
+    this.#functions = functions;
+  }
+
+  async apply(items: ApplyItem[], dryRun: boolean): Promise<{ results: ApplyResult[]; storeRevision: number; newRevisions: string[] }> {
+    const problems: ApplyProblem[] = [];
+    const seen = new Map<string, number>();
+    items.forEach((it, i) => {
+      try {
+        validateFunctionName(it.name);
+      } catch (err) {
+        problems.push({ item: i, path: 'metadata.name', message: (err as Error).message });
+      }
+      const id = `${it.kind}/${it.name}`;
+      const first = seen.get(id);
+      if (first !== undefined) problems.push({ item: i, path: 'metadata.name', message: `${id} is already given by document ${first + 1}` });
+      else seen.set(id, i);
+    });
+
+    // Secrets and Configs: those applied now, over those stored.
+    const stored = { secret: await this.#loadAll(resourceKeys.secrets()), config: await this.#loadAll(resourceKeys.configs()) };
+    const values = {
+      secret: new Map([...stored.secret].map(([n, s]) => [n, s.value.data])),
+      config: new Map([...stored.config].map(([n, s]) => [n, s.value.data])),
+    };
+    for (const it of items) {
+      if (it.kind === 'Secret') values.secret.set(it.name, it.data);
+      if (it.kind === 'Config') values.config.set(it.name, it.data);
+    }
+
+    // Functions: resolve their env references, then check and ready each one.
+    const prepared = new Map<number, PreparedDeploy>();
+    for (const [i, it] of items.entries()) {
+      if (it.kind !== 'Function') continue;
+      const env = { ...(it.deploy.env ?? {}) };
+      const secrets = { ...(it.deploy.secrets ?? {}) };
+      let broken = false;
+      for (const ref of it.envRefs) {
+        const data = values[ref.from].get(ref.source);
+        const kind = ref.from === 'secret' ? 'Secret' : 'Config';
+        if (!data) {
+          problems.push({ item: i, path: ref.path, message: `${kind} "${ref.source}" does not exist (not in these files, not applied before)` });
+          broken = true;
+        } else if (!(ref.key in data)) {
+          const keys = Object.keys(data);
+          problems.push({
+            item: i,
+            path: ref.path,
+            message: `${kind} "${ref.source}" has no key "${ref.key}" (it has ${keys.length ? keys.join(', ') : 'none'})`,
+          });
+          broken = true;
+        } else if (ref.from === 'secret') secrets[ref.name] = data[ref.key] as string;
+        else env[ref.name] = data[ref.key] as string;
+      }
+      if (broken) continue;
+      try {
+        prepared.set(i, await this.#functions.prepare({ ...it.deploy, env, secrets }));
+      } catch (err) {
+        if (!isTideError(err)) throw err;
+        const path =
+          err.code === 'ERR_FUNCTION_INVALID' ? (it.deploy.image ? 'spec.image' : 'spec.source') : err.message.startsWith('scaling') ? 'spec.scaling' : 'spec';
+        problems.push({ item: i, path, message: err.message });
+      }
+    }
+    if (problems.length > 0) {
+      throw new TideError('ERR_CONFIG_INVALID', `${problems.length} problem${problems.length === 1 ? '' : 's'}; nothing was applied`, {
+        status: 400,
+        details: { problems },
+      });
+    }
+
+    for (let attempt = 1; ; attempt++) {
+      const ops: TxnOp[] = [];
+      const results: ApplyResult[] = [];
+      const newRevisions: string[] = [];
+      let storeRevision = 0;
+      for (const [i, it] of items.entries()) {
+        if (it.kind === 'Function') {
+          const plan = await this.#functions.plan(prepared.get(i) as PreparedDeploy);
+          ops.push(...plan.ops);
+          storeRevision = Math.max(storeRevision, plan.storeRevision);
+          results.push({
+            kind: 'Function',
+            name: it.name,
+            action: plan.ops.length === 0 ? 'unchanged' : plan.result.created && plan.result.revision.number === 1 ? 'created' : 'configured',
+            revision: plan.result.revision.name,
+          });
+          if (plan.ops.length > 0) newRevisions.push(plan.result.revision.name);
+          continue;
+        }
+        const from = it.kind === 'Secret' ? 'secret' : 'config';
+        const before = stored[from].get(it.name);
+        const key = from === 'secret' ? resourceKeys.secret(it.name) : resourceKeys.config(it.name);
+        const same = before !== undefined && JSON.stringify(before.value.data) === JSON.stringify(it.data);
+        if (!same)
+          ops.push({
+            type: 'put',
+            key,
+            value: JSON.stringify({ name: it.name, data: it.data } satisfies Stored),
+            expectModRevision: before?.kv.modRevision ?? 0,
+          });
+        results.push({ kind: it.kind, name: it.name, action: same ? 'unchanged' : before ? 'configured' : 'created' });
+      }
+      if (dryRun || ops.length === 0) return { results, storeRevision, newRevisions: dryRun ? [] : newRevisions };
+      try {
+        return { results, storeRevision: await this.#store.txn(ops), newRevisions };
+      } catch (err) {
+        if (isTideError(err, 'ERR_STORE_CONFLICT') && attempt < CAS_ATTEMPTS) {
+          // Someone wrote in between: plan again against what is there now.
+          stored.secret = await this.#loadAll(resourceKeys.secrets());
+          stored.config = await this.#loadAll(resourceKeys.configs());
+          continue;
+        }
+        throw err;
+      }
+    }
+  }
+
+  /** Names of stored Secrets (never their values) or Configs. */
+  async list(kind: 'Secret' | 'Config'): Promise<string[]> {
+    return [...(await this.#loadAll(kind === 'Secret' ? resourceKeys.secrets() : resourceKeys.configs())).keys()];
+  }
+
+  async #loadAll(prefix: string): Promise<Map<string, { value: Stored; kv: KeyValue }>> {
+    const { items } = await this.#store.list(prefix);
+    return new Map(
+      items.map((kv) => {
+        const value = JSON.parse(kv.value) as Stored;
+        return [value.name, { value, kv }];
+      }),
+    );
+  }
+}

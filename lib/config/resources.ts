@@ -1,0 +1,175 @@
+/**
+ * The resources a person writes in YAML and applies with `tide apply -f`: one JSON Schema per
+ * kind (TypeBox), `apiVersion: tide.dev/v1`, `kind`, `metadata`, `spec`. Function settings a
+ * file leaves out take their defaults from where they are declared once (FUNCTION_DEFAULTS,
+ * SCALING_DEFAULTS, PROBE_DEFAULTS); this file only says what may be written, in people's units
+ * (`memory: 128Mi`, `timeout: 30s`, `cpu: 250m`).
+ */
+import { type Static, Type } from '@sinclair/typebox';
+
+const Name = Type.String({ pattern: '^[a-z]([-a-z0-9]*[a-z0-9])?$', maxLength: 57, description: 'a DNS label: lowercase letters, digits and -' });
+const Duration = Type.String({ pattern: '^\\d+(\\.\\d+)?(ms|s|m|h)$', description: 'like 500ms, 30s, 2m' });
+const Quantity = Type.String({ pattern: '^\\d+(\\.\\d+)?(Ki|Mi|Gi|K|M|G|kb|mb|gb)?$', description: 'like 128Mi, 1Gi, 512kb' });
+const Cpu = Type.Union([
+  Type.String({ pattern: '^(\\d+m|\\d+(\\.\\d+)?)$', description: 'millicores like 250m, or cores like 0.5' }),
+  Type.Number({ minimum: 0 }),
+]);
+const Labels = Type.Record(Type.String({ pattern: '^[A-Za-z0-9]([-A-Za-z0-9_./]{0,251}[A-Za-z0-9])?$' }), Type.String({ maxLength: 63 }));
+
+export const MetadataSchema = Type.Object(
+  {
+    name: Name,
+    namespace: Type.Optional(Type.Literal('default', { description: 'one namespace, "default", for now' })),
+    labels: Type.Optional(Labels),
+    annotations: Type.Optional(Type.Record(Type.String(), Type.String())),
+  },
+  { additionalProperties: false },
+);
+
+const KeyRef = Type.Object({ name: Name, key: Type.String({ pattern: '^[A-Za-z_][A-Za-z0-9_.-]*$' }) }, { additionalProperties: false });
+
+const EnvVar = Type.Object(
+  {
+    name: Type.String({ pattern: '^[A-Za-z_][A-Za-z0-9_]*$' }),
+    value: Type.Optional(Type.String()),
+    valueFrom: Type.Optional(
+      Type.Object(
+        { secretKeyRef: Type.Optional(KeyRef), configKeyRef: Type.Optional(KeyRef) },
+        { additionalProperties: false, minProperties: 1, maxProperties: 1 },
+      ),
+    ),
+  },
+  { additionalProperties: false },
+);
+
+const Probe = Type.Object(
+  {
+    path: Type.String({ pattern: '^/' }),
+    initialDelaySeconds: Type.Optional(Type.Number({ minimum: 0 })),
+    periodSeconds: Type.Optional(Type.Number({ minimum: 0.1 })),
+    timeoutSeconds: Type.Optional(Type.Number({ minimum: 0.1 })),
+    successThreshold: Type.Optional(Type.Integer({ minimum: 1 })),
+    failureThreshold: Type.Optional(Type.Integer({ minimum: 1 })),
+  },
+  { additionalProperties: false },
+);
+
+export const FunctionSpecSchema = Type.Object(
+  {
+    source: Type.Optional(Type.String({ description: 'the module to bundle, relative to this file' })),
+    image: Type.Optional(
+      Type.Object(
+        {
+          path: Type.String({ description: 'an OCI layout, tar or root filesystem on the node, relative to this file' }),
+          command: Type.Optional(Type.Array(Type.String(), { minItems: 1 })),
+          port: Type.Optional(Type.Integer({ minimum: 1, maximum: 65535 })),
+        },
+        { additionalProperties: false },
+      ),
+    ),
+    sandbox: Type.Optional(Type.Union([Type.Literal('worker'), Type.Literal('container')])),
+    env: Type.Optional(Type.Array(EnvVar)),
+    resources: Type.Optional(
+      Type.Object({ memory: Type.Optional(Quantity), cpu: Type.Optional(Cpu), cpuLimit: Type.Optional(Cpu) }, { additionalProperties: false }),
+    ),
+    timeout: Type.Optional(Duration),
+    maxBody: Type.Optional(Quantity),
+    scaling: Type.Optional(
+      Type.Object(
+        {
+          minScale: Type.Optional(Type.Integer({ minimum: 0 })),
+          maxScale: Type.Optional(Type.Integer({ minimum: 0 })),
+          initialScale: Type.Optional(Type.Integer({ minimum: 0 })),
+          metric: Type.Optional(Type.Union([Type.Literal('concurrency'), Type.Literal('rps')])),
+          target: Type.Optional(Type.Number({ exclusiveMinimum: 0 })),
+          targetUtilization: Type.Optional(Type.Number({ exclusiveMinimum: 0, maximum: 1 })),
+          containerConcurrency: Type.Optional(Type.Integer({ minimum: 0 })),
+          stableWindow: Type.Optional(Duration),
+          panicWindowPercentage: Type.Optional(Type.Number({ minimum: 1, maximum: 100 })),
+          panicThreshold: Type.Optional(Type.Number()),
+          maxScaleUpRate: Type.Optional(Type.Number()),
+          maxScaleDownRate: Type.Optional(Type.Number()),
+          scaleToZeroGracePeriod: Type.Optional(Duration),
+          scaleDownDelay: Type.Optional(Duration),
+          tick: Type.Optional(Duration),
+          queueSize: Type.Optional(Type.Integer({ minimum: 0 })),
+          queueTimeout: Type.Optional(Duration),
+        },
+        { additionalProperties: false },
+      ),
+    ),
+    probes: Type.Optional(
+      Type.Object({ startup: Type.Optional(Probe), readiness: Type.Optional(Probe), liveness: Type.Optional(Probe) }, { additionalProperties: false }),
+    ),
+    placement: Type.Optional(
+      Type.Object(
+        {
+          nodeSelector: Type.Optional(Labels),
+          tolerations: Type.Optional(
+            Type.Array(
+              Type.Object(
+                {
+                  key: Type.String(),
+                  operator: Type.Optional(Type.Union([Type.Literal('Equal'), Type.Literal('Exists')])),
+                  value: Type.Optional(Type.String()),
+                },
+                { additionalProperties: false },
+              ),
+            ),
+          ),
+          affinity: Type.Optional(Type.Array(Name)),
+          antiAffinity: Type.Optional(Type.Array(Name)),
+        },
+        { additionalProperties: false },
+      ),
+    ),
+  },
+  { additionalProperties: false },
+);
+
+const Data = Type.Record(Type.String({ pattern: '^[A-Za-z_][A-Za-z0-9_.-]*$' }), Type.String());
+
+export const FunctionSchema = Type.Object(
+  { apiVersion: Type.Literal('tide.dev/v1'), kind: Type.Literal('Function'), metadata: MetadataSchema, spec: FunctionSpecSchema },
+  { additionalProperties: false, $id: 'https://tide.dev/schemas/v1/function.json', title: 'Tide Function' },
+);
+
+export const SecretSchema = Type.Object(
+  {
+    apiVersion: Type.Literal('tide.dev/v1'),
+    kind: Type.Literal('Secret'),
+    metadata: MetadataSchema,
+    spec: Type.Object({ data: Data }, { additionalProperties: false }),
+  },
+  { additionalProperties: false, $id: 'https://tide.dev/schemas/v1/secret.json', title: 'Tide Secret' },
+);
+
+export const ConfigSchema = Type.Object(
+  {
+    apiVersion: Type.Literal('tide.dev/v1'),
+    kind: Type.Literal('Config'),
+    metadata: MetadataSchema,
+    spec: Type.Object({ data: Data }, { additionalProperties: false }),
+  },
+  { additionalProperties: false, $id: 'https://tide.dev/schemas/v1/config.json', title: 'Tide Config' },
+);
+
+/** Every kind `tide apply` takes, by name. */
+export const KIND_SCHEMAS = { Function: FunctionSchema, Secret: SecretSchema, Config: ConfigSchema } as const;
+export type Kind = keyof typeof KIND_SCHEMAS;
+
+export type FunctionResource = Static<typeof FunctionSchema>;
+export type SecretResource = Static<typeof SecretSchema>;
+export type ConfigResource = Static<typeof ConfigSchema>;
+export type Resource = FunctionResource | SecretResource | ConfigResource;
+
+/** The envelope every document is checked against first, so a wrong kind is one clear message. */
+export const EnvelopeSchema = Type.Object(
+  {
+    apiVersion: Type.Literal('tide.dev/v1'),
+    kind: Type.Union(Object.keys(KIND_SCHEMAS).map((k) => Type.Literal(k))),
+    metadata: Type.Object({ name: Type.String() }),
+    spec: Type.Object({}),
+  },
+  { additionalProperties: true },
+);

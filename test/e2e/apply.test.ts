@@ -1,0 +1,175 @@
+/**
+ * `tide apply -f` through a real `tide up`: every problem reported at its line and column,
+ * all or nothing, dry runs that change nothing, and Secrets and Configs reaching a function.
+ */
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { KIND_SCHEMAS } from '../../lib/config/resources.ts';
+import { FIXTURES, http, ROOT, startTide, stopTide, type TideProcess, tempDir, tide } from '../helpers/tide.ts';
+
+let t: TideProcess;
+const ECHO = join(ROOT, 'examples', 'echo.ts');
+
+beforeAll(async () => {
+  t = await startTide();
+});
+
+afterAll(async () => {
+  await stopTide(t);
+});
+
+/** Writes `text` as app.yaml in a fresh folder and applies it. */
+async function apply(text: string, ...flags: string[]) {
+  const dir = tempDir('tide-apply-');
+  const file = join(dir, 'app.yaml');
+  writeFileSync(file, text);
+  const r = await tide(['apply', '-f', file, ...flags], { dataDir: t.dataDir, cwd: dir });
+  return { ...r, file };
+}
+
+const fn = (name: string, extra = '') => `apiVersion: tide.dev/v1
+kind: Function
+metadata:
+  name: ${name}
+spec:
+  source: ${ECHO}
+${extra}`;
+
+describe('tide apply', () => {
+  it('creates Secrets, Configs and a Function whose env takes their values; applying again changes nothing', async () => {
+    const text = `apiVersion: tide.dev/v1
+kind: Secret
+metadata: { name: keys }
+spec:
+  data: { token: s3cret }
+---
+apiVersion: tide.dev/v1
+kind: Config
+metadata: { name: settings }
+spec:
+  data: { greeting: from-config }
+---
+${fn(
+  'echoed',
+  `  env:
+    - { name: GREETING, valueFrom: { configKeyRef: { name: settings, key: greeting } } }
+    - { name: TOKEN, valueFrom: { secretKeyRef: { name: keys, key: token } } }
+  resources: { memory: 64Mi, cpu: 250m }
+  timeout: 5s
+  scaling: { maxScale: 3, scaleToZeroGracePeriod: 45s }`,
+)}`;
+    const dry = await apply(text, '--dry-run');
+    expect(dry.code, dry.stderr).toBe(0);
+    expect(dry.stdout).toBe('secret/keys created (dry run)\nconfig/settings created (dry run)\nfunction/echoed created (echoed-00001) (dry run)\n');
+    expect((await tide(['get', 'functions'], { dataDir: t.dataDir })).stdout).not.toMatch(/echoed/); // a dry run changes nothing
+    const r = await apply(text);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toBe('secret/keys created\nconfig/settings created\nfunction/echoed created (echoed-00001)\n');
+    const res = await http(t.gatewayPort, 'echoed.localhost', '/');
+    expect(JSON.parse(res.text).greeting).toBe('from-config');
+    const d = JSON.parse((await tide(['describe', 'echoed', '-o', 'json'], { dataDir: t.dataDir })).stdout) as {
+      secrets: string[];
+      config: { memoryMb: number; cpuMillis: number; timeoutMs: number; scaling: { maxScale: number; scaleToZeroGracePeriodMs: number } };
+    };
+    expect(d.secrets).toEqual(['TOKEN']);
+    expect(d.config).toMatchObject({ memoryMb: 64, cpuMillis: 250, timeoutMs: 5000, scaling: { maxScale: 3, scaleToZeroGracePeriodMs: 45_000 } });
+    const again = await apply(text);
+    expect(again.stdout).toBe('secret/keys unchanged\nconfig/settings unchanged\nfunction/echoed unchanged (echoed-00001)\n');
+    const changed = await apply(text.replace('from-config', 'changed'));
+    expect(changed.stdout).toMatch(/config\/settings configured\nfunction\/echoed configured \(echoed-00002\)/);
+    expect(JSON.parse((await http(t.gatewayPort, 'echoed.localhost', '/')).text).greeting).toBe('changed');
+  });
+
+  it('reports every schema problem at its line and column, with a guess for a misspelled field, and applies nothing', async () => {
+    const text = `apiVersion: tide.dev/v1
+kind: Secret
+metadata: { name: good-secret }
+spec:
+  data: { a: b }
+---
+${fn(
+  'typo',
+  `  resources:
+    memroy: 128Mi
+  timeout: soon
+  scaling:
+    minScale: -1`,
+)}
+---
+apiVersion: tide.dev/v2
+kind: Function
+metadata: { name: wrong-version }
+spec: {}
+`;
+    const r = await apply(text);
+    expect(r.code).toBe(1);
+    const lines = r.stderr.trim().split('\n');
+    expect(lines).toEqual([
+      'error: app.yaml:14:5: [doc 2]/spec/resources/memroy: unknown field "memroy" (did you mean "memory"?)',
+      expect.stringMatching(/^app\.yaml:15:12: \[doc 2\]\/spec\/timeout: must match pattern/),
+      'app.yaml:17:15: [doc 2]/spec/scaling/minScale: must be >= 0',
+      'app.yaml:19:13: [doc 3]/apiVersion: must be one of "tide.dev/v1"',
+      '4 problems; nothing was applied',
+    ]);
+    expect((await tide(['apply', '-f', r.file, '--dry-run'], { dataDir: t.dataDir })).code).toBe(1);
+    const secrets = await fetch(`${t.apiUrl}/v1/functions`, { headers: { authorization: `Bearer ${t.token}` } });
+    expect(await secrets.text()).not.toMatch(/typo/);
+  });
+
+  it('applies nothing when one reference is wrong, naming it where it is written', async () => {
+    const text = `apiVersion: tide.dev/v1
+kind: Secret
+metadata: { name: fine }
+spec:
+  data: { k: v }
+---
+${fn(
+  'needs-config',
+  `  env:
+    - name: X
+      valueFrom:
+        configKeyRef: { name: missing, key: x }
+    - name: Y
+      valueFrom:
+        secretKeyRef: { name: fine, key: nope }`,
+)}`;
+    const r = await apply(text);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/app\.yaml:16:23: \[doc 2\]\/spec\/env\/0\/valueFrom\/configKeyRef: Config "missing" does not exist/);
+    expect(r.stderr).toMatch(/app\.yaml:19:23: \[doc 2\]\/spec\/env\/1\/valueFrom\/secretKeyRef: Secret "fine" has no key "nope" \(it has k\)/);
+    // The good Secret in the same apply was not written either.
+    const dry = await apply(text.replace(/---[\s\S]*$/, ''), '--dry-run');
+    expect(dry.stdout).toBe('secret/fine created (dry run)\n');
+  });
+
+  it('names a duplicate, a missing source file, and a module without fetch, where they are written', async () => {
+    const dup = await apply(`${fn('twice')}---\n${fn('twice')}`);
+    expect(dup.code).toBe(1);
+    expect(dup.stderr).toMatch(/app\.yaml:11:9: \[doc 2\]\/metadata\/name: Function\/twice is given twice \(first at .*app\.yaml:4:9\)/);
+    const missing = await apply(`apiVersion: tide.dev/v1
+kind: Function
+metadata: { name: nofile }
+spec:
+  source: ./not-there.ts
+`);
+    expect(missing.code).toBe(1);
+    expect(missing.stderr).toMatch(/app\.yaml:5:11: \/spec\/source: .*not-there\.ts/);
+    const noFetch = await apply(`apiVersion: tide.dev/v1
+kind: Function
+metadata: { name: nofetch }
+spec:
+  source: ${join(FIXTURES, 'bad', 'no-fetch.ts')}
+`);
+    expect(noFetch.code).toBe(1);
+    expect(noFetch.stderr).toMatch(/app\.yaml:5:11: \/spec\/source: .*fetch/);
+  });
+
+  it('publishes one JSON Schema per kind, the same as `tide schema` prints', async () => {
+    for (const kind of Object.keys(KIND_SCHEMAS)) {
+      const r = await tide(['schema', kind.toLowerCase()]);
+      expect(r.code).toBe(0);
+      expect(readFileSync(join(ROOT, 'schemas', 'v1', `${kind.toLowerCase()}.json`), 'utf8')).toBe(r.stdout);
+    }
+  });
+});
