@@ -5,7 +5,7 @@
  */
 import { resolve } from 'node:path';
 import { Command, CommanderError, Option } from 'commander';
-import type { ApplyProblem } from '../control/api/resources.ts';
+import type { ApplyProblem, ApplyResult } from '../control/api/resources.ts';
 import type { DecisionRecord } from '../control/autoscaler/autoscaler.ts';
 import { formatAge, parseDuration } from '../lib/duration.ts';
 import { errorMessage, TideError } from '../lib/errors.ts';
@@ -446,38 +446,66 @@ export function program(): Command {
     out(`URL: ${result.url}/`);
   });
 
-  connectionOptions(
-    prog
-      .command('apply')
-      .description('create or update the resources in YAML files (Function, Secret, Config): all of them, or none when any is wrong')
-      .requiredOption('-f, --filename <path>', 'a YAML file, or a folder of them (repeatable)', (v: string, prev: string[] = []) => [...prev, v])
-      .option('--dry-run', 'check everything and say what would change, changing nothing')
-      .option('-o, --output <format>', 'json or yaml'),
-  ).action(async (o) => {
-    const format = parseOutput(o.output);
+  /** Sends the files' resources to the API; problems come back placed in the files. */
+  const applyFiles = async (o: Record<string, unknown>, flags: { dryRun?: boolean; prune?: boolean; diff?: boolean }) => {
     const { loadResources, toItems, placeProblems } = await import('./apply.ts');
     const { bundleFunction } = await import('./bundle.ts');
-    const loaded = await loadResources(o.filename);
+    const loaded = await loadResources(o.filename as string[]);
     const items = await toItems(loaded, async (file) => (await bundleFunction(file)).code);
     const body = {
-      dryRun: o.dryRun === true,
+      ...flags,
       items: items.map((it) =>
         it.kind === 'Function' && it.deploy.bundle ? { ...it, deploy: { ...it.deploy, bundle: Buffer.from(it.deploy.bundle).toString('base64') } } : it,
       ),
     };
-    const api = await client(o);
-    let answer: { dryRun: boolean; results: { kind: string; name: string; action: string; revision?: string }[] };
+    const api = await client(o as ConnectOptions);
     try {
-      answer = await api.call('POST', '/v1/apply', body);
+      return await api.call<{ dryRun: boolean; results: ApplyResult[] }>('POST', '/v1/apply', body);
     } catch (err) {
       const problems = err instanceof TideError ? (err.details?.problems as ApplyProblem[] | undefined) : undefined;
       if (problems) throw placeProblems(loaded, problems);
       throw err;
     }
+  };
+  const files = (v: string, prev: string[] = []) => [...prev, v];
+
+  connectionOptions(
+    prog
+      .command('apply')
+      .description('create or update the resources in YAML files (Function, Secret, Config): all of them, or none when any is wrong')
+      .requiredOption('-f, --filename <path>', 'a YAML file, or a folder of them (repeatable)', files)
+      .option('--dry-run', 'check everything and say what would change, changing nothing')
+      .option(
+        '--prune',
+        'also delete every Function, Secret and Config that an earlier apply created and these files do not have (functions made by `tide deploy` are never pruned)',
+      )
+      .option('-o, --output <format>', 'json or yaml'),
+  ).action(async (o) => {
+    const format = parseOutput(o.output);
+    const answer = await applyFiles(o, { dryRun: o.dryRun === true, prune: o.prune === true });
     if (format === 'json' || format === 'yaml') return out(structured(answer, format));
     for (const r of answer.results) {
-      out(`${r.kind.toLowerCase()}/${r.name} ${r.action}${r.revision ? ` (${r.revision})` : ''}${answer.dryRun ? ' (dry run)' : ''}`);
+      out(`${r.kind.toLowerCase()}/${r.name} ${r.action}${r.revision && r.action !== 'pruned' ? ` (${r.revision})` : ''}${answer.dryRun ? ' (dry run)' : ''}`);
     }
+  });
+
+  connectionOptions(
+    prog
+      .command('diff')
+      .description('show what `tide apply` would change, field by field; exits 1 when something would change')
+      .requiredOption('-f, --filename <path>', 'a YAML file, or a folder of them (repeatable)', files)
+      .option('--prune', 'also show what --prune would delete'),
+  ).action(async (o) => {
+    const answer = await applyFiles(o, { diff: true, prune: o.prune === true });
+    let changed = false;
+    for (const r of answer.results) {
+      if (r.action === 'unchanged') continue;
+      changed = true;
+      out(`${r.kind.toLowerCase()}/${r.name}: ${r.action === 'configured' ? 'changes' : r.action === 'created' ? 'would be created' : 'would be deleted'}`);
+      for (const c of r.changes ?? []) out(`  ${c}`);
+    }
+    if (!changed) out('no changes');
+    if (changed) process.exitCode = 1;
   });
 
   prog
@@ -766,7 +794,8 @@ export async function main(argv: string[]): Promise<number> {
   const prog = program();
   try {
     await prog.parseAsync(argv);
-    return 0;
+    // A command may say "done, but not all is well" (`tide diff` with changes) through exitCode.
+    return typeof process.exitCode === 'number' ? process.exitCode : 0;
   } catch (err) {
     if (err instanceof CommanderError) {
       if (err.code === 'commander.helpDisplayed' || err.code === 'commander.version' || err.code === 'commander.help') return 0;

@@ -46,6 +46,8 @@ export interface DeployInput {
   config?: Partial<FunctionConfig>;
   /** Default worker. */
   sandbox?: SandboxKind;
+  /** `tide apply` marks what it writes (see FunctionRecord.managedBy). */
+  managedBy?: 'apply';
 }
 
 export interface DeployResult {
@@ -70,6 +72,7 @@ export interface PreparedDeploy {
   digest: string;
   templateHash: string;
   source: string;
+  managedBy: 'apply' | undefined;
 }
 
 /** Reads the image (not unpacking it) and settles what runs: the given command and port, else the image's. */
@@ -153,7 +156,7 @@ export class Functions {
       await this.#validator.validate(this.#blobs.path(digest), { ...env, ...secrets });
     }
     const templateHash = sha256(JSON.stringify({ digest, env, secrets, config, sandbox, image }));
-    return { name, env, secrets, config, sandbox, image, digest, templateHash, source: input.source };
+    return { name, env, secrets, config, sandbox, image, digest, templateHash, source: input.source, managedBy: input.managedBy };
   }
 
   /**
@@ -166,9 +169,13 @@ export class Functions {
     const fn = current ? parse<FunctionRecord>(current) : undefined;
     const latest = fn ? await this.getRevision(fn.latestRevision) : undefined;
     const expect = current?.modRevision ?? 0;
+    const mark = (f: FunctionRecord): FunctionRecord => {
+      const { managedBy: _, ...rest } = f;
+      return p.managedBy ? { ...rest, managedBy: p.managedBy } : rest;
+    };
     if (fn && latest && latest.templateHash === p.templateHash) {
-      if (fn.servingRevision !== latest.name) {
-        const updated = { ...fn, servingRevision: latest.name };
+      if (fn.servingRevision !== latest.name || fn.managedBy !== p.managedBy) {
+        const updated = mark({ ...fn, servingRevision: latest.name });
         return {
           ops: [{ type: 'put', key: keys.function(p.name), value: JSON.stringify(updated), expectModRevision: expect }],
           result: { function: updated, revision: latest, created: false },
@@ -194,14 +201,14 @@ export class Functions {
       secrets: p.secrets,
       config: p.config,
     };
-    const updated: FunctionRecord = {
+    const updated: FunctionRecord = mark({
       name: p.name,
       namespace: DEFAULT_NAMESPACE,
       createdAt: fn?.createdAt ?? now,
       servingRevision: revision.name,
       latestRevision: revision.name,
       revisionCounter: number,
-    };
+    });
     return {
       ops: [
         { type: 'put', key: keys.revision(revision.name), value: JSON.stringify(revision), expectModRevision: 0 },
@@ -290,14 +297,23 @@ export class Functions {
 
   /** Deletes the function and all its revisions in one transaction. */
   async delete(name: string): Promise<{ revisions: string[] }> {
+    const { ops, revisions } = await this.deleteOps(name);
+    await this.#store.txn(ops);
+    return { revisions };
+  }
+
+  /** What deleting a function writes: its record (compare-and-swap) and every revision. */
+  async deleteOps(name: string): Promise<{ ops: TxnOp[]; revisions: string[] }> {
     const kv = await this.#store.get(keys.function(validateFunctionName(name)));
     if (!kv) throw notFound(name);
     const revisions = await this.revisions(name);
-    await this.#store.txn([
-      { type: 'delete', key: keys.function(name), expectModRevision: kv.modRevision },
-      ...revisions.map((r) => ({ type: 'delete' as const, key: keys.revision(r.name) })),
-    ]);
-    return { revisions: revisions.map((r) => r.name) };
+    return {
+      ops: [
+        { type: 'delete', key: keys.function(name), expectModRevision: kv.modRevision },
+        ...revisions.map((r) => ({ type: 'delete' as const, key: keys.revision(r.name) })),
+      ],
+      revisions: revisions.map((r) => r.name),
+    };
   }
 
   /**

@@ -43,9 +43,20 @@ export interface ApplyProblem {
 export interface ApplyResult {
   kind: string;
   name: string;
-  action: 'created' | 'configured' | 'unchanged';
+  action: 'created' | 'configured' | 'unchanged' | 'pruned';
   /** For a Function: the revision that serves after the apply. */
   revision?: string;
+  /** With `diff`: what changes, one line per field (secret values never shown). */
+  changes?: string[];
+}
+
+export interface ApplyOptions {
+  /** Plan and report; write nothing. */
+  dryRun?: boolean;
+  /** Also delete what an earlier apply wrote and these items no longer have. */
+  prune?: boolean;
+  /** Report what changes, field by field. */
+  diff?: boolean;
 }
 
 interface Stored {
@@ -64,7 +75,8 @@ export class Resources {
     this.#functions = functions;
   }
 
-  async apply(items: ApplyItem[], dryRun: boolean): Promise<{ results: ApplyResult[]; storeRevision: number; newRevisions: string[] }> {
+  async apply(items: ApplyItem[], options: ApplyOptions = {}): Promise<{ results: ApplyResult[]; storeRevision: number; newRevisions: string[] }> {
+    const dryRun = options.dryRun === true || options.diff === true;
     const problems: ApplyProblem[] = [];
     const seen = new Map<string, number>();
     items.forEach((it, i) => {
@@ -116,7 +128,7 @@ export class Resources {
       }
       if (broken) continue;
       try {
-        prepared.set(i, await this.#functions.prepare({ ...it.deploy, env, secrets }));
+        prepared.set(i, await this.#functions.prepare({ ...it.deploy, env, secrets, managedBy: 'apply' }));
       } catch (err) {
         if (!isTideError(err)) throw err;
         const path =
@@ -138,15 +150,18 @@ export class Resources {
       let storeRevision = 0;
       for (const [i, it] of items.entries()) {
         if (it.kind === 'Function') {
-          const plan = await this.#functions.plan(prepared.get(i) as PreparedDeploy);
+          const p = prepared.get(i) as PreparedDeploy;
+          const plan = await this.#functions.plan(p);
           ops.push(...plan.ops);
           storeRevision = Math.max(storeRevision, plan.storeRevision);
-          results.push({
+          const result: ApplyResult = {
             kind: 'Function',
             name: it.name,
             action: plan.ops.length === 0 ? 'unchanged' : plan.result.created && plan.result.revision.number === 1 ? 'created' : 'configured',
             revision: plan.result.revision.name,
-          });
+          };
+          if (options.diff) result.changes = await this.#functionChanges(p);
+          results.push(result);
           if (plan.ops.length > 0) newRevisions.push(plan.result.revision.name);
           continue;
         }
@@ -161,7 +176,33 @@ export class Resources {
             value: JSON.stringify({ name: it.name, data: it.data } satisfies Stored),
             expectModRevision: before?.kv.modRevision ?? 0,
           });
-        results.push({ kind: it.kind, name: it.name, action: same ? 'unchanged' : before ? 'configured' : 'created' });
+        const result: ApplyResult = { kind: it.kind, name: it.name, action: same ? 'unchanged' : before ? 'configured' : 'created' };
+        if (options.diff) result.changes = dataChanges(before?.value.data ?? {}, it.data, it.kind === 'Secret');
+        results.push(result);
+      }
+      if (options.prune) {
+        const wanted = new Set(items.map((it) => `${it.kind}/${it.name}`));
+        for (const fn of await this.#functions.list()) {
+          if (fn.managedBy !== 'apply' || wanted.has(`Function/${fn.name}`)) continue;
+          const del = await this.#functions.deleteOps(fn.name);
+          ops.push(...del.ops);
+          results.push({
+            kind: 'Function',
+            name: fn.name,
+            action: 'pruned',
+            ...(options.diff ? { changes: [`deleted, with revisions ${del.revisions.join(', ')}`] } : {}),
+          });
+        }
+        for (const [kind, from] of [
+          ['Secret', 'secret'],
+          ['Config', 'config'],
+        ] as const) {
+          for (const [name, { kv }] of stored[from]) {
+            if (wanted.has(`${kind}/${name}`)) continue;
+            ops.push({ type: 'delete', key: kv.key, expectModRevision: kv.modRevision });
+            results.push({ kind, name, action: 'pruned', ...(options.diff ? { changes: ['deleted'] } : {}) });
+          }
+        }
       }
       if (dryRun || ops.length === 0) return { results, storeRevision, newRevisions: dryRun ? [] : newRevisions };
       try {
@@ -178,6 +219,21 @@ export class Resources {
     }
   }
 
+  /** What a prepared function changes against its newest revision, field by field. */
+  async #functionChanges(p: PreparedDeploy): Promise<string[]> {
+    const fn = await this.#functions.get(p.name).catch(() => undefined);
+    const latest = fn ? await this.#functions.getRevision(fn.latestRevision) : undefined;
+    if (!latest) return ['new function'];
+    if (latest.templateHash === p.templateHash) return fn?.servingRevision === latest.name ? [] : [`serve ${latest.name} again`];
+    const out: string[] = [];
+    if (latest.digest !== p.digest) out.push(`code: ${short(latest.digest)} → ${short(p.digest)}`);
+    if (latest.sandbox !== p.sandbox) out.push(`sandbox: ${latest.sandbox} → ${p.sandbox}`);
+    out.push(...leafChanges('config', latest.config, p.config));
+    out.push(...dataChanges(latest.env, p.env, false).map((l) => `env.${l}`));
+    out.push(...dataChanges(latest.secrets, p.secrets, true).map((l) => `secrets.${l}`));
+    return out;
+  }
+
   /** Names of stored Secrets (never their values) or Configs. */
   async list(kind: 'Secret' | 'Config'): Promise<string[]> {
     return [...(await this.#loadAll(kind === 'Secret' ? resourceKeys.secrets() : resourceKeys.configs())).keys()];
@@ -192,4 +248,32 @@ export class Resources {
       }),
     );
   }
+}
+
+function short(digest: string): string {
+  return digest.replace(/^sha256:/, '').slice(0, 12);
+}
+
+/** Key by key: added, removed, changed; a secret's values are never shown. */
+function dataChanges(before: Record<string, string>, after: Record<string, string>, secret: boolean): string[] {
+  const out: string[] = [];
+  const show = (v: string) => (secret ? '(hidden)' : JSON.stringify(v));
+  for (const k of [...new Set([...Object.keys(before), ...Object.keys(after)])].sort()) {
+    const a = before[k];
+    const b = after[k];
+    if (a === b) continue;
+    if (a === undefined) out.push(`${k}: added ${show(b as string)}`);
+    else if (b === undefined) out.push(`${k}: removed`);
+    else out.push(secret ? `${k}: changed` : `${k}: ${show(a)} → ${show(b)}`);
+  }
+  return out;
+}
+
+/** Leaf values that differ between two settings objects, as `path: before → after`. */
+function leafChanges(path: string, a: unknown, b: unknown): string[] {
+  if (a !== null && b !== null && typeof a === 'object' && typeof b === 'object' && !Array.isArray(a) && !Array.isArray(b)) {
+    const keys = [...new Set([...Object.keys(a), ...Object.keys(b)])].sort();
+    return keys.flatMap((k) => leafChanges(`${path}.${k}`, (a as Record<string, unknown>)[k], (b as Record<string, unknown>)[k]));
+  }
+  return JSON.stringify(a) === JSON.stringify(b) ? [] : [`${path}: ${JSON.stringify(a) ?? 'unset'} → ${JSON.stringify(b) ?? 'unset'}`];
 }

@@ -165,6 +165,63 @@ spec:
     expect(noFetch.stderr).toMatch(/app\.yaml:5:11: \/spec\/source: .*fetch/);
   });
 
+  it('diffs field by field (never showing secret values), and prunes what it created that the files dropped', async () => {
+    const base = `apiVersion: tide.dev/v1
+kind: Secret
+metadata: { name: pkeys }
+spec:
+  data: { token: one }
+---
+apiVersion: tide.dev/v1
+kind: Config
+metadata: { name: pconf }
+spec:
+  data: { mode: a }
+---
+${fn('pruned-later', '  env: [{ name: MODE, valueFrom: { configKeyRef: { name: pconf, key: mode } } }]\n')}---
+${fn('kept', '  resources: { memory: 128Mi }\n')}`;
+    expect((await apply(base)).code).toBe(0);
+    // A function deployed by hand is not the files' to prune.
+    expect((await tide(['deploy', ECHO, '--name', 'by-hand'], { dataDir: t.dataDir })).code).toBe(0);
+    const same = await apply(base, '--dry-run');
+    expect(same.stdout).toMatch(/function\/kept unchanged/);
+    const dir = tempDir('tide-diff-');
+    const edited = base.replace('token: one', 'token: two').replace('mode: a', 'mode: b').replace('memory: 128Mi', 'memory: 64Mi');
+    writeFileSync(join(dir, 'app.yaml'), edited);
+    const d = await tide(['diff', '-f', join(dir, 'app.yaml')], { dataDir: t.dataDir, cwd: dir });
+    expect(d.code).toBe(1);
+    expect(d.stdout).toContain('secret/pkeys: changes\n  token: changed\n');
+    expect(d.stdout).not.toContain('two');
+    expect(d.stdout).toContain('config/pconf: changes\n  mode: "a" → "b"\n');
+    expect(d.stdout).toContain('function/pruned-later: changes\n  env.MODE: "a" → "b"\n');
+    expect(d.stdout).toContain('function/kept: changes\n  config.memoryMb: 128 → 64\n');
+    const none = await tide(['diff', '-f', join(dir, 'app.yaml')], { dataDir: t.dataDir, cwd: dir });
+    expect(none.code).toBe(1); // the diff itself changed nothing
+    // Drop the Config and one Function from the files: --prune deletes them, never the hand-made one.
+    const trimmed = `${fn('kept', '  resources: { memory: 128Mi }\n')}---
+apiVersion: tide.dev/v1
+kind: Secret
+metadata: { name: pkeys }
+spec:
+  data: { token: one }
+`;
+    const p = await apply(trimmed, '--prune', '--dry-run');
+    expect(
+      p.stdout
+        .split('\n')
+        .filter((l) => l.includes('pruned'))
+        .sort(),
+    ).toEqual(expect.arrayContaining([expect.stringMatching(/^config\/pconf pruned/), expect.stringMatching(/^function\/pruned-later pruned/)]));
+    expect(p.stdout).not.toMatch(/by-hand/);
+    expect(p.stdout).toMatch(/function\/echoed pruned/); // applied by the first test, not in these files
+    const pruned = await apply(trimmed, '--prune');
+    expect(pruned.code, pruned.stderr).toBe(0);
+    const names = (await tide(['get', 'functions', '-o', 'json'], { dataDir: t.dataDir })).stdout;
+    expect(names).not.toMatch(/pruned-later/);
+    expect(names).toMatch(/by-hand/);
+    expect(names).toMatch(/"kept"/);
+  });
+
   it('publishes one JSON Schema per kind, the same as `tide schema` prints', async () => {
     for (const kind of Object.keys(KIND_SCHEMAS)) {
       const r = await tide(['schema', kind.toLowerCase()]);

@@ -181,6 +181,8 @@ export interface FunctionRecord {
   latestRevision: string;
   /** Number of the newest revision; the next is this + 1 (numbers are never reused). */
   revisionCounter: number;
+  /** Set when `tide apply` wrote it last: `tide apply --prune` may delete it when its file no longer has it. */
+  managedBy?: 'apply';
 }
 
 /**
