@@ -16,6 +16,7 @@ import {
   KIND_SCHEMAS,
   type Kind,
   type Resource,
+  type RouteResource,
   type SecretResource,
 } from '../lib/config/resources.ts';
 import { type ConfigIssue, failAt, formatIssue, parseYaml, validateDocument, type YamlDocument } from '../lib/config/yaml.ts';
@@ -128,6 +129,25 @@ export async function toItems(loaded: Loaded[], bundle: (file: string) => Promis
     const r = l.resource;
     if (r.kind === 'Secret' || r.kind === 'Config') {
       items.push({ kind: r.kind, name: r.metadata.name, data: (r as SecretResource | ConfigResource).spec.data });
+      continue;
+    }
+    if (r.kind === 'Route') {
+      const spec = (r as RouteResource).spec;
+      let ok = true;
+      spec.rules.forEach((rule, i) => {
+        rule.split.forEach((b, j) => {
+          if ((b.revision === undefined) === (b.function === undefined)) {
+            issues.push(...issueAt(l.doc, `spec.rules[${i}].split[${j}]`, 'give exactly one of revision or function'));
+            ok = false;
+          }
+        });
+        const sum = rule.split.reduce((n, b) => n + b.weight, 0);
+        if (sum !== 100) {
+          issues.push(...issueAt(l.doc, `spec.rules[${i}].split`, `the weights add up to ${sum}, not 100`));
+          ok = false;
+        }
+      });
+      if (ok) items.push({ kind: 'Route', name: r.metadata.name, spec });
       continue;
     }
     const spec = (r as FunctionResource).spec;

@@ -10,17 +10,19 @@
  * It reads only the snapshot and the endpoint resolver; it never writes state.
  */
 import type { AddressInfo } from 'node:net';
-import type { RouteTarget, Snapshot } from '../control/snapshot/build.ts';
+import type { CustomRoute, RouteTarget, Snapshot } from '../control/snapshot/build.ts';
 import type { ProxyConfig } from '../lib/config/proxy.ts';
 import { TideError } from '../lib/errors.ts';
 import type { Logger } from '../lib/log.ts';
 import type { CompiledListener, CompiledRoute, ProxySnapshot } from './config/compile.ts';
 import type { Dispatch, ProxyRequest, ResponseControl, ResponseHandler } from './http/types.ts';
 import { type ActivatableEndpoint, Activator, type ActivatorHooks } from './layers/activator.ts';
+import { splitDispatch } from './layers/split.ts';
 import { Listener } from './listener/listener.ts';
 import { ProxyMetrics } from './metrics.ts';
 import { DataPlane } from './proxy.ts';
 import { normalizeHost, TableRouter } from './router/index.ts';
+import type { RouteMatch } from './router/router.ts';
 
 /** The part of a revision endpoint the gateway needs (runtime's RevisionEndpoint fits). */
 export type Endpoint = ActivatableEndpoint;
@@ -74,7 +76,7 @@ export class Gateway {
 
   /** Swaps in a new routing snapshot; requests already routed keep their target. */
   setSnapshot(snapshot: Snapshot): void {
-    this.#plane.apply(this.#compile([...snapshot.routes], snapshot.version));
+    this.#plane.apply(this.#compile([...snapshot.routes], snapshot.version, snapshot.custom));
     this.#snapshotVersion = snapshot.version;
   }
 
@@ -82,24 +84,62 @@ export class Gateway {
     return this.#snapshotVersion;
   }
 
-  #compile(routes: [string, RouteTarget][], version: number): ProxySnapshot {
-    const hosts = routes.map(([name, target]) => ({
-      name,
-      domains: [`${name}${this.#suffix}`],
-      routes: [{ name: 'default', match: {}, target: this.#route(name, this.#toFunction(target)) }],
-    }));
+  #compile(routes: [string, RouteTarget][], version: number, custom: readonly CustomRoute[] = []): ProxySnapshot {
+    // Route resources first: their hosts (and TAG.<host>) win over a function's own host.
+    const hosts: { name: string; domains: string[]; routes: { name: string; match: RouteMatch; target: CompiledRoute }[] }[] = [];
+    const taken = new Set<string>();
+    for (const r of custom) {
+      const domains = (r.hosts ?? [`${r.name}${this.#suffix}`]).map((h) => h.toLowerCase()).filter((d) => !taken.has(d));
+      if (domains.length === 0) continue;
+      for (const d of domains) taken.add(d);
+      hosts.push({
+        name: `route:${r.name}`,
+        domains,
+        routes: r.rules
+          .filter((rule) => rule.split.length > 0)
+          .map((rule, i) => ({
+            name: `rule-${i}`,
+            match: (rule.match ?? {}) as RouteMatch,
+            target: this.#route(
+              `route:${r.name}`,
+              splitDispatch(
+                rule.split.map((b) => ({ name: b.target.revision, weight: b.weight, dispatch: this.#toFunction(b.target) })),
+                undefined,
+              ),
+              `rule-${i}`,
+            ),
+          })),
+      });
+      for (const { tag, target } of r.tags) {
+        const tagged = domains.map((d) => `${tag}.${d}`).filter((d) => !taken.has(d));
+        for (const d of tagged) taken.add(d);
+        if (tagged.length > 0) {
+          hosts.push({
+            name: `route:${r.name}:${tag}`,
+            domains: tagged,
+            routes: [{ name: 'tag', match: {}, target: this.#route(`route:${r.name}:${tag}`, this.#toFunction(target), 'tag') }],
+          });
+        }
+      }
+    }
+    for (const [name, target] of routes) {
+      const domain = `${name}${this.#suffix}`;
+      if (taken.has(domain)) continue;
+      hosts.push({ name, domains: [domain], routes: [{ name: 'default', match: {}, target: this.#route(name, this.#toFunction(target)) }] });
+    }
     hosts.push({ name: '*', domains: ['*'], routes: [{ name: 'unknown', match: {}, target: this.#route('*', this.#unknown()) }] });
     return { version, router: new TableRouter(hosts), clusters: new Map(), listeners: [], config: EMPTY_CONFIG, inflight: 0 };
   }
 
-  #route(virtualHost: string, dispatch: Dispatch): CompiledRoute {
+  #route(virtualHost: string, dispatch: Dispatch, routeName?: string): CompiledRoute {
+    const name = routeName ?? (virtualHost === '*' ? 'unknown' : 'default');
     return {
       virtualHost,
-      name: virtualHost === '*' ? 'unknown' : 'default',
+      name,
       dispatch,
       bufferBodyUpTo: 0,
       upgradeCluster: undefined,
-      metrics: this.metrics.route(virtualHost, virtualHost === '*' ? 'unknown' : 'default'),
+      metrics: this.metrics.route(virtualHost, name),
       editRequest: undefined,
       timeoutMs: 0,
     };

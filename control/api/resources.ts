@@ -6,10 +6,13 @@
  * planned against the store. A problem anywhere is reported with the item and field it is
  * about, and nothing is written. A dry run plans and reports without writing.
  */
+
+import type { RouteSpec } from '../../lib/config/resources.ts';
 import { isTideError, TideError } from '../../lib/errors.ts';
 import type { KeyValue, Store, TxnOp } from '../store/index.ts';
 import type { DeployInput, Functions, PreparedDeploy } from './functions.ts';
-import { DEFAULT_NAMESPACE, validateFunctionName } from './schema/function.ts';
+import { DEFAULT_NAMESPACE, type FunctionRecord, keys as fnKeys, validateFunctionName } from './schema/function.ts';
+import { type RouteRecord, routeKeys } from './schema/route.ts';
 
 export const resourceKeys = {
   secrets: (ns = DEFAULT_NAMESPACE) => `/tide/secrets/${ns}/`,
@@ -30,7 +33,8 @@ export interface EnvRef {
 
 export type ApplyItem =
   | { kind: 'Secret' | 'Config'; name: string; data: Record<string, string> }
-  | { kind: 'Function'; name: string; deploy: DeployInput; envRefs: EnvRef[] };
+  | { kind: 'Function'; name: string; deploy: DeployInput; envRefs: EnvRef[] }
+  | { kind: 'Route'; name: string; spec: RouteSpec };
 
 export interface ApplyProblem {
   /** Index of the item in the request. */
@@ -75,7 +79,10 @@ export class Resources {
     this.#functions = functions;
   }
 
-  async apply(items: ApplyItem[], options: ApplyOptions = {}): Promise<{ results: ApplyResult[]; storeRevision: number; newRevisions: string[] }> {
+  async apply(
+    items: ApplyItem[],
+    options: ApplyOptions = {},
+  ): Promise<{ results: ApplyResult[]; storeRevision: number; newRevisions: string[]; written: boolean }> {
     const dryRun = options.dryRun === true || options.diff === true;
     const problems: ApplyProblem[] = [];
     const seen = new Map<string, number>();
@@ -136,6 +143,39 @@ export class Resources {
         problems.push({ item: i, path, message: err.message });
       }
     }
+    // Routes: every backend must exist now or come with this apply; regular expressions must compile.
+    const storedRoutes = await this.#loadRoutes();
+    const existingRevisions = new Set((await this.#store.list(fnKeys.revisions())).items.map((kv) => kv.key.slice(fnKeys.revisions().length)));
+    const existingFunctions = new Set((await this.#store.list(fnKeys.functions())).items.map((kv) => (JSON.parse(kv.value) as FunctionRecord).name));
+    const upcoming = new Map<string, string>();
+    for (const [i, p] of prepared) {
+      const plan = await this.#functions.plan(p);
+      upcoming.set(plan.result.revision.name, (items[i] as { name: string }).name);
+    }
+    const appliedFunctions = new Set(items.filter((it) => it.kind === 'Function').map((it) => it.name));
+    for (const [i, it] of items.entries()) {
+      if (it.kind !== 'Route') continue;
+      const known = (rev: string) => existingRevisions.has(rev) || upcoming.has(rev);
+      it.spec.rules.forEach((rule, r) => {
+        rule.split.forEach((b, j) => {
+          if (b.revision && !known(b.revision))
+            problems.push({ item: i, path: `spec.rules[${r}].split[${j}].revision`, message: `revision ${b.revision} does not exist` });
+          if (b.function && !existingFunctions.has(b.function) && !appliedFunctions.has(b.function)) {
+            problems.push({ item: i, path: `spec.rules[${r}].split[${j}].function`, message: `function ${b.function} does not exist` });
+          }
+        });
+        for (const [path, pattern] of regexes(rule.match, `spec.rules[${r}].match`)) {
+          try {
+            new RegExp(pattern);
+          } catch (err) {
+            problems.push({ item: i, path, message: `not a valid regular expression: ${(err as Error).message}` });
+          }
+        }
+      });
+      for (const [tag, rev] of Object.entries(it.spec.tags ?? {})) {
+        if (!known(rev)) problems.push({ item: i, path: `spec.tags.${tag}`, message: `revision ${rev} does not exist` });
+      }
+    }
     if (problems.length > 0) {
       throw new TideError('ERR_CONFIG_INVALID', `${problems.length} problem${problems.length === 1 ? '' : 's'}; nothing was applied`, {
         status: 400,
@@ -163,6 +203,16 @@ export class Resources {
           if (options.diff) result.changes = await this.#functionChanges(p);
           results.push(result);
           if (plan.ops.length > 0) newRevisions.push(plan.result.revision.name);
+          continue;
+        }
+        if (it.kind === 'Route') {
+          const before = storedRoutes.get(it.name);
+          const record: RouteRecord = { name: it.name, namespace: DEFAULT_NAMESPACE, spec: it.spec, managedBy: 'apply' };
+          const same = before !== undefined && JSON.stringify(before.value.spec) === JSON.stringify(it.spec);
+          if (!same) ops.push({ type: 'put', key: routeKeys.route(it.name), value: JSON.stringify(record), expectModRevision: before?.kv.modRevision ?? 0 });
+          const result: ApplyResult = { kind: 'Route', name: it.name, action: same ? 'unchanged' : before ? 'configured' : 'created' };
+          if (options.diff) result.changes = before ? leafChanges('spec', before.value.spec, it.spec) : ['new route'];
+          results.push(result);
           continue;
         }
         const from = it.kind === 'Secret' ? 'secret' : 'config';
@@ -193,6 +243,11 @@ export class Resources {
             ...(options.diff ? { changes: [`deleted, with revisions ${del.revisions.join(', ')}`] } : {}),
           });
         }
+        for (const [name, { kv }] of storedRoutes) {
+          if (wanted.has(`Route/${name}`)) continue;
+          ops.push({ type: 'delete', key: kv.key, expectModRevision: kv.modRevision });
+          results.push({ kind: 'Route', name, action: 'pruned', ...(options.diff ? { changes: ['deleted'] } : {}) });
+        }
         for (const [kind, from] of [
           ['Secret', 'secret'],
           ['Config', 'config'],
@@ -204,9 +259,9 @@ export class Resources {
           }
         }
       }
-      if (dryRun || ops.length === 0) return { results, storeRevision, newRevisions: dryRun ? [] : newRevisions };
+      if (dryRun || ops.length === 0) return { results, storeRevision, newRevisions: dryRun ? [] : newRevisions, written: false };
       try {
-        return { results, storeRevision: await this.#store.txn(ops), newRevisions };
+        return { results, storeRevision: await this.#store.txn(ops), newRevisions, written: true };
       } catch (err) {
         if (isTideError(err, 'ERR_STORE_CONFLICT') && attempt < CAS_ATTEMPTS) {
           // Someone wrote in between: plan again against what is there now.
@@ -232,6 +287,16 @@ export class Resources {
     out.push(...dataChanges(latest.env, p.env, false).map((l) => `env.${l}`));
     out.push(...dataChanges(latest.secrets, p.secrets, true).map((l) => `secrets.${l}`));
     return out;
+  }
+
+  async #loadRoutes(): Promise<Map<string, { value: RouteRecord; kv: KeyValue }>> {
+    const { items } = await this.#store.list(routeKeys.routes());
+    return new Map(
+      items.map((kv) => {
+        const value = JSON.parse(kv.value) as RouteRecord;
+        return [value.name, { value, kv }];
+      }),
+    );
   }
 
   /** Names of stored Secrets (never their values) or Configs. */
@@ -276,4 +341,16 @@ function leafChanges(path: string, a: unknown, b: unknown): string[] {
     return keys.flatMap((k) => leafChanges(`${path}.${k}`, (a as Record<string, unknown>)[k], (b as Record<string, unknown>)[k]));
   }
   return JSON.stringify(a) === JSON.stringify(b) ? [] : [`${path}: ${JSON.stringify(a) ?? 'unset'} → ${JSON.stringify(b) ?? 'unset'}`];
+}
+
+/** Every `regex` in a match, with its field path. */
+function regexes(match: unknown, at: string): [string, string][] {
+  if (match === null || typeof match !== 'object') return [];
+  const out: [string, string][] = [];
+  for (const [k, v] of Object.entries(match as Record<string, unknown>)) {
+    const path = Array.isArray(match) ? `${at}[${k}]` : `${at}.${k}`;
+    if (k === 'regex' && typeof v === 'string') out.push([path, v]);
+    else out.push(...regexes(v, path));
+  }
+  return out;
 }

@@ -266,7 +266,8 @@ export class ControlApi {
     const dryRun = body.dryRun === true || body.diff === true;
     const out = await resources.apply(items, { dryRun, prune: body.prune === true, diff: body.diff === true });
     for (const rev of out.newRevisions) await this.#opts.functions.waitReady(rev, this.#opts.deployWaitMs ?? 30_000);
-    if (out.newRevisions.length > 0) await this.#opts.routed?.(out.storeRevision);
+    // Whatever was written is what clients get once this answers.
+    if (out.written) await this.#opts.routed?.(out.storeRevision);
     return json(200, { dryRun, results: out.results });
   }
 

@@ -12,6 +12,7 @@ import { errorMessage } from '../../lib/errors.ts';
 import { Informer } from '../../lib/informer.ts';
 import type { Logger } from '../../lib/log.ts';
 import { type FunctionRecord, keys, parseRevision, type RevisionStatus, type ScaleRecord } from '../api/schema/function.ts';
+import { activeRevisions, type RouteRecord, routeKeys } from '../api/schema/route.ts';
 import type { Store } from '../store/index.ts';
 import { panicWindowMs, type ScalingSpec } from './config.ts';
 import { LoadWindow } from './metrics/window.ts';
@@ -86,7 +87,7 @@ export class Autoscaler {
 
   async start(): Promise<void> {
     const onError = (err: unknown) => this.#log.error({ err: errorMessage(err) }, 'autoscaler watch failed');
-    this.#informer = new Informer(this.#store, [keys.functions(), keys.revisions(), keys.scales()], () => this.#refresh(), onError);
+    this.#informer = new Informer(this.#store, [keys.functions(), keys.revisions(), keys.scales(), routeKeys.routes()], () => this.#refresh(), onError);
     // Ready counts change with every instance; reading them alone keeps that cheap.
     this.#statuses = new Informer(this.#store, [keys.statuses()], () => this.#refreshReady(), onError);
     await this.#informer.start();
@@ -137,7 +138,12 @@ export class Autoscaler {
   /** Re-reads which revisions serve, their ready counts and the written counts. */
   async #refresh(): Promise<void> {
     if (this.#closed) return;
-    const [fns, revs, scales] = await Promise.all([this.#store.list(keys.functions()), this.#store.list(keys.revisions()), this.#store.list(keys.scales())]);
+    const [fns, revs, scales, routes] = await Promise.all([
+      this.#store.list(keys.functions()),
+      this.#store.list(keys.revisions()),
+      this.#store.list(keys.scales()),
+      this.#store.list(routeKeys.routes()),
+    ]);
     const revisions = new Map(
       revs.items.map((kv) => {
         const r = parseRevision(kv.value);
@@ -152,10 +158,12 @@ export class Autoscaler {
     );
     const serving = new Set<string>();
     const now = this.#now();
-    for (const kv of fns.items) {
-      const fn = JSON.parse(kv.value) as FunctionRecord;
-      const rev = revisions.get(fn.servingRevision);
-      if (!rev) continue;
+    const active = activeRevisions(
+      fns.items.map((kv) => JSON.parse(kv.value) as FunctionRecord),
+      routes.items.map((kv) => JSON.parse(kv.value) as RouteRecord),
+      revisions,
+    );
+    for (const rev of active.values()) {
       serving.add(rev.name);
       let s = this.#scalers.get(rev.name);
       if (s && s.templateHash !== rev.templateHash) {

@@ -9,6 +9,7 @@ import { errorMessage } from '../../lib/errors.ts';
 import { Informer } from '../../lib/informer.ts';
 import type { Logger } from '../../lib/log.ts';
 import { type FunctionRecord, keys, type NodeRecord, type PlacementRecord, parseRevision, type ScaleRecord } from '../api/schema/function.ts';
+import { activeRevisions, type RouteRecord, routeKeys } from '../api/schema/route.ts';
 import type { Store } from '../store/index.ts';
 import { type Placement, place, type Workload } from './placement.ts';
 
@@ -26,7 +27,7 @@ export class Scheduler {
   async start(): Promise<void> {
     this.#informer = new Informer(
       this.#store,
-      [keys.functions(), keys.revisions(), keys.scales(), keys.nodes()],
+      [keys.functions(), keys.revisions(), keys.scales(), keys.nodes(), routeKeys.routes()],
       () => this.reconcile(),
       (err) => this.#log.error({ err: errorMessage(err) }, 'scheduler watch failed'),
     );
@@ -36,12 +37,13 @@ export class Scheduler {
   /** One pass; idempotent. */
   async reconcile(): Promise<void> {
     if (this.#closed) return;
-    const [nodes, fns, revs, scales, placements] = await Promise.all([
+    const [nodes, fns, revs, scales, placements, routes] = await Promise.all([
       this.#store.list(keys.nodes()),
       this.#store.list(keys.functions()),
       this.#store.list(keys.revisions()),
       this.#store.list(keys.scales()),
       this.#store.list(keys.placements()),
+      this.#store.list(routeKeys.routes()),
     ]);
     if (this.#closed) return;
     const revisions = new Map(revs.items.map((kv) => [kv.key.slice(keys.revisions().length), kv.value]));
@@ -58,11 +60,13 @@ export class Scheduler {
       }),
     );
     const workloads: Workload[] = [];
-    for (const kv of fns.items) {
-      const fn = JSON.parse(kv.value) as FunctionRecord;
-      const raw = revisions.get(fn.servingRevision);
-      if (raw === undefined) continue;
-      const rev = parseRevision(raw);
+    const parsed = new Map([...revisions].map(([name, raw]) => [name, parseRevision(raw)]));
+    const active = activeRevisions(
+      fns.items.map((kv) => JSON.parse(kv.value) as FunctionRecord),
+      routes.items.map((kv) => JSON.parse(kv.value) as RouteRecord),
+      parsed,
+    );
+    for (const rev of active.values()) {
       const s = rev.config.scaling;
       const wanted = counts.get(rev.name) ?? Math.max(s.minScale, s.initialScale);
       workloads.push({

@@ -3,9 +3,12 @@
  * with the per-route limits the gateway enforces before dispatch. A snapshot is immutable and
  * versioned by the store revision it was read at; the gateway swaps it atomically.
  */
+
+import type { RouteSpec } from '../../lib/config/resources.ts';
 import { Informer } from '../../lib/informer.ts';
-import type { FunctionRecord } from '../api/schema/function.ts';
+import type { FunctionRecord, RevisionRecord } from '../api/schema/function.ts';
 import { keys, parseRevision } from '../api/schema/function.ts';
+import { type RouteRecord, routeKeys } from '../api/schema/route.ts';
 import type { Store } from '../store/index.ts';
 
 export interface RouteTarget {
@@ -19,17 +22,43 @@ export interface RouteTarget {
   queueTimeoutMs: number;
 }
 
+type RouteMatch = NonNullable<RouteSpec['rules'][number]['match']>;
+
+/** A Route resource, resolved to revisions. */
+export interface CustomRoute {
+  name: string;
+  /** Its hosts; undefined: NAME.<domain>. */
+  hosts: string[] | undefined;
+  /** In order; the first that matches takes the request. */
+  rules: { match: RouteMatch | undefined; split: { target: RouteTarget; weight: number }[] }[];
+  /** TAG.<host> → that revision alone. */
+  tags: { tag: string; target: RouteTarget }[];
+}
+
 export interface Snapshot {
   /** Store revision this snapshot was built from. */
   readonly version: number;
   /** Function name → target. */
   readonly routes: ReadonlyMap<string, RouteTarget>;
+  /** Route resources (their hosts win over a function's own). */
+  readonly custom: readonly CustomRoute[];
 }
 
-export const EMPTY_SNAPSHOT: Snapshot = Object.freeze({ version: 0, routes: new Map() });
+export const EMPTY_SNAPSHOT: Snapshot = Object.freeze({ version: 0, routes: new Map(), custom: [] });
+
+function target(rev: RevisionRecord): RouteTarget {
+  return {
+    function: rev.function,
+    namespace: rev.namespace,
+    revision: rev.name,
+    maxBodyBytes: rev.config.maxBodyBytes,
+    queueSize: rev.config.scaling.queueSize,
+    queueTimeoutMs: rev.config.scaling.queueTimeoutMs,
+  };
+}
 
 export async function buildSnapshot(store: Store): Promise<Snapshot> {
-  const [fns, revs] = await Promise.all([store.list(keys.functions()), store.list(keys.revisions())]);
+  const [fns, revs, routeKvs] = await Promise.all([store.list(keys.functions()), store.list(keys.revisions()), store.list(routeKeys.routes())]);
   const revisions = new Map(
     revs.items.map((kv) => {
       const r = parseRevision(kv.value);
@@ -41,24 +70,43 @@ export async function buildSnapshot(store: Store): Promise<Snapshot> {
     const fn = JSON.parse(kv.value) as FunctionRecord;
     const rev = revisions.get(fn.servingRevision);
     if (!rev) continue;
-    routes.set(fn.name, {
-      function: fn.name,
-      namespace: fn.namespace,
-      revision: rev.name,
-      maxBodyBytes: rev.config.maxBodyBytes,
-      queueSize: rev.config.scaling.queueSize,
-      queueTimeoutMs: rev.config.scaling.queueTimeoutMs,
-    });
+    routes.set(fn.name, target(rev));
   }
-  return Object.freeze({ version: Math.max(fns.revision, revs.revision), routes });
+  // A backend that names a function goes to its serving revision; one that is gone is left out.
+  const resolve = (b: { revision?: string; function?: string }) => {
+    if (b.revision) {
+      const rev = revisions.get(b.revision);
+      return rev && target(rev);
+    }
+    return b.function ? routes.get(b.function) : undefined;
+  };
+  const custom: CustomRoute[] = routeKvs.items.map((kv) => {
+    const r = JSON.parse(kv.value) as RouteRecord;
+    return {
+      name: r.name,
+      hosts: r.spec.hosts,
+      rules: r.spec.rules.map((rule) => ({
+        match: rule.match as RouteMatch | undefined,
+        split: rule.split.flatMap((b) => {
+          const t = resolve(b);
+          return t && b.weight > 0 ? [{ target: t, weight: b.weight }] : [];
+        }),
+      })),
+      tags: Object.entries(r.spec.tags ?? {}).flatMap(([tag, revision]) => {
+        const t = resolve({ revision });
+        return t ? [{ tag, target: t }] : [];
+      }),
+    };
+  });
+  return Object.freeze({ version: Math.max(fns.revision, revs.revision, routeKvs.revision), routes, custom });
 }
 
-/** Rebuilds and publishes a snapshot after every change to functions or revisions. */
+/** Rebuilds and publishes a snapshot after every change to functions, revisions or routes. */
 export class SnapshotPublisher {
   readonly #informer: Informer;
 
   constructor(store: Store, publish: (snapshot: Snapshot) => void, onError: (err: unknown) => void) {
-    this.#informer = new Informer(store, [keys.functions(), keys.revisions()], async () => publish(await buildSnapshot(store)), onError);
+    this.#informer = new Informer(store, [keys.functions(), keys.revisions(), routeKeys.routes()], async () => publish(await buildSnapshot(store)), onError);
   }
 
   start(): Promise<void> {

@@ -6,6 +6,7 @@
  * (`memory: 128Mi`, `timeout: 30s`, `cpu: 250m`).
  */
 import { type Static, Type } from '@sinclair/typebox';
+import { RouteMatchSchema } from './proxy.ts';
 
 const Name = Type.String({ pattern: '^[a-z]([-a-z0-9]*[a-z0-9])?$', maxLength: 57, description: 'a DNS label: lowercase letters, digits and -' });
 const Duration = Type.String({ pattern: '^\\d+(\\.\\d+)?(ms|s|m|h)$', description: 'like 500ms, 30s, 2m' });
@@ -154,14 +155,57 @@ export const ConfigSchema = Type.Object(
   { additionalProperties: false, $id: 'https://tide.dev/schemas/v1/config.json', title: 'Tide Config' },
 );
 
+const Backend = Type.Object(
+  {
+    revision: Type.Optional(Type.String({ pattern: '^[a-z]([-a-z0-9]*[a-z0-9])?-\\d{5}$', description: 'a revision, like hello-00003' })),
+    function: Type.Optional(Type.String({ description: 'a function: its serving revision, whichever that is' })),
+    weight: Type.Integer({ minimum: 0, maximum: 100, description: "percent of the rule's requests; the weights of a rule add up to 100" }),
+  },
+  { additionalProperties: false },
+);
+
+export const RouteSchema = Type.Object(
+  {
+    apiVersion: Type.Literal('tide.dev/v1'),
+    kind: Type.Literal('Route'),
+    metadata: MetadataSchema,
+    spec: Type.Object(
+      {
+        hosts: Type.Optional(
+          Type.Array(Type.String({ pattern: '^[a-z0-9]([-a-z0-9.]*[a-z0-9])?(:\\d+)?$' }), { minItems: 1, description: 'default: NAME.<domain>' }),
+        ),
+        rules: Type.Array(
+          Type.Object(
+            {
+              match: Type.Optional(RouteMatchSchema),
+              split: Type.Array(Backend, { minItems: 1 }),
+            },
+            { additionalProperties: false },
+          ),
+          { minItems: 1, description: 'tried in order; the first that matches takes the request' },
+        ),
+        tags: Type.Optional(
+          Type.Record(Type.String({ pattern: '^[a-z]([-a-z0-9]*[a-z0-9])?$' }), Type.String({ pattern: '^[a-z]([-a-z0-9]*[a-z0-9])?-\\d{5}$' }), {
+            description: 'TAG: revision; TAG.<host> reaches that revision alone',
+          }),
+        ),
+      },
+      { additionalProperties: false },
+    ),
+  },
+  { additionalProperties: false, $id: 'https://tide.dev/schemas/v1/route.json', title: 'Tide Route' },
+);
+
 /** Every kind `tide apply` takes, by name. */
-export const KIND_SCHEMAS = { Function: FunctionSchema, Secret: SecretSchema, Config: ConfigSchema } as const;
+export const KIND_SCHEMAS = { Function: FunctionSchema, Secret: SecretSchema, Config: ConfigSchema, Route: RouteSchema } as const;
 export type Kind = keyof typeof KIND_SCHEMAS;
 
 export type FunctionResource = Static<typeof FunctionSchema>;
 export type SecretResource = Static<typeof SecretSchema>;
 export type ConfigResource = Static<typeof ConfigSchema>;
-export type Resource = FunctionResource | SecretResource | ConfigResource;
+export type RouteResource = Static<typeof RouteSchema>;
+export type RouteSpec = RouteResource['spec'];
+export type Resource = FunctionResource | SecretResource | ConfigResource | RouteResource;
 
 /** The envelope every document is checked against first, so a wrong kind is one clear message. */
 export const EnvelopeSchema = Type.Object(

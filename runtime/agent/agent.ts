@@ -11,6 +11,7 @@
 import { randomBytes } from 'node:crypto';
 import type { FunctionRecord, InstanceStatus, NodeRecord, PlacementRecord, RevisionRecord, RevisionStatus } from '../../control/api/schema/function.ts';
 import { parseRevision } from '../../control/api/schema/function.ts';
+import { activeRevisions, type RouteRecord } from '../../control/api/schema/route.ts';
 import type { NodeInfo } from '../../control/scheduler/placement.ts';
 import type { Store } from '../../control/store/index.ts';
 import { errorMessage, TideError } from '../../lib/errors.ts';
@@ -29,6 +30,8 @@ export interface AgentKeys {
   placements: string;
   /** Where this node registers. */
   node: (name: string) => string;
+  /** Prefix of Routes (revisions they name run too). */
+  routes: string;
 }
 
 export interface AgentOptions {
@@ -203,7 +206,7 @@ export class NodeAgent {
     await this.#opts.store.put(this.#opts.keys.node(this.#opts.node.name), JSON.stringify(record));
     this.#informer = new Informer(
       this.#opts.store,
-      [this.#opts.keys.functions, this.#opts.keys.revisions, this.#opts.keys.placements],
+      [this.#opts.keys.functions, this.#opts.keys.revisions, this.#opts.keys.placements, this.#opts.keys.routes],
       () => this.reconcile(),
       (err) => this.#log.error({ err }, 'agent watch failed'),
     );
@@ -231,11 +234,12 @@ export class NodeAgent {
   async reconcile(): Promise<void> {
     if (this.#closed) return;
     const { store, keys } = this.#opts;
-    const [fns, revs, statuses, placed] = await Promise.all([
+    const [fns, revs, statuses, placed, routes] = await Promise.all([
       store.list(keys.functions),
       store.list(keys.revisions),
       store.list(keys.statuses),
       store.list(keys.placements),
+      store.list(keys.routes),
     ]);
     if (this.#closed) return;
     const revisions = new Map(
@@ -251,12 +255,11 @@ export class NodeAgent {
       }),
     );
     const self = this.#opts.node.name;
-    const desired = new Map<string, RevisionRecord>();
-    for (const kv of fns.items) {
-      const fn = JSON.parse(kv.value) as FunctionRecord;
-      const rev = revisions.get(fn.servingRevision);
-      if (rev) desired.set(rev.name, rev);
-    }
+    const desired = activeRevisions(
+      fns.items.map((kv) => JSON.parse(kv.value) as FunctionRecord),
+      routes.items.map((kv) => JSON.parse(kv.value) as RouteRecord),
+      revisions,
+    );
     if (!this.#containersPrepared && [...desired.values()].some((r) => r.sandbox === 'container')) {
       this.#containersPrepared = true;
       this.#opts.container?.prepare?.().catch((err: unknown) => this.#log.error({ err: errorMessage(err) }, 'the container sandbox is not available'));

@@ -222,6 +222,70 @@ spec:
     expect(names).toMatch(/"kept"/);
   });
 
+  it('splits a Route between revisions by weight, exactly, routes by header, and gives a tagged revision its own host', async () => {
+    const web = (greeting: string) => fn('web', `  env: [{ name: GREETING, value: ${greeting} }]\n`);
+    expect((await apply(web('v1'))).stdout).toBe('function/web created (web-00001)\n');
+    expect((await apply(web('v2'))).stdout).toBe('function/web configured (web-00002)\n');
+    const route = `apiVersion: tide.dev/v1
+kind: Route
+metadata: { name: shop }
+spec:
+  hosts: [shop.localhost]
+  rules:
+    - match:
+        headers: [{ name: x-beta, exact: "yes" }]
+      split: [{ revision: web-00002, weight: 100 }]
+    - split:
+        - { revision: web-00001, weight: 90 }
+        - { function: web, weight: 10 }
+  tags:
+    canary: web-00002
+`;
+    const r = await apply(route);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toBe('route/shop created\n');
+    const greeting = async (host: string, headers: Record<string, string> = {}) =>
+      JSON.parse((await http(t.gatewayPort, host, '/', { headers })).text).greeting as string;
+    const seen: string[] = [];
+    for (let i = 0; i < 100; i++) seen.push(await greeting('shop.localhost'));
+    // Smooth weighted round robin: 90/10 over any 100 requests, not only on average.
+    expect(seen.filter((g) => g === 'v1').length).toBe(90);
+    expect(seen.filter((g) => g === 'v2').length).toBe(10);
+    expect(await greeting('shop.localhost', { 'x-beta': 'yes' })).toBe('v2');
+    expect(await greeting('canary.shop.localhost')).toBe('v2');
+    expect(await greeting('web.localhost')).toBe('v2'); // the function's own host: its serving revision
+    // Blue-green: everything to the old revision, in one apply.
+    expect((await apply(route.replace('weight: 90', 'weight: 100').replace('{ function: web, weight: 10 }', '{ function: web, weight: 0 }'))).code).toBe(0);
+    const after: string[] = [];
+    for (let i = 0; i < 10; i++) after.push(await greeting('shop.localhost'));
+    expect(new Set(after)).toEqual(new Set(['v1']));
+  });
+
+  it('refuses a Route whose weights do not add up to 100 or that names a revision that does not exist', async () => {
+    const bad = await apply(`apiVersion: tide.dev/v1
+kind: Route
+metadata: { name: broken }
+spec:
+  rules:
+    - split:
+        - { revision: web-00001, weight: 50 }
+        - { revision: web-00002, weight: 40 }
+`);
+    expect(bad.code).toBe(1);
+    expect(bad.stderr).toMatch(/app\.yaml:7:9: \/spec\/rules\/0\/split: the weights add up to 90, not 100/);
+    const missing = await apply(`apiVersion: tide.dev/v1
+kind: Route
+metadata: { name: broken }
+spec:
+  rules:
+    - split: [{ revision: web-00099, weight: 100 }]
+      match: { path: { regex: "([" } }
+`);
+    expect(missing.code).toBe(1);
+    expect(missing.stderr).toMatch(/\/spec\/rules\/0\/split\/0\/revision: revision web-00099 does not exist/);
+    expect(missing.stderr).toMatch(/\/spec\/rules\/0\/match\/path\/regex: not a valid regular expression/);
+  });
+
   it('publishes one JSON Schema per kind, the same as `tide schema` prints', async () => {
     for (const kind of Object.keys(KIND_SCHEMAS)) {
       const r = await tide(['schema', kind.toLowerCase()]);

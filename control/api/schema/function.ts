@@ -311,5 +311,6 @@ export function agentKeys(ns = DEFAULT_NAMESPACE) {
     status: (rev: string) => keys.status(rev, ns),
     placements: keys.placements(ns),
     node: (name: string) => keys.node(name),
+    routes: `/tide/routes/${ns}/`,
   };
 }
