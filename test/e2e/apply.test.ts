@@ -28,6 +28,14 @@ async function apply(text: string, ...flags: string[]) {
   return { ...r, file };
 }
 
+/** A Secret or Config document with `data` written inline. */
+const data = (kind: 'Secret' | 'Config', name: string, inline: string) => `apiVersion: tide.dev/v1
+kind: ${kind}
+metadata: { name: ${name} }
+spec:
+  data: ${inline}
+`;
+
 const fn = (name: string, extra = '') => `apiVersion: tide.dev/v1
 kind: Function
 metadata:
@@ -38,18 +46,8 @@ ${extra}`;
 
 describe('tide apply', () => {
   it('creates Secrets, Configs and a Function whose env takes their values; applying again changes nothing', async () => {
-    const text = `apiVersion: tide.dev/v1
-kind: Secret
-metadata: { name: keys }
-spec:
-  data: { token: s3cret }
----
-apiVersion: tide.dev/v1
-kind: Config
-metadata: { name: settings }
-spec:
-  data: { greeting: from-config }
----
+    const text = `${data('Secret', 'keys', '{ token: s3cret }')}---
+${data('Config', 'settings', '{ greeting: from-config }')}---
 ${fn(
   'echoed',
   `  env:
@@ -82,12 +80,7 @@ ${fn(
   });
 
   it('reports every schema problem at its line and column, with a guess for a misspelled field, and applies nothing', async () => {
-    const text = `apiVersion: tide.dev/v1
-kind: Secret
-metadata: { name: good-secret }
-spec:
-  data: { a: b }
----
+    const text = `${data('Secret', 'good-secret', '{ a: b }')}---
 ${fn(
   'typo',
   `  resources:
@@ -118,12 +111,7 @@ spec: {}
   });
 
   it('applies nothing when one reference is wrong, naming it where it is written', async () => {
-    const text = `apiVersion: tide.dev/v1
-kind: Secret
-metadata: { name: fine }
-spec:
-  data: { k: v }
----
+    const text = `${data('Secret', 'fine', '{ k: v }')}---
 ${fn(
   'needs-config',
   `  env:
@@ -166,18 +154,8 @@ spec:
   });
 
   it('diffs field by field (never showing secret values), and prunes what it created that the files dropped', async () => {
-    const base = `apiVersion: tide.dev/v1
-kind: Secret
-metadata: { name: pkeys }
-spec:
-  data: { token: one }
----
-apiVersion: tide.dev/v1
-kind: Config
-metadata: { name: pconf }
-spec:
-  data: { mode: a }
----
+    const base = `${data('Secret', 'pkeys', '{ token: one }')}---
+${data('Config', 'pconf', '{ mode: a }')}---
 ${fn('pruned-later', '  env: [{ name: MODE, valueFrom: { configKeyRef: { name: pconf, key: mode } } }]\n')}---
 ${fn('kept', '  resources: { memory: 128Mi }\n')}`;
     expect((await apply(base)).code).toBe(0);
@@ -199,12 +177,7 @@ ${fn('kept', '  resources: { memory: 128Mi }\n')}`;
     expect(none.code).toBe(1); // the diff itself changed nothing
     // Drop the Config and one Function from the files: --prune deletes them, never the hand-made one.
     const trimmed = `${fn('kept', '  resources: { memory: 128Mi }\n')}---
-apiVersion: tide.dev/v1
-kind: Secret
-metadata: { name: pkeys }
-spec:
-  data: { token: one }
-`;
+${data('Secret', 'pkeys', '{ token: one }')}`;
     const p = await apply(trimmed, '--prune', '--dry-run');
     expect(
       p.stdout
