@@ -524,6 +524,37 @@ export function program(): Command {
       out(JSON.stringify({ $schema: 'http://json-schema.org/draft-07/schema#', ...KIND_SCHEMAS[name] }, null, 2));
     });
 
+  connectionOptions(
+    prog
+      .command('split')
+      .description("split a function's traffic between revisions, e.g. `tide split hello hello-00003=90 hello-00004=10` (a Route named after the function, on its own host)")
+      .argument('<function>', 'function name; its host NAME.<domain> gets the split')
+      .argument('<weights...>', 'REVISION=PERCENT (or @latest=PERCENT for the serving revision), adding up to 100')
+      .option('--tag <TAG=REVISION>', 'also give a revision its own host TAG.NAME.<domain> (repeatable)', keyValues('--tag')),
+  ).action(async (fn: string, weights: string[], o) => {
+    const split = weights.map((w) => {
+      const m = /^(@latest|[a-z][-a-z0-9]*-\d{5})=(\d{1,3})$/.exec(w);
+      if (!m) throw new TideError('ERR_INVALID_ARGUMENT', `each weight must look like ${fn}-00003=90 or @latest=10 (got "${w}")`);
+      const weight = Number(m[2]);
+      return m[1] === '@latest' ? { function: fn, weight } : { revision: m[1] as string, weight };
+    });
+    const sum = split.reduce((n, b) => n + b.weight, 0);
+    if (sum !== 100) throw new TideError('ERR_INVALID_ARGUMENT', `the weights add up to ${sum}, not 100`);
+    const api = await client(o);
+    const info = await api.call<{ domain?: string }>('GET', '/v1/info');
+    const host = `${fn}.${info.domain ?? 'localhost'}`;
+    const spec = { hosts: [host], rules: [{ split }], ...(o.tag ? { tags: o.tag } : {}) };
+    let answer: { results: ApplyResult[] };
+    try {
+      answer = await api.call('POST', '/v1/apply', { items: [{ kind: 'Route', name: fn, spec }] });
+    } catch (err) {
+      const problems = err instanceof TideError ? (err.details?.problems as ApplyProblem[] | undefined) : undefined;
+      if (problems) throw new TideError('ERR_INVALID_ARGUMENT', problems.map((p) => `${p.path}: ${p.message}`).join('\n'));
+      throw err;
+    }
+    out(`route/${fn} ${answer.results[0]?.action ?? 'applied'}: ${split.map((b) => `${b.revision ?? `${fn} (serving)`} ${b.weight}%`).join(', ')} on ${host}`);
+  });
+
   const get = prog.command('get').description('list functions or revisions');
   connectionOptions(
     get

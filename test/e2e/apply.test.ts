@@ -4,6 +4,7 @@
  */
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import autocannon from 'autocannon';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { KIND_SCHEMAS } from '../../lib/config/resources.ts';
 import { FIXTURES, http, ROOT, startTide, stopTide, type TideProcess, tempDir, tide } from '../helpers/tide.ts';
@@ -258,6 +259,33 @@ spec:
     expect(missing.stderr).toMatch(/\/spec\/rules\/0\/split\/0\/revision: revision web-00099 does not exist/);
     expect(missing.stderr).toMatch(/\/spec\/rules\/0\/match\/path\/regex: not a valid regular expression/);
   });
+
+  it("`tide split` shifts a function's own host between revisions: a blue-green switch under load drops nothing", async () => {
+    for (const g of ['blue', 'green']) {
+      const d = await tide(['deploy', ECHO, '--name', 'bg', '--env', `GREETING=${g}`, '--min-scale', '1'], { dataDir: t.dataDir });
+      expect(d.code, d.stderr).toBe(0);
+    }
+    const first = await tide(['split', 'bg', 'bg-00001=100', '--tag', 'next=bg-00002'], { dataDir: t.dataDir });
+    expect(first.code, first.stderr).toBe(0);
+    expect(first.stdout).toMatch(/^route\/bg created: bg-00001 100% on bg\.localhost/);
+    const greeting = async (host: string) => JSON.parse((await http(t.gatewayPort, host, '/')).text).greeting as string;
+    expect(await greeting('bg.localhost')).toBe('blue');
+    expect(await greeting('next.bg.localhost')).toBe('green');
+    const load = autocannon({ url: `http://127.0.0.1:${t.gatewayPort}/`, headers: { host: 'bg.localhost' }, connections: 8, duration: 3 });
+    await new Promise((r) => setTimeout(r, 1000));
+    const switched = await tide(['split', 'bg', 'bg-00002=100'], { dataDir: t.dataDir });
+    expect(switched.code, switched.stderr).toBe(0);
+    const result = await load;
+    expect({ errors: result.errors, timeouts: result.timeouts, non2xx: result.non2xx }).toEqual({ errors: 0, timeouts: 0, non2xx: 0 });
+    expect(result.requests.total).toBeGreaterThan(100);
+    expect(await greeting('bg.localhost')).toBe('green');
+    const bad = await tide(['split', 'bg', 'bg-00001=50', 'bg-00002=40'], { dataDir: t.dataDir });
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toMatch(/the weights add up to 90, not 100/);
+    const missing = await tide(['split', 'bg', 'bg-00007=100'], { dataDir: t.dataDir });
+    expect(missing.code).toBe(2);
+    expect(missing.stderr).toMatch(/revision bg-00007 does not exist/);
+  }, 30_000);
 
   it('publishes one JSON Schema per kind, the same as `tide schema` prints', async () => {
     for (const kind of Object.keys(KIND_SCHEMAS)) {
