@@ -527,7 +527,9 @@ export function program(): Command {
   connectionOptions(
     prog
       .command('split')
-      .description("split a function's traffic between revisions, e.g. `tide split hello hello-00003=90 hello-00004=10` (a Route named after the function, on its own host)")
+      .description(
+        "split a function's traffic between revisions, e.g. `tide split hello hello-00003=90 hello-00004=10` (a Route named after the function, on its own host)",
+      )
       .argument('<function>', 'function name; its host NAME.<domain> gets the split')
       .argument('<weights...>', 'REVISION=PERCENT (or @latest=PERCENT for the serving revision), adding up to 100')
       .option('--tag <TAG=REVISION>', 'also give a revision its own host TAG.NAME.<domain> (repeatable)', keyValues('--tag')),
