@@ -94,7 +94,7 @@ export async function up(options: UpOptions = {}, log: Logger = createLogger({ l
     log: log.child({ component: 'proxy.gateway' }),
     access,
     demand: autoscaler,
-    resolve: (t) => agent.endpoint(t.revision, t.function),
+    resolve: (t) => agent.endpoint(t.revision, t.fallback ? t.function : undefined),
   });
   let gatewayPort = config.port;
   const functionUrl = (name: string) => `http://${name}.${config.domain}${gatewayPort === 80 ? '' : `:${gatewayPort}`}`;

@@ -44,8 +44,8 @@ export interface TideUp {
   child: ChildProcess;
   port: number;
   dataDir: string;
-  /** GET on the control API, JSON back. */
-  api<T>(path: string): Promise<T>;
+  /** GET (or, with a body, POST) on the control API, JSON back. */
+  api<T>(path: string, body?: unknown): Promise<T>;
   /** Runs the tide CLI against this instance; rejects with its stderr on failure. */
   cli(args: string[]): Promise<string>;
   stop(): Promise<void>;
@@ -81,9 +81,13 @@ export async function startTideUp(k: Knobs, args: string[] = []): Promise<TideUp
     child,
     port,
     dataDir,
-    async api<T>(path: string): Promise<T> {
-      const r = await fetch(`http://127.0.0.1:${apiPort}${path}`, { headers: { authorization: `Bearer ${token}` } });
-      if (!r.ok) throw new Error(`GET ${path}: ${r.status} ${await r.text()}`);
+    async api<T>(path: string, body?: unknown): Promise<T> {
+      const r = await fetch(`http://127.0.0.1:${apiPort}${path}`, {
+        method: body === undefined ? 'GET' : 'POST',
+        headers: { authorization: `Bearer ${token}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
+        body: body === undefined ? undefined : JSON.stringify(body),
+      });
+      if (!r.ok) throw new Error(`${body === undefined ? 'GET' : 'POST'} ${path}: ${r.status} ${await r.text()}`);
       return (await r.json()) as T;
     },
     cli: (cliArgs) =>

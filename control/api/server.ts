@@ -14,6 +14,7 @@ import { listen } from '../../lib/net.ts';
 import type { DeployInput, Functions } from './functions.ts';
 import type { ApplyItem, Resources } from './resources.ts';
 import type { FunctionRecord, RevisionRecord, RevisionStatus } from './schema/function.ts';
+import { routedRevisions } from './schema/route.ts';
 
 /** What the autoscaler tells about a revision (control/autoscaler's Autoscaler fits). */
 export interface ScalingSource {
@@ -265,7 +266,15 @@ export class ControlApi {
     );
     const dryRun = body.dryRun === true || body.diff === true;
     const out = await resources.apply(items, { dryRun, prune: body.prune === true, diff: body.diff === true });
-    for (const rev of out.newRevisions) await this.#opts.functions.waitReady(rev, this.#opts.deployWaitMs ?? 30_000);
+    // New revisions, and every revision a Route in this apply names, serve before this answers.
+    const routed = dryRun
+      ? []
+      : [
+          ...routedRevisions(
+            items.filter((it) => it.kind === 'Route').map((it) => ({ name: it.name, namespace: 'default', spec: it.spec, managedBy: 'apply' as const })),
+          ),
+        ];
+    for (const rev of new Set([...out.newRevisions, ...routed])) await this.#opts.functions.waitReady(rev, this.#opts.deployWaitMs ?? 30_000);
     // Whatever was written is what clients get once this answers.
     if (out.written) await this.#opts.routed?.(out.storeRevision);
     return json(200, { dryRun, results: out.results });

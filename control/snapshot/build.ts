@@ -20,6 +20,11 @@ export interface RouteTarget {
   queueSize: number;
   /** Longest a request waits there, ms. */
   queueTimeoutMs: number;
+  /**
+   * True for a function's own host: while its serving revision starts, its previous ready
+   * revision answers. A Route that names a revision means that revision and no other.
+   */
+  fallback: boolean;
 }
 
 type RouteMatch = NonNullable<RouteSpec['rules'][number]['match']>;
@@ -54,6 +59,7 @@ function target(rev: RevisionRecord): RouteTarget {
     maxBodyBytes: rev.config.maxBodyBytes,
     queueSize: rev.config.scaling.queueSize,
     queueTimeoutMs: rev.config.scaling.queueTimeoutMs,
+    fallback: false,
   };
 }
 
@@ -70,7 +76,7 @@ export async function buildSnapshot(store: Store): Promise<Snapshot> {
     const fn = JSON.parse(kv.value) as FunctionRecord;
     const rev = revisions.get(fn.servingRevision);
     if (!rev) continue;
-    routes.set(fn.name, target(rev));
+    routes.set(fn.name, { ...target(rev), fallback: true });
   }
   // A backend that names a function goes to its serving revision; one that is gone is left out.
   const resolve = (b: { revision?: string; function?: string }) => {
@@ -78,7 +84,8 @@ export async function buildSnapshot(store: Store): Promise<Snapshot> {
       const rev = revisions.get(b.revision);
       return rev && target(rev);
     }
-    return b.function ? routes.get(b.function) : undefined;
+    const own = b.function ? routes.get(b.function) : undefined;
+    return own && { ...own, fallback: false };
   };
   const custom: CustomRoute[] = routeKvs.items.map((kv) => {
     const r = JSON.parse(kv.value) as RouteRecord;
