@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import autocannon from 'autocannon';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { KIND_SCHEMAS } from '../../lib/config/resources.ts';
-import { FIXTURES, http, ROOT, startTide, stopTide, type TideProcess, tempDir, tide } from '../helpers/tide.ts';
+import { eventually, FIXTURES, http, ROOT, startTide, stopTide, type TideProcess, tempDir, tide } from '../helpers/tide.ts';
 
 let t: TideProcess;
 const ECHO = join(ROOT, 'examples', 'echo.ts');
@@ -286,6 +286,26 @@ spec:
     expect(missing.code).toBe(2);
     expect(missing.stderr).toMatch(/revision bg-00007 does not exist/);
   }, 30_000);
+
+  it('a Route to a revision that had stopped starts it again and answers from it, not from another one', async () => {
+    // The old revision takes half a second to be ready (a startup probe that waits), so answering
+    // before it is ready would show: the request would go elsewhere or fail.
+    const slow = ['--startup', '/', '--probe-option', 'startup.initialDelaySeconds=0.5'];
+    for (const g of ['old', 'new']) {
+      const d = await tide(['deploy', ECHO, '--name', 'back', '--env', `GREETING=${g}`, ...(g === 'old' ? slow : [])], { dataDir: t.dataDir });
+      expect(d.code, d.stderr).toBe(0);
+    }
+    // back-00001 stops once back-00002 serves; the split brings it back before it answers.
+    await eventually(async () => {
+      const revs = JSON.parse((await tide(['get', 'revisions', 'back', '-o', 'json'], { dataDir: t.dataDir })).stdout) as {
+        items: { name: string; status: unknown }[];
+      };
+      return revs.items.find((r) => r.name === 'back-00001')?.status === null ? true : undefined;
+    });
+    const r = await tide(['split', 'back', 'back-00001=100'], { dataDir: t.dataDir });
+    expect(r.code, r.stderr).toBe(0);
+    expect(JSON.parse((await http(t.gatewayPort, 'back.localhost', '/')).text).greeting).toBe('old');
+  });
 
   it('publishes one JSON Schema per kind, the same as `tide schema` prints', async () => {
     for (const kind of Object.keys(KIND_SCHEMAS)) {
