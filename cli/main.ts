@@ -67,6 +67,45 @@ function describePlacement(p: PlacementView | undefined): string {
   return parts.length > 0 ? parts.join(', ') : 'any node';
 }
 
+interface TrafficView {
+  requests: number;
+  rps: number;
+  errorRate: number;
+  p99Ms: number | null;
+}
+
+interface RouteView {
+  name: string;
+  hosts: string[] | null;
+  rules: { match: unknown; split: { revision?: string; function?: string; weight: number; resolved: string | null; traffic: TrafficView | null }[] }[];
+  tags: { tag: string; revision: string; traffic: TrafficView | null }[];
+}
+
+function trafficLine(t: TrafficView | null): string {
+  if (!t || t.requests === 0) return 'no requests in the last minute';
+  return `${t.rps} req/s, ${(t.errorRate * 100).toFixed(1)}% errors, p99 ${t.p99Ms} ms (last minute)`;
+}
+
+async function describeRoute(api: ApiClient, name: string, format: string): Promise<void> {
+  const { items } = await api.call<{ items: RouteView[] }>('GET', '/v1/routes');
+  const r = items.find((x) => x.name === name);
+  if (!r) throw new TideError('ERR_NOT_FOUND', `no route named "${name}"`, { hint: 'tide get routes lists them' });
+  if (format === 'json' || format === 'yaml') return out(structured(r, format));
+  const lines = [`Name:   ${r.name}`, `Hosts:  ${(r.hosts ?? [`${r.name}.<domain>`]).join(', ')}`, 'Rules:'];
+  r.rules.forEach((rule, i) => {
+    lines.push(`  ${i + 1}. ${rule.match ? `match ${JSON.stringify(rule.match)}` : 'every other request'}`);
+    for (const b of rule.split) {
+      const what = b.revision ?? `${b.function} → ${b.resolved ?? '(no serving revision)'}`;
+      lines.push(`       ${String(b.weight).padStart(3)}%  ${what}: ${trafficLine(b.traffic)}`);
+    }
+  });
+  if (r.tags.length > 0) {
+    lines.push('Tags:');
+    for (const t of r.tags) lines.push(`  ${t.tag}: ${t.revision}: ${trafficLine(t.traffic)}`);
+  }
+  out(lines.join('\n'));
+}
+
 function describeScaling(s: ScalingView): string {
   return [
     `${s.minScale}..${s.maxScale === 0 ? '∞' : s.maxScale} instances (initial ${s.initialScale})`,
@@ -557,7 +596,33 @@ export function program(): Command {
     out(`route/${fn} ${answer.results[0]?.action ?? 'applied'}: ${split.map((b) => `${b.revision ?? `${fn} (serving)`} ${b.weight}%`).join(', ')} on ${host}`);
   });
 
-  const get = prog.command('get').description('list functions or revisions');
+  const get = prog.command('get').description('list functions, revisions, instances or routes');
+  connectionOptions(
+    get
+      .command('routes')
+      .alias('route')
+      .description('list Routes: NAME HOSTS SPLIT (the first rule without a match, else the first rule)')
+      .option('-o, --output <format>', 'json or yaml'),
+  ).action(async (o) => {
+    const format = parseOutput(o.output);
+    const { items } = await (await client(o)).call<{ items: RouteView[] }>('GET', '/v1/routes');
+    if (format === 'json' || format === 'yaml') return out(structured({ items }, format));
+    out(
+      table(
+        ['NAME', 'HOSTS', 'RULES', 'SPLIT', 'TAGS'],
+        items.map((r) => {
+          const main = r.rules.find((x) => x.match === null) ?? r.rules[0];
+          return [
+            r.name,
+            (r.hosts ?? [`${r.name}.<domain>`]).join(','),
+            String(r.rules.length),
+            (main?.split ?? []).map((b) => `${b.resolved ?? b.function ?? '?'}=${b.weight}`).join(' '),
+            r.tags.map((t) => `${t.tag}=${t.revision}`).join(' '),
+          ];
+        }),
+      ),
+    );
+  });
   connectionOptions(
     get
       .command('functions')
@@ -692,11 +757,16 @@ export function program(): Command {
   connectionOptions(
     prog
       .command('describe')
-      .description('show a function: its revisions, settings, env names and status')
-      .argument('<name>', 'function name')
+      .description("show a function (its revisions, settings, env names, status), or `describe route NAME` (its split and each backend's traffic)")
+      .argument('<name>', 'function name, or the kind: function | route')
+      .argument('[kindName]', 'with a kind: the name')
       .option('-o, --output <format>', 'json or yaml'),
-  ).action(async (name: string, o) => {
+  ).action(async (first: string, second: string | undefined, o) => {
     const format = parseOutput(o.output);
+    const kind = second === undefined ? 'function' : first.toLowerCase().replace(/s$/, '');
+    const name = second ?? first;
+    if (kind === 'route') return describeRoute(await client(o), name, format);
+    if (kind !== 'function') throw new TideError('ERR_INVALID_ARGUMENT', `describe takes function or route (got "${first}")`);
     const fn = await (await client(o)).call<FunctionView & { revisions: RevisionView[] }>('GET', `/v1/functions/${encodeURIComponent(name)}`);
     if (format === 'json' || format === 'yaml') return out(structured(fn, format));
     const lines = [

@@ -16,6 +16,7 @@ import {
   createSqliteStore,
   Functions,
   Resources,
+  RevisionStats,
   Scheduler,
   type Snapshot,
   SnapshotPublisher,
@@ -87,13 +88,24 @@ export async function up(options: UpOptions = {}, log: Logger = createLogger({ l
   const functions = new Functions(store, blobs, { validate: (path) => validateWorkerBundle(path) });
 
   const autoscaler = new Autoscaler({ store, log });
+  const traffic = new RevisionStats();
+  // Every function request counts twice: as demand for the autoscaler, as traffic for the stats.
+  const demand = {
+    begin: (rev: string) => autoscaler.begin(rev),
+    end: (rev: string, status?: number, ms?: number) => {
+      autoscaler.end(rev);
+      if (status !== undefined && ms !== undefined) traffic.record(rev, status, ms);
+    },
+    activate: (rev: string) => autoscaler.activate(rev),
+    queued: (rev: string, depth: number) => autoscaler.queued(rev, depth),
+  };
   const scheduler = new Scheduler({ store, log });
   const access = accessLogger(config, dataDir);
   const gateway = new Gateway({
     domain: config.domain,
     log: log.child({ component: 'proxy.gateway' }),
     access,
-    demand: autoscaler,
+    demand,
     resolve: (t) => agent.endpoint(t.revision, t.fallback ? t.function : undefined),
   });
   let gatewayPort = config.port;
@@ -106,6 +118,7 @@ export async function up(options: UpOptions = {}, log: Logger = createLogger({ l
     functionUrl,
     info: { version: VERSION, domain: config.domain, dataDir },
     scaling: autoscaler,
+    traffic,
     resources: new Resources(store, functions),
     routed: async (storeRevision) => {
       const deadline = Date.now() + 5000;

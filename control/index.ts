@@ -1,3 +1,4 @@
+export { RevisionStats, type TrafficSummary } from './analysis/stats.ts';
 export { type BundleValidator, type DeployInput, type DeployResult, Functions } from './api/functions.ts';
 export { type ApplyItem, type ApplyProblem, type ApplyResult, Resources, resourceKeys } from './api/resources.ts';
 export * from './api/schema/function.ts';

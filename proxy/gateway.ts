@@ -31,8 +31,8 @@ export type Endpoint = ActivatableEndpoint;
 export interface DemandSink extends ActivatorHooks {
   /** A request for `revision` arrived (before it waits or runs). */
   begin(revision: string): void;
-  /** It ended, however it ended. */
-  end(revision: string): void;
+  /** It ended, however it ended: with this status (an error's, or 499 when the client left) after `ms`. */
+  end(revision: string, status?: number, ms?: number): void;
 }
 
 export interface GatewayOptions {
@@ -243,6 +243,8 @@ class Counted implements ResponseHandler {
   readonly #inner: ResponseHandler;
   readonly #demand: DemandSink;
   readonly #revision: string;
+  readonly #started = performance.now();
+  #status = 0;
   #open = true;
 
   constructor(inner: ResponseHandler, demand: DemandSink, revision: string) {
@@ -252,6 +254,7 @@ class Counted implements ResponseHandler {
   }
 
   onHeaders(status: number, headers: string[], contentLength: number, ctl: ResponseControl): void {
+    this.#status = status;
     this.#inner.onHeaders(status, headers, contentLength, ctl);
   }
 
@@ -265,6 +268,7 @@ class Counted implements ResponseHandler {
   }
 
   onError(err: TideError): void {
+    if (this.#status === 0) this.#status = err.status ?? 502;
     this.#done();
     this.#inner.onError(err);
   }
@@ -272,6 +276,6 @@ class Counted implements ResponseHandler {
   #done(): void {
     if (!this.#open) return;
     this.#open = false;
-    this.#demand.end(this.#revision);
+    this.#demand.end(this.#revision, this.#status, performance.now() - this.#started);
   }
 }

@@ -28,6 +28,7 @@ import {
   validateSandbox,
   validateVariables,
 } from './schema/function.ts';
+import { type RouteRecord, routeKeys } from './schema/route.ts';
 
 /** Loads a stored bundle in a throwaway sandbox; throws ERR_FUNCTION_INVALID with the reason. */
 export interface BundleValidator {
@@ -217,6 +218,12 @@ export class Functions {
       result: { function: updated, revision, created: true },
       storeRevision: expect,
     };
+  }
+
+  /** Stored Routes. */
+  async routes(): Promise<RouteRecord[]> {
+    const { items } = await this.#store.list(routeKeys.routes());
+    return items.map((kv) => JSON.parse(kv.value) as RouteRecord);
   }
 
   async list(): Promise<FunctionRecord[]> {

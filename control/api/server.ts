@@ -11,6 +11,7 @@ import { type Clock, systemClock } from '../../lib/clock.ts';
 import { errorMessage, TideError } from '../../lib/errors.ts';
 import type { Logger } from '../../lib/log.ts';
 import { listen } from '../../lib/net.ts';
+import type { TrafficSummary } from '../analysis/stats.ts';
 import type { DeployInput, Functions } from './functions.ts';
 import type { ApplyItem, Resources } from './resources.ts';
 import type { FunctionRecord, RevisionRecord, RevisionStatus } from './schema/function.ts';
@@ -60,6 +61,8 @@ export interface ApiOptions {
   scaling?: ScalingSource;
   /** `POST /v1/apply`. */
   resources?: Resources;
+  /** Per-revision traffic, for `GET /v1/routes`. */
+  traffic?: { summary(revision: string, windowMs?: number): TrafficSummary };
 }
 
 type Handler = (req: Request, params: Record<string, string>, url: URL) => Promise<Response>;
@@ -85,6 +88,7 @@ export class ControlApi {
     this.#route('GET', '/v1/functions/:name/logs', (r, p, url) => this.#logs(r, p.name ?? '', url));
     this.#route('GET', '/v1/functions/:name/instances', (_r, p, url) => this.#instances(p.name ?? '', url));
     this.#route('POST', '/v1/apply', (r) => this.#apply(r));
+    this.#route('GET', '/v1/routes', async () => json(200, { items: await this.#routeViews() }));
   }
 
   /** The Web-standard entry point (also used directly by tests). */
@@ -251,6 +255,25 @@ export class ControlApi {
         status: statuses.get(r.name) ?? null,
       })),
     });
+  }
+
+  /** Routes with, per backend, the revision it means now and its traffic over the last minute. */
+  async #routeViews(): Promise<unknown[]> {
+    const routes = await this.#opts.functions.routes();
+    const fns = new Map((await this.#opts.functions.list()).map((f) => [f.name, f]));
+    const stats = (rev: string | undefined) => (rev && this.#opts.traffic ? this.#opts.traffic.summary(rev) : null);
+    return routes.map((r) => ({
+      name: r.name,
+      hosts: r.spec.hosts ?? null,
+      rules: r.spec.rules.map((rule) => ({
+        match: rule.match ?? null,
+        split: rule.split.map((b) => {
+          const revision = b.revision ?? (b.function ? fns.get(b.function)?.servingRevision : undefined);
+          return { ...b, resolved: revision ?? null, traffic: stats(revision) };
+        }),
+      })),
+      tags: Object.entries(r.spec.tags ?? {}).map(([tag, revision]) => ({ tag, revision, traffic: stats(revision) })),
+    }));
   }
 
   /** Applies a set of resources at once (see resources.ts); waits until new revisions serve. */

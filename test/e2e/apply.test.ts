@@ -228,6 +228,16 @@ spec:
     expect(await greeting('shop.localhost', { 'x-beta': 'yes' })).toBe('v2');
     expect(await greeting('canary.shop.localhost')).toBe('v2');
     expect(await greeting('web.localhost')).toBe('v2'); // the function's own host: its serving revision
+    // Per backend, what the gateway saw: web-00001 had exactly the 90 split requests.
+    const described = JSON.parse((await tide(['describe', 'route', 'shop', '-o', 'json'], { dataDir: t.dataDir })).stdout) as {
+      rules: { split: { resolved: string; traffic: { requests: number; errorRate: number } }[] }[];
+    };
+    expect(described.rules[1]?.split[0]).toMatchObject({ resolved: 'web-00001', traffic: { requests: 90, errorRate: 0 } });
+    expect(described.rules[1]?.split[1]).toMatchObject({ function: 'web', resolved: 'web-00002' });
+    const text = (await tide(['describe', 'route', 'shop'], { dataDir: t.dataDir })).stdout;
+    expect(text).toMatch(/ 90% {2}web-00001: [\d.]+ req\/s, 0\.0% errors, p99 [\d.]+ ms \(last minute\)/);
+    expect(text).toMatch(/Tags:\n {2}canary: web-00002: /);
+    expect((await tide(['get', 'routes'], { dataDir: t.dataDir })).stdout).toMatch(/shop\s+shop\.localhost\s+2\s+web-00001=90 web-00002=10\s+canary=web-00002/);
     // Blue-green: everything to the old revision, in one apply.
     expect((await apply(route.replace('weight: 90', 'weight: 100').replace('{ function: web, weight: 10 }', '{ function: web, weight: 0 }'))).code).toBe(0);
     const after: string[] = [];
