@@ -16,6 +16,7 @@ import {
   KIND_SCHEMAS,
   type Kind,
   type Resource,
+  type RolloutResource,
   type RouteResource,
   type SecretResource,
 } from '../lib/config/resources.ts';
@@ -129,6 +130,10 @@ export async function toItems(loaded: Loaded[], bundle: (file: string) => Promis
     const r = l.resource;
     if (r.kind === 'Secret' || r.kind === 'Config') {
       items.push({ kind: r.kind, name: r.metadata.name, data: (r as SecretResource | ConfigResource).spec.data });
+      continue;
+    }
+    if (r.kind === 'Rollout') {
+      items.push({ kind: 'Rollout', name: r.metadata.name, spec: (r as RolloutResource).spec });
       continue;
     }
     if (r.kind === 'Route') {

@@ -596,6 +596,70 @@ export function program(): Command {
     out(`route/${fn} ${answer.results[0]?.action ?? 'applied'}: ${split.map((b) => `${b.revision ?? `${fn} (serving)`} ${b.weight}%`).join(', ')} on ${host}`);
   });
 
+  const rollout = prog.command('rollout').description("follow and steer a function's progressive rollout (a Rollout resource)");
+  interface RolloutView {
+    phase: string;
+    stable: string;
+    canary?: string;
+    step?: number;
+    message: string;
+    history: { at: string; revision: string; result: string; message: string }[];
+  }
+  connectionOptions(
+    rollout
+      .command('status')
+      .description(
+        "print the rollout's progress until it ends; exits 0 when the new revision is promoted (or nothing is in progress), 1 when it was rolled back or aborted",
+      )
+      .argument('<name>', 'rollout name')
+      .option('--timeout <duration>', 'give up waiting after this long (exit 1)', '10m')
+      .option('--no-watch', 'print once and exit'),
+  ).action(async (name: string, o) => {
+    const api = await client(o);
+    const deadline = Date.now() + parseDuration(o.timeout, '--timeout');
+    let last = '';
+    for (;;) {
+      const v = await api.call<RolloutView>('GET', `/v1/rollouts/${encodeURIComponent(name)}`);
+      const line = `${v.phase}: ${v.message}`;
+      if (line !== last) out(line);
+      last = line;
+      if (v.phase !== 'Progressing') {
+        if (v.phase === 'RolledBack' || v.phase === 'Aborted') process.exitCode = 1;
+        return;
+      }
+      if (!o.watch) return;
+      if (Date.now() > deadline) {
+        process.exitCode = 1;
+        out(`still progressing after ${o.timeout}`);
+        return;
+      }
+      await new Promise((r) => setTimeout(r, 500));
+    }
+  });
+  connectionOptions(
+    rollout.command('history').description('every revision the rollout brought in, and how it ended').argument('<name>', 'rollout name'),
+  ).action(async (name: string, o) => {
+    const v = await (await client(o)).call<RolloutView>('GET', `/v1/rollouts/${encodeURIComponent(name)}`);
+    out(
+      table(
+        ['WHEN', 'REVISION', 'RESULT', 'WHY'],
+        v.history.map((h) => [h.at, h.revision, h.result, h.message]),
+      ),
+    );
+    out(`now: ${v.phase}, stable ${v.stable}${v.canary ? `, rolling out ${v.canary}` : ''}`);
+  });
+  for (const action of ['promote', 'abort'] as const) {
+    connectionOptions(
+      rollout
+        .command(action)
+        .description(action === 'promote' ? 'give the new revision all traffic now' : 'stop the rollout: all traffic back to the stable revision')
+        .argument('<name>', 'rollout name'),
+    ).action(async (name: string, o) => {
+      await (await client(o)).call('POST', `/v1/rollouts/${encodeURIComponent(name)}/${action}`, {});
+      out(`${action} requested for ${name}`);
+    });
+  }
+
   const get = prog.command('get').description('list functions, revisions, instances or routes');
   connectionOptions(
     get

@@ -17,6 +17,7 @@ import {
   Functions,
   Resources,
   RevisionStats,
+  RolloutController,
   Scheduler,
   type Snapshot,
   SnapshotPublisher,
@@ -100,6 +101,7 @@ export async function up(options: UpOptions = {}, log: Logger = createLogger({ l
     queued: (rev: string, depth: number) => autoscaler.queued(rev, depth),
   };
   const scheduler = new Scheduler({ store, log });
+  const rollouts = new RolloutController({ store, traffic, log });
   const access = accessLogger(config, dataDir);
   const gateway = new Gateway({
     domain: config.domain,
@@ -119,6 +121,7 @@ export async function up(options: UpOptions = {}, log: Logger = createLogger({ l
     info: { version: VERSION, domain: config.domain, dataDir },
     scaling: autoscaler,
     traffic,
+    rollouts,
     resources: new Resources(store, functions),
     routed: async (storeRevision) => {
       const deadline = Date.now() + 5000;
@@ -138,6 +141,7 @@ export async function up(options: UpOptions = {}, log: Logger = createLogger({ l
       snapshots.close();
       autoscaler.close();
       scheduler.close();
+      rollouts.close();
       await Promise.all([gateway.close(config.drainMs), api.close()]);
       await agent.close();
       await logs.close();
@@ -155,6 +159,7 @@ export async function up(options: UpOptions = {}, log: Logger = createLogger({ l
     await containers.cleanupIfUsed();
     await autoscaler.start();
     await scheduler.start();
+    rollouts.start();
     await agent.start();
     await snapshots.start();
     const g = await gateway.listen(config.port, config.host);

@@ -6,6 +6,7 @@ export { type ApiOptions, ControlApi, type LogLine, type LogSource } from './api
 export { Autoscaler, type AutoscalerOptions, type DecisionRecord } from './autoscaler/autoscaler.ts';
 export { resolveScalingSpec, SCALING_DEFAULTS, type ScalingSpec } from './autoscaler/config.ts';
 export { BlobStore, sha256 } from './blobs.ts';
+export { RolloutController } from './rollout/controller.ts';
 export { type NodeInfo, type Placement, place, type Workload } from './scheduler/placement.ts';
 export { Scheduler } from './scheduler/scheduler.ts';
 export { buildSnapshot, EMPTY_SNAPSHOT, type RouteTarget, type Snapshot, SnapshotPublisher } from './snapshot/build.ts';

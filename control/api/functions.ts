@@ -28,6 +28,7 @@ import {
   validateSandbox,
   validateVariables,
 } from './schema/function.ts';
+import { type RolloutRecord, rolloutKeys } from './schema/rollout.ts';
 import { type RouteRecord, routeKeys } from './schema/route.ts';
 
 /** Loads a stored bundle in a throwaway sandbox; throws ERR_FUNCTION_INVALID with the reason. */
@@ -187,6 +188,8 @@ export class Functions {
     }
     const number = (fn?.revisionCounter ?? 0) + 1;
     const now = new Date(this.#clock.now()).toISOString();
+    // With a Rollout, a new revision is the rollout's to bring in: the stable one keeps serving.
+    const governed = fn !== undefined && (await this.#rolloutFor(p.name));
     const revision: RevisionRecord = {
       name: revisionName(p.name, number),
       namespace: DEFAULT_NAMESPACE,
@@ -206,7 +209,7 @@ export class Functions {
       name: p.name,
       namespace: DEFAULT_NAMESPACE,
       createdAt: fn?.createdAt ?? now,
-      servingRevision: revision.name,
+      servingRevision: governed && fn ? fn.servingRevision : revision.name,
       latestRevision: revision.name,
       revisionCounter: number,
     });
@@ -218,6 +221,14 @@ export class Functions {
       result: { function: updated, revision, created: true },
       storeRevision: expect,
     };
+  }
+
+  async #rolloutFor(fn: string): Promise<boolean> {
+    const { items } = await this.#store.list(rolloutKeys.rollouts());
+    return items.some((kv) => {
+      const r = JSON.parse(kv.value) as RolloutRecord;
+      return (r.spec.function ?? r.name) === fn;
+    });
   }
 
   /** Stored Routes. */

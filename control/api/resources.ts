@@ -7,11 +7,12 @@
  * about, and nothing is written. A dry run plans and reports without writing.
  */
 
-import type { RouteSpec } from '../../lib/config/resources.ts';
+import type { RolloutSpec, RouteSpec } from '../../lib/config/resources.ts';
 import { isTideError, TideError } from '../../lib/errors.ts';
 import type { KeyValue, Store, TxnOp } from '../store/index.ts';
 import type { DeployInput, Functions, PreparedDeploy } from './functions.ts';
 import { DEFAULT_NAMESPACE, type FunctionRecord, keys as fnKeys, validateFunctionName } from './schema/function.ts';
+import { type RolloutRecord, rolloutKeys } from './schema/rollout.ts';
 import { type RouteRecord, routeKeys } from './schema/route.ts';
 
 export const resourceKeys = {
@@ -34,7 +35,8 @@ export interface EnvRef {
 export type ApplyItem =
   | { kind: 'Secret' | 'Config'; name: string; data: Record<string, string> }
   | { kind: 'Function'; name: string; deploy: DeployInput; envRefs: EnvRef[] }
-  | { kind: 'Route'; name: string; spec: RouteSpec };
+  | { kind: 'Route'; name: string; spec: RouteSpec }
+  | { kind: 'Rollout'; name: string; spec: RolloutSpec };
 
 export interface ApplyProblem {
   /** Index of the item in the request. */
@@ -144,7 +146,8 @@ export class Resources {
       }
     }
     // Routes: every backend must exist now or come with this apply; regular expressions must compile.
-    const storedRoutes = await this.#loadRoutes();
+    const storedRoutes = await this.#loadSpecs<RouteRecord>(routeKeys.routes());
+    const storedRollouts = await this.#loadSpecs<RolloutRecord>(rolloutKeys.rollouts());
     const existingRevisions = new Set((await this.#store.list(fnKeys.revisions())).items.map((kv) => kv.key.slice(fnKeys.revisions().length)));
     const existingFunctions = new Set((await this.#store.list(fnKeys.functions())).items.map((kv) => (JSON.parse(kv.value) as FunctionRecord).name));
     const upcoming = new Map<string, string>();
@@ -176,6 +179,12 @@ export class Resources {
         if (!known(rev)) problems.push({ item: i, path: `spec.tags.${tag}`, message: `revision ${rev} does not exist` });
       }
     }
+    for (const [i, it] of items.entries()) {
+      if (it.kind !== 'Rollout') continue;
+      const fn = it.spec.function ?? it.name;
+      if (!existingFunctions.has(fn) && !appliedFunctions.has(fn))
+        problems.push({ item: i, path: it.spec.function ? 'spec.function' : 'metadata.name', message: `function ${fn} does not exist` });
+    }
     if (problems.length > 0) {
       throw new TideError('ERR_CONFIG_INVALID', `${problems.length} problem${problems.length === 1 ? '' : 's'}; nothing was applied`, {
         status: 400,
@@ -205,13 +214,16 @@ export class Resources {
           if (plan.ops.length > 0) newRevisions.push(plan.result.revision.name);
           continue;
         }
-        if (it.kind === 'Route') {
-          const before = storedRoutes.get(it.name);
-          const record: RouteRecord = { name: it.name, namespace: DEFAULT_NAMESPACE, spec: it.spec, managedBy: 'apply' };
+        if (it.kind === 'Route' || it.kind === 'Rollout') {
+          const before = (it.kind === 'Route' ? storedRoutes : storedRollouts).get(it.name);
+          const record: RouteRecord | RolloutRecord = { name: it.name, namespace: DEFAULT_NAMESPACE, spec: it.spec, managedBy: 'apply' } as
+            | RouteRecord
+            | RolloutRecord;
+          const key = it.kind === 'Route' ? routeKeys.route(it.name) : rolloutKeys.rollout(it.name);
           const same = before !== undefined && JSON.stringify(before.value.spec) === JSON.stringify(it.spec);
-          if (!same) ops.push({ type: 'put', key: routeKeys.route(it.name), value: JSON.stringify(record), expectModRevision: before?.kv.modRevision ?? 0 });
-          const result: ApplyResult = { kind: 'Route', name: it.name, action: same ? 'unchanged' : before ? 'configured' : 'created' };
-          if (options.diff) result.changes = before ? leafChanges('spec', before.value.spec, it.spec) : ['new route'];
+          if (!same) ops.push({ type: 'put', key, value: JSON.stringify(record), expectModRevision: before?.kv.modRevision ?? 0 });
+          const result: ApplyResult = { kind: it.kind, name: it.name, action: same ? 'unchanged' : before ? 'configured' : 'created' };
+          if (options.diff) result.changes = before ? leafChanges('spec', before.value.spec, it.spec) : [`new ${it.kind.toLowerCase()}`];
           results.push(result);
           continue;
         }
@@ -243,10 +255,15 @@ export class Resources {
             ...(options.diff ? { changes: [`deleted, with revisions ${del.revisions.join(', ')}`] } : {}),
           });
         }
-        for (const [name, { kv }] of storedRoutes) {
-          if (wanted.has(`Route/${name}`)) continue;
-          ops.push({ type: 'delete', key: kv.key, expectModRevision: kv.modRevision });
-          results.push({ kind: 'Route', name, action: 'pruned', ...(options.diff ? { changes: ['deleted'] } : {}) });
+        for (const [kind, stored2] of [
+          ['Route', storedRoutes],
+          ['Rollout', storedRollouts],
+        ] as const) {
+          for (const [name, { kv, value }] of stored2) {
+            if (wanted.has(`${kind}/${name}`) || value.managedBy !== 'apply') continue;
+            ops.push({ type: 'delete', key: kv.key, expectModRevision: kv.modRevision });
+            results.push({ kind, name, action: 'pruned', ...(options.diff ? { changes: ['deleted'] } : {}) });
+          }
         }
         for (const [kind, from] of [
           ['Secret', 'secret'],
@@ -289,11 +306,11 @@ export class Resources {
     return out;
   }
 
-  async #loadRoutes(): Promise<Map<string, { value: RouteRecord; kv: KeyValue }>> {
-    const { items } = await this.#store.list(routeKeys.routes());
+  async #loadSpecs<T extends { name: string }>(prefix: string): Promise<Map<string, { value: T; kv: KeyValue }>> {
+    const { items } = await this.#store.list(prefix);
     return new Map(
       items.map((kv) => {
-        const value = JSON.parse(kv.value) as RouteRecord;
+        const value = JSON.parse(kv.value) as T;
         return [value.name, { value, kv }];
       }),
     );

@@ -61,6 +61,8 @@ export interface ApiOptions {
   scaling?: ScalingSource;
   /** `POST /v1/apply`. */
   resources?: Resources;
+  /** Progressive rollouts, for `/v1/rollouts/NAME`. */
+  rollouts?: { status(name: string): Promise<unknown>; request(name: string, what: 'promote' | 'abort'): void };
   /** Per-revision traffic, for `GET /v1/routes`. */
   traffic?: { summary(revision: string, windowMs?: number): TrafficSummary };
 }
@@ -89,6 +91,17 @@ export class ControlApi {
     this.#route('GET', '/v1/functions/:name/instances', (_r, p, url) => this.#instances(p.name ?? '', url));
     this.#route('POST', '/v1/apply', (r) => this.#apply(r));
     this.#route('GET', '/v1/routes', async () => json(200, { items: await this.#routeViews() }));
+    this.#route('GET', '/v1/rollouts/:name', async (_r, p) => json(200, await this.#rollout(p.name ?? '')));
+    this.#route('POST', '/v1/rollouts/:name/:action', async (_r, p) => {
+      const action = p.action;
+      if (action !== 'promote' && action !== 'abort')
+        throw new TideError('ERR_NOT_FOUND', `no rollout action "${action}": use promote or abort`, { status: 404 });
+      const status = (await this.#rollout(p.name ?? '')) as { phase: string };
+      if (status.phase !== 'Progressing')
+        throw new TideError('ERR_BAD_REQUEST', `rollout ${p.name} has nothing in progress (it is ${status.phase})`, { status: 409 });
+      this.#opts.rollouts?.request(p.name ?? '', action);
+      return json(202, { requested: action });
+    });
   }
 
   /** The Web-standard entry point (also used directly by tests). */
@@ -255,6 +268,12 @@ export class ControlApi {
         status: statuses.get(r.name) ?? null,
       })),
     });
+  }
+
+  async #rollout(name: string): Promise<unknown> {
+    const status = await this.#opts.rollouts?.status(name);
+    if (!status) throw new TideError('ERR_NOT_FOUND', `no rollout named "${name}" (or it has not started watching yet)`, { status: 404 });
+    return status;
   }
 
   /** Routes with, per backend, the revision it means now and its traffic over the last minute. */

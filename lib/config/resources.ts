@@ -196,8 +196,42 @@ export const RouteSchema = Type.Object(
   { additionalProperties: false, $id: 'https://tide.dev/schemas/v1/route.json', title: 'Tide Route' },
 );
 
+export const RolloutSchema = Type.Object(
+  {
+    apiVersion: Type.Literal('tide.dev/v1'),
+    kind: Type.Literal('Rollout'),
+    metadata: MetadataSchema,
+    spec: Type.Object(
+      {
+        function: Type.Optional(Name),
+        steps: Type.Array(
+          Type.Object(
+            { weight: Type.Integer({ minimum: 1, maximum: 99, description: "the new revision's share during this step, percent" }), pause: Duration },
+            { additionalProperties: false },
+          ),
+          { minItems: 1, description: 'after the last step the new revision takes 100%' },
+        ),
+        analysis: Type.Optional(
+          Type.Object(
+            {
+              maxErrorRate: Type.Optional(
+                Type.Number({ minimum: 0, maximum: 1, description: 'share of 5xx answers above which the new revision is rolled back' }),
+              ),
+              maxP99: Type.Optional(Duration),
+              minRequests: Type.Optional(Type.Integer({ minimum: 1, description: 'fewer requests in a step: the step is not judged' })),
+            },
+            { additionalProperties: false },
+          ),
+        ),
+      },
+      { additionalProperties: false },
+    ),
+  },
+  { additionalProperties: false, $id: 'https://tide.dev/schemas/v1/rollout.json', title: 'Tide Rollout' },
+);
+
 /** Every kind `tide apply` takes, by name. */
-export const KIND_SCHEMAS = { Function: FunctionSchema, Secret: SecretSchema, Config: ConfigSchema, Route: RouteSchema } as const;
+export const KIND_SCHEMAS = { Function: FunctionSchema, Secret: SecretSchema, Config: ConfigSchema, Route: RouteSchema, Rollout: RolloutSchema } as const;
 export type Kind = keyof typeof KIND_SCHEMAS;
 
 export type FunctionResource = Static<typeof FunctionSchema>;
@@ -205,7 +239,9 @@ export type SecretResource = Static<typeof SecretSchema>;
 export type ConfigResource = Static<typeof ConfigSchema>;
 export type RouteResource = Static<typeof RouteSchema>;
 export type RouteSpec = RouteResource['spec'];
-export type Resource = FunctionResource | SecretResource | ConfigResource | RouteResource;
+export type RolloutResource = Static<typeof RolloutSchema>;
+export type RolloutSpec = RolloutResource['spec'];
+export type Resource = FunctionResource | SecretResource | ConfigResource | RouteResource | RolloutResource;
 
 /** The envelope every document is checked against first, so a wrong kind is one clear message. */
 export const EnvelopeSchema = Type.Object(

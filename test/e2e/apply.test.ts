@@ -317,6 +317,56 @@ spec:
     expect(JSON.parse((await http(t.gatewayPort, 'back.localhost', '/')).text).greeting).toBe('old');
   });
 
+  it('rolls a new revision out step by step and promotes it; rolls back one that starts failing', async () => {
+    const FLAKY = join(FIXTURES, 'functions', 'flaky.ts');
+    const deploy = (version: string, fail = '0') =>
+      tide(['deploy', FLAKY, '--name', 'ro', '--env', `VERSION=${version}`, '--env', `FAIL=${fail}`, '--min-scale', '1'], { dataDir: t.dataDir });
+    expect((await deploy('1')).code).toBe(0);
+    const r = await apply(`apiVersion: tide.dev/v1
+kind: Rollout
+metadata: { name: ro }
+spec:
+  steps:
+    - { weight: 20, pause: 600ms }
+    - { weight: 60, pause: 600ms }
+  analysis: { maxErrorRate: 0.05, minRequests: 5 }
+`);
+    expect(r.code, r.stderr).toBe(0);
+    // Traffic on the function's own host while rollouts run, bounded in count and time.
+    let stop = false;
+    const seen: string[] = [];
+    const traffic = (async () => {
+      for (let i = 0; i < 3000 && !stop; i++) {
+        seen.push((await http(t.gatewayPort, 'ro.localhost', '/')).text.trim());
+        await new Promise((res) => setTimeout(res, 5));
+      }
+    })();
+    try {
+      expect((await deploy('2')).code).toBe(0);
+      const promoted = await tide(['rollout', 'status', 'ro', '--timeout', '20s'], { dataDir: t.dataDir });
+      expect(promoted.code, promoted.stdout).toBe(0);
+      expect(promoted.stdout).toMatch(/Progressing: step 1 of 2: 20% to ro-00002/);
+      expect(promoted.stdout).toMatch(/Promoted: promoted after 2 steps/);
+      expect(JSON.parse((await tide(['describe', 'ro', '-o', 'json'], { dataDir: t.dataDir })).stdout).servingRevision).toBe('ro-00002');
+      expect(seen).toContain('ok 1');
+      expect(seen).toContain('ok 2');
+      // A new revision that fails: rolled back, the function keeps serving ro-00002.
+      expect((await deploy('3', '1')).code).toBe(0);
+      const rolledBack = await tide(['rollout', 'status', 'ro', '--timeout', '20s'], { dataDir: t.dataDir });
+      expect(rolledBack.code, rolledBack.stdout).toBe(1);
+      expect(rolledBack.stdout).toMatch(/RolledBack: rolled back at step 1: [\d.]+% of \d+ requests failed \(limit 5\.0%\)/);
+    } finally {
+      stop = true;
+      await traffic;
+    }
+    expect(JSON.parse((await tide(['describe', 'ro', '-o', 'json'], { dataDir: t.dataDir })).stdout).servingRevision).toBe('ro-00002');
+    const after = await http(t.gatewayPort, 'ro.localhost', '/');
+    expect(after.text).toBe('ok 2\n');
+    const history = (await tide(['rollout', 'history', 'ro'], { dataDir: t.dataDir })).stdout;
+    expect(history).toMatch(/ro-00002\s+Promoted/);
+    expect(history).toMatch(/ro-00003\s+RolledBack/);
+  }, 60_000);
+
   it('publishes one JSON Schema per kind, the same as `tide schema` prints', async () => {
     for (const kind of Object.keys(KIND_SCHEMAS)) {
       const r = await tide(['schema', kind.toLowerCase()]);

@@ -9,8 +9,8 @@ export interface RouteRecord {
   name: string;
   namespace: string;
   spec: RouteSpec;
-  /** `tide apply` wrote it (routes only come from apply). */
-  managedBy: 'apply';
+  /** Who wrote it: `tide apply` (or `tide split`), or a Rollout in progress. */
+  managedBy: 'apply' | 'rollout';
 }
 
 export const routeKeys = {
