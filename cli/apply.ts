@@ -146,6 +146,10 @@ export async function toItems(loaded: Loaded[], bundle: (file: string) => Promis
             ok = false;
           }
         });
+        if (rule.fault?.abort && rule.fault.abort.status < 400) {
+          issues.push(...issueAt(l.doc, `spec.rules[${i}].fault.abort.status`, 'an injected abort must be a 4xx or 5xx status'));
+          ok = false;
+        }
         const sum = rule.split.reduce((n, b) => n + b.weight, 0);
         if (sum !== 100) {
           issues.push(...issueAt(l.doc, `spec.rules[${i}].split`, `the weights add up to ${sum}, not 100`));

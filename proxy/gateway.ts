@@ -11,13 +11,17 @@
  */
 import type { AddressInfo } from 'node:net';
 import type { CustomRoute, RouteTarget, Snapshot } from '../control/snapshot/build.ts';
-import type { ProxyConfig } from '../lib/config/proxy.ts';
+import type { ProxyConfig, RouteConfig } from '../lib/config/proxy.ts';
+import { parseDuration } from '../lib/duration.ts';
 import { TideError } from '../lib/errors.ts';
 import type { Logger } from '../lib/log.ts';
 import type { CompiledListener, CompiledRoute, ProxySnapshot } from './config/compile.ts';
-import type { Dispatch, ProxyRequest, ResponseControl, ResponseHandler } from './http/types.ts';
+import { compose, type Dispatch, type ProxyRequest, type ResponseControl, type ResponseHandler } from './http/types.ts';
 import { type ActivatableEndpoint, Activator, type ActivatorHooks } from './layers/activator.ts';
+import { type FaultConfig, faultLayer } from './layers/fault.ts';
+import { headersLayer } from './layers/headers.ts';
 import { splitDispatch } from './layers/split.ts';
+import { timeoutLayer } from './layers/timeout.ts';
 import { Listener } from './listener/listener.ts';
 import { ProxyMetrics } from './metrics.ts';
 import { DataPlane } from './proxy.ts';
@@ -100,11 +104,19 @@ export class Gateway {
           .map((rule, i) => ({
             name: `rule-${i}`,
             match: (rule.match ?? {}) as RouteMatch,
+            // The proxy's own layers, in its order: fault → headers → timeout → split.
             target: this.#route(
               `route:${r.name}`,
-              splitDispatch(
-                rule.split.map((b) => ({ name: b.target.revision, weight: b.weight, dispatch: this.#toFunction(b.target) })),
-                undefined,
+              compose(
+                [
+                  rule.fault ? faultLayer(rule.fault as FaultConfig) : undefined,
+                  headersLayer({ requestHeaders: rule.requestHeaders, responseHeaders: rule.responseHeaders } as RouteConfig, undefined),
+                  rule.timeout ? timeoutLayer(parseDuration(rule.timeout, 'timeout')) : undefined,
+                ],
+                splitDispatch(
+                  rule.split.map((b) => ({ name: b.target.revision, weight: b.weight, dispatch: this.#toFunction(b.target) })),
+                  undefined,
+                ),
               ),
               `rule-${i}`,
             ),

@@ -35,7 +35,7 @@ export interface CustomRoute {
   /** Its hosts; undefined: NAME.<domain>. */
   hosts: string[] | undefined;
   /** In order; the first that matches takes the request. */
-  rules: { match: RouteMatch | undefined; split: { target: RouteTarget; weight: number }[] }[];
+  rules: (Omit<RouteSpec['rules'][number], 'split' | 'match'> & { match: RouteMatch | undefined; split: { target: RouteTarget; weight: number }[] })[];
   /** TAG.<host> → that revision alone. */
   tags: { tag: string; target: RouteTarget }[];
 }
@@ -93,6 +93,7 @@ export async function buildSnapshot(store: Store): Promise<Snapshot> {
       name: r.name,
       hosts: r.spec.hosts,
       rules: r.spec.rules.map((rule) => ({
+        ...rule,
         match: rule.match as RouteMatch | undefined,
         split: rule.split.flatMap((b) => {
           const t = resolve(b);

@@ -45,7 +45,7 @@ export const RouteMatchSchema = Type.Object(
   Strict,
 );
 
-const HeaderEdits = Type.Object(
+export const HeaderEdits = Type.Object(
   {
     /** Replace (or add) these headers. */
     set: Type.Optional(Type.Record(HeaderName, HeaderValue)),
@@ -84,6 +84,15 @@ export const RetrySchema = Type.Object(
       { ratio: Type.Number({ minimum: 0, maximum: 10, default: 0.2 }), minPerSecond: Type.Integer({ minimum: 0, default: 10 }) },
       { ...Strict, default: {} },
     ),
+  },
+  Strict,
+);
+
+/** Injected faults: a delay and/or an abort with a status, each for a percent of requests. */
+export const FaultSchema = Type.Object(
+  {
+    delay: Type.Optional(Type.Object({ duration: Duration(), percent: Percent }, Strict)),
+    abort: Type.Optional(Type.Object({ status: Type.Integer({ minimum: 200, maximum: 599 }), percent: Percent }, Strict)),
   },
   Strict,
 );
@@ -128,15 +137,7 @@ export const RouteSchema = Type.Object(
     /** The whole request, all tries included (504 after). */
     timeout: Duration('15s'),
     retries: Type.Optional(RetrySchema),
-    fault: Type.Optional(
-      Type.Object(
-        {
-          delay: Type.Optional(Type.Object({ duration: Duration(), percent: Percent }, Strict)),
-          abort: Type.Optional(Type.Object({ status: Type.Integer({ minimum: 200, maximum: 599 }), percent: Percent }, Strict)),
-        },
-        Strict,
-      ),
-    ),
+    fault: Type.Optional(FaultSchema),
   },
   Strict,
 );

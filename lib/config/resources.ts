@@ -6,7 +6,7 @@
  * (`memory: 128Mi`, `timeout: 30s`, `cpu: 250m`).
  */
 import { type Static, Type } from '@sinclair/typebox';
-import { RouteMatchSchema } from './proxy.ts';
+import { FaultSchema, HeaderEdits, RouteMatchSchema } from './proxy.ts';
 
 const Name = Type.String({ pattern: '^[a-z]([-a-z0-9]*[a-z0-9])?$', maxLength: 57, description: 'a DNS label: lowercase letters, digits and -' });
 const Duration = Type.String({ pattern: '^\\d+(\\.\\d+)?(ms|s|m|h)$', description: 'like 500ms, 30s, 2m' });
@@ -179,6 +179,10 @@ export const RouteSchema = Type.Object(
             {
               match: Type.Optional(RouteMatchSchema),
               split: Type.Array(Backend, { minItems: 1 }),
+              timeout: Type.Optional(Duration),
+              fault: Type.Optional(FaultSchema),
+              requestHeaders: Type.Optional(HeaderEdits),
+              responseHeaders: Type.Optional(HeaderEdits),
             },
             { additionalProperties: false },
           ),

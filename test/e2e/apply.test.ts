@@ -367,6 +367,45 @@ spec:
     expect(history).toMatch(/ro-00003\s+RolledBack/);
   }, 60_000);
 
+  it("applies a rule's timeout, fault injection and header edits to the functions behind it", async () => {
+    expect((await tide(['deploy', join(FIXTURES, 'functions', 'sleepy.ts'), '--name', 'drill'], { dataDir: t.dataDir })).code).toBe(0);
+    const r = await apply(`apiVersion: tide.dev/v1
+kind: Route
+metadata: { name: drill }
+spec:
+  hosts: [drill.localhost]
+  rules:
+    - match: { path: { prefix: /abort } }
+      fault: { abort: { status: 503, percent: 100 } }
+      split: [{ function: drill, weight: 100 }]
+    - match: { path: { prefix: /slow } }
+      timeout: 200ms
+      split: [{ function: drill, weight: 100 }]
+    - requestHeaders: { set: { x-drill: "on" } }
+      responseHeaders: { set: { x-served-by: drill-route } }
+      split: [{ function: drill, weight: 100 }]
+`);
+    expect(r.code, r.stderr).toBe(0);
+    const aborted = await http(t.gatewayPort, 'drill.localhost', '/abort');
+    expect(aborted.status).toBe(503);
+    expect(aborted.headers['tide-proxy-error']).toBe('ERR_PROXY_FAULT');
+    const slow = await http(t.gatewayPort, 'drill.localhost', '/slow?ms=2000');
+    expect(slow.status).toBe(504);
+    const ok = await http(t.gatewayPort, 'drill.localhost', '/?ms=0');
+    expect(ok.status).toBe(200);
+    expect(ok.headers['x-served-by']).toBe('drill-route');
+    const bad = await apply(`apiVersion: tide.dev/v1
+kind: Route
+metadata: { name: drill2 }
+spec:
+  rules:
+    - fault: { abort: { status: 200, percent: 10 } }
+      split: [{ function: drill, weight: 100 }]
+`);
+    expect(bad.code).toBe(1);
+    expect(bad.stderr).toMatch(/app\.yaml:6:33: \/spec\/rules\/0\/fault\/abort\/status: an injected abort must be a 4xx or 5xx status/);
+  });
+
   it('publishes one JSON Schema per kind, the same as `tide schema` prints', async () => {
     for (const kind of Object.keys(KIND_SCHEMAS)) {
       const r = await tide(['schema', kind.toLowerCase()]);

@@ -15,6 +15,7 @@ describe('resource files', () => {
       'Route/ab',
       'Route/bluegreen',
       'Route/shop',
+      'Route/drill',
       'Rollout/echo-app',
     ]);
   });
