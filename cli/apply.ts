@@ -146,6 +146,10 @@ export async function toItems(loaded: Loaded[], bundle: (file: string) => Promis
             ok = false;
           }
         });
+        if (rule.mirror && (rule.mirror.revision === undefined) === (rule.mirror.function === undefined)) {
+          issues.push(...issueAt(l.doc, `spec.rules[${i}].mirror`, 'give exactly one of revision or function'));
+          ok = false;
+        }
         if (rule.fault?.abort && rule.fault.abort.status < 400) {
           issues.push(...issueAt(l.doc, `spec.rules[${i}].fault.abort.status`, 'an injected abort must be a 4xx or 5xx status'));
           ok = false;

@@ -11,7 +11,7 @@
  */
 import type { AddressInfo } from 'node:net';
 import type { CustomRoute, RouteTarget, Snapshot } from '../control/snapshot/build.ts';
-import type { ProxyConfig, RouteConfig } from '../lib/config/proxy.ts';
+import type { ProxyConfig, RetryConfig, RouteConfig } from '../lib/config/proxy.ts';
 import { parseDuration } from '../lib/duration.ts';
 import { TideError } from '../lib/errors.ts';
 import type { Logger } from '../lib/log.ts';
@@ -20,6 +20,7 @@ import { compose, type Dispatch, type ProxyRequest, type ResponseControl, type R
 import { type ActivatableEndpoint, Activator, type ActivatorHooks } from './layers/activator.ts';
 import { type FaultConfig, faultLayer } from './layers/fault.ts';
 import { headersLayer } from './layers/headers.ts';
+import { avoidTried, mirrorLayer, sandboxRetry } from './layers/sandbox-retry.ts';
 import { splitDispatch } from './layers/split.ts';
 import { timeoutLayer } from './layers/timeout.ts';
 import { Listener } from './listener/listener.ts';
@@ -112,11 +113,14 @@ export class Gateway {
                   rule.fault ? faultLayer(rule.fault as FaultConfig) : undefined,
                   headersLayer({ requestHeaders: rule.requestHeaders, responseHeaders: rule.responseHeaders } as RouteConfig, undefined),
                   rule.timeout ? timeoutLayer(parseDuration(rule.timeout, 'timeout')) : undefined,
+                  rule.mirror ? mirrorLayer(rule.mirror.percent, this.#toFunction(rule.mirror.target)) : undefined,
+                  rule.retries ? sandboxRetry(rule.retries as RetryConfig) : undefined,
                 ],
-                splitDispatch(
-                  rule.split.map((b) => ({ name: b.target.revision, weight: b.weight, dispatch: this.#toFunction(b.target) })),
-                  undefined,
-                ),
+                (() => {
+                  const backends = rule.split.map((b) => ({ name: b.target.revision, weight: b.weight, dispatch: this.#toFunction(b.target) }));
+                  const split = splitDispatch(backends, undefined);
+                  return rule.retries ? avoidTried(backends, split) : split;
+                })(),
               ),
               `rule-${i}`,
             ),

@@ -167,6 +167,12 @@ export class Resources {
             problems.push({ item: i, path: `spec.rules[${r}].split[${j}].function`, message: `function ${b.function} does not exist` });
           }
         });
+        const m = rule.mirror;
+        if (m?.revision && !known(m.revision))
+          problems.push({ item: i, path: `spec.rules[${r}].mirror.revision`, message: `revision ${m.revision} does not exist` });
+        if (m?.function && !existingFunctions.has(m.function) && !appliedFunctions.has(m.function)) {
+          problems.push({ item: i, path: `spec.rules[${r}].mirror.function`, message: `function ${m.function} does not exist` });
+        }
         for (const [path, pattern] of regexes(rule.match, `spec.rules[${r}].match`)) {
           try {
             new RegExp(pattern);

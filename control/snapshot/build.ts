@@ -35,7 +35,11 @@ export interface CustomRoute {
   /** Its hosts; undefined: NAME.<domain>. */
   hosts: string[] | undefined;
   /** In order; the first that matches takes the request. */
-  rules: (Omit<RouteSpec['rules'][number], 'split' | 'match'> & { match: RouteMatch | undefined; split: { target: RouteTarget; weight: number }[] })[];
+  rules: (Omit<RouteSpec['rules'][number], 'split' | 'match' | 'mirror'> & {
+    match: RouteMatch | undefined;
+    split: { target: RouteTarget; weight: number }[];
+    mirror: { target: RouteTarget; percent: number } | undefined;
+  })[];
   /** TAG.<host> → that revision alone. */
   tags: { tag: string; target: RouteTarget }[];
 }
@@ -95,6 +99,10 @@ export async function buildSnapshot(store: Store): Promise<Snapshot> {
       rules: r.spec.rules.map((rule) => ({
         ...rule,
         match: rule.match as RouteMatch | undefined,
+        mirror: (() => {
+          const t = rule.mirror ? resolve(rule.mirror) : undefined;
+          return t && rule.mirror ? { target: t, percent: rule.mirror.percent } : undefined;
+        })(),
         split: rule.split.flatMap((b) => {
           const t = resolve(b);
           return t && b.weight > 0 ? [{ target: t, weight: b.weight }] : [];

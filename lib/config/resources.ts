@@ -6,7 +6,7 @@
  * (`memory: 128Mi`, `timeout: 30s`, `cpu: 250m`).
  */
 import { type Static, Type } from '@sinclair/typebox';
-import { FaultSchema, HeaderEdits, RouteMatchSchema } from './proxy.ts';
+import { FaultSchema, HeaderEdits, RetrySchema, RouteMatchSchema } from './proxy.ts';
 
 const Name = Type.String({ pattern: '^[a-z]([-a-z0-9]*[a-z0-9])?$', maxLength: 57, description: 'a DNS label: lowercase letters, digits and -' });
 const Duration = Type.String({ pattern: '^\\d+(\\.\\d+)?(ms|s|m|h)$', description: 'like 500ms, 30s, 2m' });
@@ -180,6 +180,17 @@ export const RouteSchema = Type.Object(
               match: Type.Optional(RouteMatchSchema),
               split: Type.Array(Backend, { minItems: 1 }),
               timeout: Type.Optional(Duration),
+              retries: Type.Optional(RetrySchema),
+              mirror: Type.Optional(
+                Type.Object(
+                  {
+                    revision: Type.Optional(Type.String({ pattern: '^[a-z]([-a-z0-9]*[a-z0-9])?-\\d{5}$' })),
+                    function: Type.Optional(Type.String()),
+                    percent: Type.Number({ exclusiveMinimum: 0, maximum: 100 }),
+                  },
+                  { additionalProperties: false, description: 'a copy of this share of requests also goes to the shadow; its answers are dropped' },
+                ),
+              ),
               fault: Type.Optional(FaultSchema),
               requestHeaders: Type.Optional(HeaderEdits),
               responseHeaders: Type.Optional(HeaderEdits),

@@ -406,6 +406,39 @@ spec:
     expect(bad.stderr).toMatch(/app\.yaml:6:33: \/spec\/rules\/0\/fault\/abort\/status: an injected abort must be a 4xx or 5xx status/);
   });
 
+  it('retries a failed try on another backend, and mirrors a copy of requests to a shadow', async () => {
+    const FLAKY = join(FIXTURES, 'functions', 'flaky.ts');
+    for (const fail of ['1', '0']) {
+      const d = await tide(['deploy', FLAKY, '--name', 'half', '--env', `FAIL=${fail}`, '--env', 'VERSION=x', '--min-scale', '1'], { dataDir: t.dataDir });
+      expect(d.code, d.stderr).toBe(0);
+    }
+    expect((await tide(['deploy', join(FIXTURES, 'functions', 'logger.ts'), '--name', 'shadow'], { dataDir: t.dataDir })).code).toBe(0);
+    const route = (retries: string) => `apiVersion: tide.dev/v1
+kind: Route
+metadata: { name: half }
+spec:
+  hosts: [half.localhost]
+  rules:
+    - split:
+        - { revision: half-00001, weight: 50 }
+        - { revision: half-00002, weight: 50 }
+      mirror: { function: shadow, percent: 100 }
+${retries}`;
+    expect((await apply(route(''))).code).toBe(0);
+    const without = await Promise.all(Array.from({ length: 10 }, (_, i) => http(t.gatewayPort, 'half.localhost', `/plain-${i}`)));
+    expect(without.filter((r) => r.status === 500).length).toBe(5); // half the split answers 500
+    expect((await apply(route('      retries: { attempts: 2, on: [5xx] }\n'))).code).toBe(0);
+    const withRetries = await Promise.all(Array.from({ length: 10 }, (_, i) => http(t.gatewayPort, 'half.localhost', `/retried-${i}`)));
+    expect(withRetries.map((r) => r.status)).toEqual(Array(10).fill(200));
+    expect(withRetries[0]?.text).toBe('ok x\n');
+    // The shadow saw a copy of every request; the clients never saw its answers.
+    const logs = await eventually(async () => {
+      const l = (await tide(['logs', 'shadow'], { dataDir: t.dataDir })).stdout;
+      return l.includes('seen /retried-9') && l.includes('seen /plain-9') ? l : undefined;
+    });
+    expect(logs.match(/seen \/(plain|retried)-\d/g)?.length).toBe(20);
+  });
+
   it('publishes one JSON Schema per kind, the same as `tide schema` prints', async () => {
     for (const kind of Object.keys(KIND_SCHEMAS)) {
       const r = await tide(['schema', kind.toLowerCase()]);

@@ -17,6 +17,7 @@ describe('resource files', () => {
       'Route/shop',
       'Route/drill',
       'Rollout/echo-app',
+      'Route/resilient',
     ]);
   });
 

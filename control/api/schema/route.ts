@@ -22,7 +22,10 @@ export const routeKeys = {
 export function routedRevisions(routes: RouteRecord[]): Set<string> {
   const out = new Set<string>();
   for (const r of routes) {
-    for (const rule of r.spec.rules) for (const b of rule.split) if (b.revision && b.weight > 0) out.add(b.revision);
+    for (const rule of r.spec.rules) {
+      for (const b of rule.split) if (b.revision && b.weight > 0) out.add(b.revision);
+      if (rule.mirror?.revision) out.add(rule.mirror.revision);
+    }
     for (const rev of Object.values(r.spec.tags ?? {})) out.add(rev);
   }
   return out;
