@@ -648,17 +648,32 @@ export function program(): Command {
     );
     out(`now: ${v.phase}, stable ${v.stable}${v.canary ? `, rolling out ${v.canary}` : ''}`);
   });
-  for (const action of ['promote', 'abort'] as const) {
-    connectionOptions(
-      rollout
-        .command(action)
-        .description(action === 'promote' ? 'give the new revision all traffic now' : 'stop the rollout: all traffic back to the stable revision')
-        .argument('<name>', 'rollout name'),
-    ).action(async (name: string, o) => {
+  const actions = {
+    promote: 'give the new revision all traffic now',
+    abort: 'stop the rollout: all traffic back to the stable revision',
+    pause: 'hold the rollout at its step (a failing revision is still rolled back)',
+    resume: 'go on with the steps (the current step starts its pause over)',
+  } as const;
+  for (const action of Object.keys(actions) as (keyof typeof actions)[]) {
+    connectionOptions(rollout.command(action).description(actions[action]).argument('<name>', 'rollout name')).action(async (name: string, o) => {
       await (await client(o)).call('POST', `/v1/rollouts/${encodeURIComponent(name)}/${action}`, {});
       out(`${action} requested for ${name}`);
     });
   }
+  connectionOptions(
+    rollout
+      .command('undo')
+      .description("serve the function's previous revision again (or --to-revision N); the rollout takes it as stable")
+      .argument('<name>', 'rollout name')
+      .option('--to-revision <revision>', 'revision name or number'),
+  ).action(async (name: string, o) => {
+    const api = await client(o);
+    const v = await api.call<RolloutView & { function: string }>('GET', `/v1/rollouts/${encodeURIComponent(name)}`);
+    if (v.phase === 'Progressing')
+      throw new TideError('ERR_INVALID_ARGUMENT', `${name} is rolling out ${v.canary}: abort it first (tide rollout abort ${name})`);
+    const r = await api.call<{ from: string; to: string }>('POST', `/v1/functions/${encodeURIComponent(v.function)}/rollback`, { to: o.toRevision });
+    out(`${v.function}: ${r.from} → ${r.to}`);
+  });
 
   const get = prog.command('get').description('list functions, revisions, instances or routes');
   connectionOptions(

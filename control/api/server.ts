@@ -62,7 +62,7 @@ export interface ApiOptions {
   /** `POST /v1/apply`. */
   resources?: Resources;
   /** Progressive rollouts, for `/v1/rollouts/NAME`. */
-  rollouts?: { status(name: string): Promise<unknown>; request(name: string, what: 'promote' | 'abort'): void };
+  rollouts?: { status(name: string): Promise<unknown>; request(name: string, what: 'promote' | 'abort' | 'pause' | 'resume'): void };
   /** Per-revision traffic, for `GET /v1/routes`. */
   traffic?: { summary(revision: string, windowMs?: number): TrafficSummary };
 }
@@ -94,8 +94,9 @@ export class ControlApi {
     this.#route('GET', '/v1/rollouts/:name', async (_r, p) => json(200, await this.#rollout(p.name ?? '')));
     this.#route('POST', '/v1/rollouts/:name/:action', async (_r, p) => {
       const action = p.action;
-      if (action !== 'promote' && action !== 'abort')
-        throw new TideError('ERR_NOT_FOUND', `no rollout action "${action}": use promote or abort`, { status: 404 });
+      if (action !== 'promote' && action !== 'abort' && action !== 'pause' && action !== 'resume') {
+        throw new TideError('ERR_NOT_FOUND', `no rollout action "${action}": use promote, abort, pause or resume`, { status: 404 });
+      }
       const status = (await this.#rollout(p.name ?? '')) as { phase: string };
       if (status.phase !== 'Progressing')
         throw new TideError('ERR_BAD_REQUEST', `rollout ${p.name} has nothing in progress (it is ${status.phase})`, { status: 409 });

@@ -34,7 +34,7 @@ export class RolloutController {
   readonly #log: Logger;
   #timer: NodeJS.Timeout | undefined;
   #running = false;
-  readonly #requests = new Map<string, 'promote' | 'abort'>();
+  readonly #requests = new Map<string, 'promote' | 'abort' | 'pause' | 'resume'>();
 
   constructor(opts: RolloutOptions) {
     this.#opts = opts;
@@ -50,8 +50,8 @@ export class RolloutController {
     clearInterval(this.#timer);
   }
 
-  /** Asks the rollout of `name` to finish now: promote the new revision, or abort (back to stable). */
-  request(name: string, what: 'promote' | 'abort'): void {
+  /** Asks the rollout of `name` to finish now (promote, abort back to stable), or to hold or go on with its steps. */
+  request(name: string, what: 'promote' | 'abort' | 'pause' | 'resume'): void {
     this.#requests.set(name, what);
   }
 
@@ -144,6 +144,11 @@ export class RolloutController {
     };
 
     if (s.phase !== 'Progressing') {
+      // Moved by hand (`tide rollback`, `tide rollout undo`): what serves now is the stable one.
+      if (statusKv && s.stable !== fn.servingRevision) {
+        await save({ ...s, phase: 'Stable', stable: fn.servingRevision, message: `${fn.servingRevision} serves (moved by hand)` });
+        return;
+      }
       const latest = fn.latestRevision;
       const seen = latest === s.stable || s.history.some((h) => h.revision === latest);
       if (seen || revisionNumber(latest) < revisionNumber(s.stable)) {
@@ -161,6 +166,19 @@ export class RolloutController {
 
     const canary = s.canary as string;
     const asked = this.#requests.get(r.name);
+    if (asked === 'pause' || asked === 'resume') {
+      this.#requests.delete(r.name);
+      const paused = asked === 'pause';
+      const at = s.step ?? 0;
+      // Resuming starts the step's pause over, so it is judged on traffic after the hold.
+      await save({
+        ...s,
+        paused,
+        stepStartedAt: paused ? s.stepStartedAt : now,
+        message: `${paused ? 'paused' : 'resumed'} at step ${at + 1} of ${r.spec.steps.length} (${(r.spec.steps[at] as { weight: number }).weight}% to ${s.canary})`,
+      });
+      return;
+    }
     if (asked) {
       this.#requests.delete(r.name);
       await finish(
@@ -187,7 +205,7 @@ export class RolloutController {
         return;
       }
     }
-    if (elapsed < parseDuration(step.pause, 'pause')) return;
+    if (s.paused || elapsed < parseDuration(step.pause, 'pause')) return;
     const next = stepIndex + 1;
     if (next >= r.spec.steps.length) {
       await finish(

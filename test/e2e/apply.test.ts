@@ -439,6 +439,33 @@ ${retries}`;
     expect(logs.match(/seen \/(plain|retried)-\d/g)?.length).toBe(20);
   });
 
+  it('pauses, promotes by hand and undoes a rollout', async () => {
+    const deploy = (v: string) => tide(['deploy', join(FIXTURES, 'functions', 'flaky.ts'), '--name', 'hand', '--env', `VERSION=${v}`], { dataDir: t.dataDir });
+    expect((await deploy('1')).code).toBe(0);
+    const r = await apply(`apiVersion: tide.dev/v1
+kind: Rollout
+metadata: { name: hand }
+spec:
+  steps: [{ weight: 10, pause: 10m }]
+`);
+    expect(r.code, r.stderr).toBe(0);
+    expect((await deploy('2')).code).toBe(0);
+    const status = async () => (await tide(['rollout', 'status', 'hand', '--no-watch'], { dataDir: t.dataDir })).stdout.trim();
+    await eventually(async () => ((await status()).startsWith('Progressing: step 1 of 1: 10% to hand-00002') ? true : undefined));
+    expect((await tide(['rollout', 'pause', 'hand'], { dataDir: t.dataDir })).stdout).toBe('pause requested for hand\n');
+    await eventually(async () => ((await status()) === 'Progressing: paused at step 1 of 1 (10% to hand-00002)' ? true : undefined));
+    const undoTooSoon = await tide(['rollout', 'undo', 'hand'], { dataDir: t.dataDir });
+    expect(undoTooSoon.code).toBe(2);
+    expect(undoTooSoon.stderr).toMatch(/hand is rolling out hand-00002: abort it first/);
+    expect((await tide(['rollout', 'promote', 'hand'], { dataDir: t.dataDir })).code).toBe(0);
+    await eventually(async () => ((await status()) === 'Promoted: promoted by hand' ? true : undefined));
+    expect((await http(t.gatewayPort, 'hand.localhost', '/')).text).toBe('ok 2\n');
+    const undo = await tide(['rollout', 'undo', 'hand'], { dataDir: t.dataDir });
+    expect(undo.stdout).toBe('hand: hand-00002 → hand-00001\n');
+    await eventually(async () => ((await status()) === 'Stable: hand-00001 serves (moved by hand)' ? true : undefined));
+    expect((await http(t.gatewayPort, 'hand.localhost', '/')).text).toBe('ok 1\n');
+  });
+
   it('publishes one JSON Schema per kind, the same as `tide schema` prints', async () => {
     for (const kind of Object.keys(KIND_SCHEMAS)) {
       const r = await tide(['schema', kind.toLowerCase()]);

@@ -27,6 +27,8 @@ export interface RolloutStatus {
   step?: number;
   /** When the current step began, ms. */
   stepStartedAt?: number;
+  /** Held at its step by `tide rollout pause` (still rolled back if the new revision fails). */
+  paused?: boolean;
   /** Why the phase is what it is. */
   message: string;
   history: { at: string; revision: string; result: 'Promoted' | 'RolledBack' | 'Aborted'; message: string }[];
