@@ -678,6 +678,23 @@ export function program(): Command {
   const get = prog.command('get').description('list functions, revisions, instances or routes');
   connectionOptions(
     get
+      .command('rollouts')
+      .alias('rollout')
+      .description('list Rollouts: NAME FUNCTION PHASE STABLE ROLLING-OUT STEP')
+      .option('-o, --output <format>', 'json or yaml'),
+  ).action(async (o) => {
+    const format = parseOutput(o.output);
+    const { items } = await (await client(o)).call<{ items: (RolloutView & { name: string; function: string; steps: number })[] }>('GET', '/v1/rollouts');
+    if (format === 'json' || format === 'yaml') return out(structured({ items }, format));
+    out(
+      table(
+        ['NAME', 'FUNCTION', 'PHASE', 'STABLE', 'ROLLING-OUT', 'STEP'],
+        items.map((r) => [r.name, r.function, r.phase, r.stable || '-', r.canary ?? '-', r.step === undefined ? '-' : `${r.step + 1}/${r.steps}`]),
+      ),
+    );
+  });
+  connectionOptions(
+    get
       .command('routes')
       .alias('route')
       .description('list Routes: NAME HOSTS SPLIT (the first rule without a match, else the first rule)')

@@ -62,7 +62,11 @@ export interface ApiOptions {
   /** `POST /v1/apply`. */
   resources?: Resources;
   /** Progressive rollouts, for `/v1/rollouts/NAME`. */
-  rollouts?: { status(name: string): Promise<unknown>; request(name: string, what: 'promote' | 'abort' | 'pause' | 'resume'): void };
+  rollouts?: {
+    status(name: string): Promise<unknown>;
+    list(): Promise<unknown[]>;
+    request(name: string, what: 'promote' | 'abort' | 'pause' | 'resume'): void;
+  };
   /** Per-revision traffic, for `GET /v1/routes`. */
   traffic?: { summary(revision: string, windowMs?: number): TrafficSummary };
 }
@@ -91,6 +95,7 @@ export class ControlApi {
     this.#route('GET', '/v1/functions/:name/instances', (_r, p, url) => this.#instances(p.name ?? '', url));
     this.#route('POST', '/v1/apply', (r) => this.#apply(r));
     this.#route('GET', '/v1/routes', async () => json(200, { items: await this.#routeViews() }));
+    this.#route('GET', '/v1/rollouts', async () => json(200, { items: (await this.#opts.rollouts?.list()) ?? [] }));
     this.#route('GET', '/v1/rollouts/:name', async (_r, p) => json(200, await this.#rollout(p.name ?? '')));
     this.#route('POST', '/v1/rollouts/:name/:action', async (_r, p) => {
       const action = p.action;

@@ -55,6 +55,25 @@ export class RolloutController {
     this.#requests.set(name, what);
   }
 
+  /** Every rollout with its state (a rollout not looked at yet reads as Stable). */
+  async list(): Promise<(RolloutStatus & { steps: number })[]> {
+    const [rollouts, statuses] = await Promise.all([this.#opts.store.list(rolloutKeys.rollouts()), this.#opts.store.list(rolloutKeys.statuses())]);
+    const byName = new Map(statuses.items.map((kv) => [(JSON.parse(kv.value) as RolloutStatus).name, JSON.parse(kv.value) as RolloutStatus]));
+    return rollouts.items.map((kv) => {
+      const r = JSON.parse(kv.value) as RolloutRecord;
+      const s = byName.get(r.name) ?? {
+        name: r.name,
+        function: r.spec.function ?? r.name,
+        phase: 'Stable' as const,
+        stable: '',
+        message: 'not looked at yet',
+        history: [],
+        updatedAt: '',
+      };
+      return { ...s, steps: r.spec.steps.length };
+    });
+  }
+
   async status(name: string): Promise<RolloutStatus | undefined> {
     const kv = await this.#opts.store.get(rolloutKeys.status(name));
     return kv ? (JSON.parse(kv.value) as RolloutStatus) : undefined;

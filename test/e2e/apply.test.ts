@@ -459,6 +459,7 @@ spec:
     expect(undoTooSoon.stderr).toMatch(/hand is rolling out hand-00002: abort it first/);
     expect((await tide(['rollout', 'promote', 'hand'], { dataDir: t.dataDir })).code).toBe(0);
     await eventually(async () => ((await status()) === 'Promoted: promoted by hand' ? true : undefined));
+    expect((await tide(['get', 'rollouts'], { dataDir: t.dataDir })).stdout).toMatch(/\nhand\s+hand\s+Promoted\s+hand-00002\s+-\s+-/);
     expect((await http(t.gatewayPort, 'hand.localhost', '/')).text).toBe('ok 2\n');
     const undo = await tide(['rollout', 'undo', 'hand'], { dataDir: t.dataDir });
     expect(undo.stdout).toBe('hand: hand-00002 → hand-00001\n');
