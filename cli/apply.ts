@@ -231,6 +231,7 @@ export async function toItems(loaded: Loaded[], bundle: (file: string) => Promis
         ...(spec.image ? { image: { ...spec.image, path: resolve(l.dir, spec.image.path) } } : {}),
         env,
         ...(spec.sandbox ? { sandbox: spec.sandbox } : {}),
+        ...(r.metadata.annotations?.['tide.dev/change-cause'] ? { changeCause: r.metadata.annotations['tide.dev/change-cause'] } : {}),
         config: config as DeployInput['config'],
       },
     });

@@ -394,6 +394,7 @@ export function program(): Command {
       .option('-n, --name <name>', 'function name, a DNS label (default: the file name)')
       .option('-e, --env <KEY=VALUE>', 'environment variable for env (repeatable)', keyValues('--env'))
       .option('-s, --secret <KEY=VALUE>', 'secret for env, never printed back (repeatable)', keyValues('--secret'))
+      .option('--change-cause <text>', 'why this deploy, kept on the revision (shown by tide rollout history)')
       .addOption(new Option('--sandbox <kind>', 'worker (a thread in Tide) or container (a runc container: strong isolation)').choices(['worker', 'container']))
       .option('--timeout <duration>', 'longest a request may run (default 30s)')
       .option('--memory <MiB>', 'heap limit per instance in MiB, also reserved on its node (default 128)', integer('--memory', 16, 16384))
@@ -462,6 +463,7 @@ export function program(): Command {
         env: o.env,
         secrets: o.secret,
         sandbox: o.sandbox,
+        changeCause: o.changeCause,
         config: {
           timeoutMs: o.timeout ? parseDuration(o.timeout, '--timeout') : undefined,
           memoryMb: o.memory,
@@ -603,7 +605,7 @@ export function program(): Command {
     canary?: string;
     step?: number;
     message: string;
-    history: { at: string; revision: string; result: string; message: string }[];
+    history: { at: string; revision: string; result: string; message: string; changeCause?: string }[];
   }
   connectionOptions(
     rollout
@@ -642,8 +644,8 @@ export function program(): Command {
     const v = await (await client(o)).call<RolloutView>('GET', `/v1/rollouts/${encodeURIComponent(name)}`);
     out(
       table(
-        ['WHEN', 'REVISION', 'RESULT', 'WHY'],
-        v.history.map((h) => [h.at, h.revision, h.result, h.message]),
+        ['WHEN', 'REVISION', 'CHANGE-CAUSE', 'RESULT', 'WHY'],
+        v.history.map((h) => [h.at, h.revision, h.changeCause ?? '-', h.result, h.message]),
       ),
     );
     out(`now: ${v.phase}, stable ${v.stable}${v.canary ? `, rolling out ${v.canary}` : ''}`);

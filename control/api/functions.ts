@@ -50,6 +50,8 @@ export interface DeployInput {
   sandbox?: SandboxKind;
   /** `tide apply` marks what it writes (see FunctionRecord.managedBy). */
   managedBy?: 'apply';
+  /** Why, in the deployer's words; kept on the revision it creates. */
+  changeCause?: string;
 }
 
 export interface DeployResult {
@@ -75,6 +77,7 @@ export interface PreparedDeploy {
   templateHash: string;
   source: string;
   managedBy: 'apply' | undefined;
+  changeCause: string | undefined;
 }
 
 /** Reads the image (not unpacking it) and settles what runs: the given command and port, else the image's. */
@@ -158,7 +161,22 @@ export class Functions {
       await this.#validator.validate(this.#blobs.path(digest), { ...env, ...secrets });
     }
     const templateHash = sha256(JSON.stringify({ digest, env, secrets, config, sandbox, image }));
-    return { name, env, secrets, config, sandbox, image, digest, templateHash, source: input.source, managedBy: input.managedBy };
+    if (input.changeCause !== undefined && (typeof input.changeCause !== 'string' || input.changeCause.length > 500)) {
+      throw new TideError('ERR_INVALID_ARGUMENT', 'changeCause must be text of at most 500 characters', { status: 400 });
+    }
+    return {
+      name,
+      env,
+      secrets,
+      config,
+      sandbox,
+      image,
+      digest,
+      templateHash,
+      source: input.source,
+      managedBy: input.managedBy,
+      changeCause: input.changeCause,
+    };
   }
 
   /**
@@ -199,6 +217,7 @@ export class Functions {
       digest: p.digest,
       templateHash: p.templateHash,
       source: p.source,
+      ...(p.changeCause ? { changeCause: p.changeCause } : {}),
       sandbox: p.sandbox,
       ...(p.image ? { image: p.image } : {}),
       env: p.env,

@@ -234,6 +234,7 @@ export class ControlApi {
       secrets: body.secrets as Record<string, string> | undefined,
       config: body.config as DeployInput['config'],
       sandbox: body.sandbox as DeployInput['sandbox'],
+      ...(typeof body.changeCause === 'string' ? { changeCause: body.changeCause } : {}),
     };
     const result = await this.#opts.functions.deploy(input);
     const status = await this.#opts.functions.waitReady(result.revision.name, this.#opts.deployWaitMs ?? 30_000);

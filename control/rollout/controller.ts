@@ -143,6 +143,8 @@ export class RolloutController {
     });
     const finish = async (result: 'Promoted' | 'RolledBack' | 'Aborted', message: string) => {
       const canary = s.canary as string;
+      const revKv = await store.get(keys.revision(canary));
+      const changeCause = revKv ? (JSON.parse(revKv.value) as { changeCause?: string }).changeCause : undefined;
       const extra: { type: 'put' | 'delete'; key: string; value?: string; expectModRevision?: number }[] = [{ type: 'delete', key: routeKeys.route(fnName) }];
       if (result === 'Promoted')
         extra.push({ type: 'put', key: keys.function(fnName), value: JSON.stringify({ ...fn, servingRevision: canary }), expectModRevision: fnKv.modRevision });
@@ -156,7 +158,7 @@ export class RolloutController {
           step: undefined,
           stepStartedAt: undefined,
           message,
-          history: [...s.history, { at: new Date(now).toISOString(), revision: canary, result, message }].slice(-50),
+          history: [...s.history, { at: new Date(now).toISOString(), revision: canary, result, message, ...(changeCause ? { changeCause } : {}) }].slice(-50),
         },
         extra,
       );

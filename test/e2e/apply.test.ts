@@ -320,7 +320,12 @@ spec:
   it('rolls a new revision out step by step and promotes it; rolls back one that starts failing', async () => {
     const FLAKY = join(FIXTURES, 'functions', 'flaky.ts');
     const deploy = (version: string, fail = '0') =>
-      tide(['deploy', FLAKY, '--name', 'ro', '--env', `VERSION=${version}`, '--env', `FAIL=${fail}`, '--min-scale', '1'], { dataDir: t.dataDir });
+      tide(
+        ['deploy', FLAKY, '--name', 'ro', '--env', `VERSION=${version}`, '--env', `FAIL=${fail}`, '--min-scale', '1', '--change-cause', `release ${version}`],
+        {
+          dataDir: t.dataDir,
+        },
+      );
     expect((await deploy('1')).code).toBe(0);
     const r = await apply(`apiVersion: tide.dev/v1
 kind: Rollout
@@ -363,8 +368,8 @@ spec:
     const after = await http(t.gatewayPort, 'ro.localhost', '/');
     expect(after.text).toBe('ok 2\n');
     const history = (await tide(['rollout', 'history', 'ro'], { dataDir: t.dataDir })).stdout;
-    expect(history).toMatch(/ro-00002\s+Promoted/);
-    expect(history).toMatch(/ro-00003\s+RolledBack/);
+    expect(history).toMatch(/ro-00002\s+release 2\s+Promoted/);
+    expect(history).toMatch(/ro-00003\s+release 3\s+RolledBack/);
   }, 60_000);
 
   it("applies a rule's timeout, fault injection and header edits to the functions behind it", async () => {

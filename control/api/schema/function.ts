@@ -216,6 +216,8 @@ export interface RevisionRecord {
   templateHash: string;
   /** File the bundle was built from, as the deployer named it. */
   source: string;
+  /** Why it was made, in the deployer's words (`--change-cause`, annotation tide.dev/change-cause). */
+  changeCause?: string;
   /** worker: a thread in Tide's process; container: a runc container (runtime/sandbox/container). */
   sandbox: SandboxKind;
   /** For an image instead of a bundle (container sandbox only). */

@@ -31,7 +31,7 @@ export interface RolloutStatus {
   paused?: boolean;
   /** Why the phase is what it is. */
   message: string;
-  history: { at: string; revision: string; result: 'Promoted' | 'RolledBack' | 'Aborted'; message: string }[];
+  history: { at: string; revision: string; result: 'Promoted' | 'RolledBack' | 'Aborted'; message: string; changeCause?: string }[];
   updatedAt: string;
 }
 
