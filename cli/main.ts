@@ -398,7 +398,7 @@ export function program(): Command {
       .addOption(new Option('--sandbox <kind>', 'worker (a thread in Tide) or container (a runc container: strong isolation)').choices(['worker', 'container']))
       .option('--timeout <duration>', 'longest a request may run (default 30s)')
       .option('--memory <MiB>', 'heap limit per instance in MiB, also reserved on its node (default 128)', integer('--memory', 16, 16384))
-      .option('--cpu <millicores>', 'CPU reserved per instance on its node, e.g. 250 or 250m (default 100)', millicores)
+      .option('--cpu <millicores>', 'CPU reserved per instance on its node, e.g. 250 or 250m (default 25)', millicores)
       .option('--cpu-limit <millicores>', 'most CPU a container instance may use, 0 = no limit (default 1000)', (v: string) =>
         v.trim() === '0' ? 0 : millicores(v),
       )

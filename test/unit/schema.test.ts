@@ -42,7 +42,7 @@ describe('function settings', () => {
       timeoutMs: 5000,
       memoryMb: 128,
       maxBodyBytes: 10,
-      cpuMillis: 100,
+      cpuMillis: 25,
       cpuLimitMillis: 1000,
       scaling: { ...SCALING_DEFAULTS, minScale: 3, maxScale: 3, initialScale: 3, containerConcurrency: 8 },
       probes: {},

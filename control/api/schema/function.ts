@@ -13,7 +13,7 @@ export interface FunctionConfig {
   timeoutMs: number;
   /** Heap limit of each worker-thread instance (V8 old generation), in MiB; also what the scheduler reserves for it. Default 128; 16..16384. */
   memoryMb: number;
-  /** CPU the scheduler reserves for each instance, in millicores (1000 = one core); a container's CPU weight. Default 100; 1..64000. */
+  /** CPU the scheduler reserves for each instance, in millicores (1000 = one core); a container's CPU weight. Default 25 (40 instances a core); 1..64000. */
   cpuMillis: number;
   /** Most CPU a container instance may use (its cgroup quota), millicores; 0 = no limit. Default 1000; 0..64000. */
   cpuLimitMillis: number;
@@ -32,7 +32,7 @@ type NumericSetting = Exclude<keyof FunctionConfig, 'scaling' | 'probes' | 'plac
 export const FUNCTION_DEFAULTS: Readonly<FunctionConfig> = Object.freeze({
   timeoutMs: 30_000,
   memoryMb: 128,
-  cpuMillis: 100,
+  cpuMillis: 25,
   cpuLimitMillis: 1000,
   maxBodyBytes: 10 * 1024 * 1024,
   scaling: SCALING_DEFAULTS,

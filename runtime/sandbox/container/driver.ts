@@ -25,7 +25,7 @@ import { access, chmod, chown, constants, copyFile, mkdir, open, readFile, realp
 import { Agent, request as httpRequest } from 'node:http';
 import { basename, dirname, join, resolve } from 'node:path';
 import { Readable } from 'node:stream';
-import type { ImageRef } from '../../../control/api/schema/function.ts';
+import { FUNCTION_DEFAULTS, type ImageRef } from '../../../control/api/schema/function.ts';
 import { isTideError, TideError } from '../../../lib/errors.ts';
 import { readImage } from '../../../lib/oci.ts';
 import { CTL, HOP_BY_HOP } from '../../../proxy/http/grammar.ts';
@@ -72,7 +72,7 @@ export interface ContainerDriverOptions {
 type Required2 = Required<Omit<ContainerDriverOptions, 'onEvent' | 'onLog' | 'containersRoot'>> & Pick<ContainerDriverOptions, 'onEvent' | 'onLog'>;
 
 /** The resources warm containers are made with (a function's defaults). */
-const WARM_RESOURCES = { memoryMb: 128, cpuMillis: 100, cpuLimitMillis: 1000 };
+const WARM_RESOURCES = { memoryMb: FUNCTION_DEFAULTS.memoryMb, cpuMillis: FUNCTION_DEFAULTS.cpuMillis, cpuLimitMillis: FUNCTION_DEFAULTS.cpuLimitMillis };
 
 type Resources = typeof WARM_RESOURCES;
 
