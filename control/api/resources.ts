@@ -101,7 +101,7 @@ export class Resources {
     });
 
     // Secrets and Configs: those applied now, over those stored.
-    const stored = { secret: await this.#loadAll(resourceKeys.secrets()), config: await this.#loadAll(resourceKeys.configs()) };
+    let stored = await this.#loadStored();
     const values = {
       secret: new Map([...stored.secret].map(([n, s]) => [n, s.value.data])),
       config: new Map([...stored.config].map(([n, s]) => [n, s.value.data])),
@@ -146,15 +146,12 @@ export class Resources {
       }
     }
     // Routes: every backend must exist now or come with this apply; regular expressions must compile.
-    const storedRoutes = await this.#loadSpecs<RouteRecord>(routeKeys.routes());
-    const storedRollouts = await this.#loadSpecs<RolloutRecord>(rolloutKeys.rollouts());
     const existingRevisions = new Set((await this.#store.list(fnKeys.revisions())).items.map((kv) => kv.key.slice(fnKeys.revisions().length)));
     const existingFunctions = new Set((await this.#store.list(fnKeys.functions())).items.map((kv) => (JSON.parse(kv.value) as FunctionRecord).name));
-    const upcoming = new Map<string, string>();
-    for (const [i, p] of prepared) {
-      const plan = await this.#functions.plan(p);
-      upcoming.set(plan.result.revision.name, (items[i] as { name: string }).name);
-    }
+    // The functions' plans against the store now: the revisions they create count as existing.
+    let plans: Map<number, Awaited<ReturnType<Functions['plan']>>> | undefined = new Map();
+    for (const [i, p] of prepared) plans.set(i, await this.#functions.plan(p));
+    const upcoming = new Set([...plans.values()].map((plan) => plan.result.revision.name));
     const appliedFunctions = new Set(items.filter((it) => it.kind === 'Function').map((it) => it.name));
     for (const [i, it] of items.entries()) {
       if (it.kind !== 'Route') continue;
@@ -206,7 +203,7 @@ export class Resources {
       for (const [i, it] of items.entries()) {
         if (it.kind === 'Function') {
           const p = prepared.get(i) as PreparedDeploy;
-          const plan = await this.#functions.plan(p);
+          const plan = plans?.get(i) ?? (await this.#functions.plan(p));
           ops.push(...plan.ops);
           storeRevision = Math.max(storeRevision, plan.storeRevision);
           const result: ApplyResult = {
@@ -221,7 +218,7 @@ export class Resources {
           continue;
         }
         if (it.kind === 'Route' || it.kind === 'Rollout') {
-          const before = (it.kind === 'Route' ? storedRoutes : storedRollouts).get(it.name);
+          const before = (it.kind === 'Route' ? stored.route : stored.rollout).get(it.name);
           const record: RouteRecord | RolloutRecord = { name: it.name, namespace: DEFAULT_NAMESPACE, spec: it.spec, managedBy: 'apply' } as
             | RouteRecord
             | RolloutRecord;
@@ -262,8 +259,8 @@ export class Resources {
           });
         }
         for (const [kind, stored2] of [
-          ['Route', storedRoutes],
-          ['Rollout', storedRollouts],
+          ['Route', stored.route],
+          ['Rollout', stored.rollout],
         ] as const) {
           for (const [name, { kv, value }] of stored2) {
             if (wanted.has(`${kind}/${name}`) || value.managedBy !== 'apply') continue;
@@ -288,8 +285,8 @@ export class Resources {
       } catch (err) {
         if (isTideError(err, 'ERR_STORE_CONFLICT') && attempt < CAS_ATTEMPTS) {
           // Someone wrote in between: plan again against what is there now.
-          stored.secret = await this.#loadAll(resourceKeys.secrets());
-          stored.config = await this.#loadAll(resourceKeys.configs());
+          stored = await this.#loadStored();
+          plans = undefined;
           continue;
         }
         throw err;
@@ -322,19 +319,15 @@ export class Resources {
     );
   }
 
-  /** Names of stored Secrets (never their values) or Configs. */
-  async list(kind: 'Secret' | 'Config'): Promise<string[]> {
-    return [...(await this.#loadAll(kind === 'Secret' ? resourceKeys.secrets() : resourceKeys.configs())).keys()];
-  }
-
-  async #loadAll(prefix: string): Promise<Map<string, { value: Stored; kv: KeyValue }>> {
-    const { items } = await this.#store.list(prefix);
-    return new Map(
-      items.map((kv) => {
-        const value = JSON.parse(kv.value) as Stored;
-        return [value.name, { value, kv }];
-      }),
-    );
+  /** Every stored Secret, Config, Route and Rollout, by name (what an apply plans against). */
+  async #loadStored() {
+    const [secret, config, route, rollout] = await Promise.all([
+      this.#loadSpecs<Stored>(resourceKeys.secrets()),
+      this.#loadSpecs<Stored>(resourceKeys.configs()),
+      this.#loadSpecs<RouteRecord>(routeKeys.routes()),
+      this.#loadSpecs<RolloutRecord>(rolloutKeys.rollouts()),
+    ]);
+    return { secret, config, route, rollout };
   }
 }
 
