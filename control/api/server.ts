@@ -316,13 +316,7 @@ export class ControlApi {
     const dryRun = body.dryRun === true || body.diff === true;
     const out = await resources.apply(items, { dryRun, prune: body.prune === true, diff: body.diff === true });
     // New revisions, and every revision a Route in this apply names, serve before this answers.
-    const routed = dryRun
-      ? []
-      : [
-          ...routedRevisions(
-            items.filter((it) => it.kind === 'Route').map((it) => ({ name: it.name, namespace: 'default', spec: it.spec, managedBy: 'apply' as const })),
-          ),
-        ];
+    const routed = dryRun ? [] : [...routedRevisions(items.flatMap((it) => (it.kind === 'Route' ? [it.spec] : [])))];
     for (const rev of new Set([...out.newRevisions, ...routed])) await this.#opts.functions.waitReady(rev, this.#opts.deployWaitMs ?? 30_000);
     // Whatever was written is what clients get once this answers.
     if (out.written) await this.#opts.routed?.(out.storeRevision);

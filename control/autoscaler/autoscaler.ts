@@ -11,8 +11,8 @@
 import { errorMessage } from '../../lib/errors.ts';
 import { Informer } from '../../lib/informer.ts';
 import type { Logger } from '../../lib/log.ts';
-import { type FunctionRecord, keys, parseRevision, type RevisionStatus, type ScaleRecord } from '../api/schema/function.ts';
-import { activeRevisions, type RouteRecord, routeKeys } from '../api/schema/route.ts';
+import { keys, parseRevision, type RevisionStatus, type ScaleRecord } from '../api/schema/function.ts';
+import { activeRevisions, routeKeys } from '../api/schema/route.ts';
 import type { Store } from '../store/index.ts';
 import { panicWindowMs, type ScalingSpec } from './config.ts';
 import { LoadWindow } from './metrics/window.ts';
@@ -158,11 +158,7 @@ export class Autoscaler {
     );
     const serving = new Set<string>();
     const now = this.#now();
-    const active = activeRevisions(
-      fns.items.map((kv) => JSON.parse(kv.value) as FunctionRecord),
-      routes.items.map((kv) => JSON.parse(kv.value) as RouteRecord),
-      revisions,
-    );
+    const active = activeRevisions(fns.items, routes.items, revisions);
     for (const rev of active.values()) {
       serving.add(rev.name);
       let s = this.#scalers.get(rev.name);

@@ -8,8 +8,8 @@
 import { errorMessage } from '../../lib/errors.ts';
 import { Informer } from '../../lib/informer.ts';
 import type { Logger } from '../../lib/log.ts';
-import { type FunctionRecord, keys, type NodeRecord, type PlacementRecord, parseRevision, type ScaleRecord } from '../api/schema/function.ts';
-import { activeRevisions, type RouteRecord, routeKeys } from '../api/schema/route.ts';
+import { keys, type NodeRecord, type PlacementRecord, parseRevision, type ScaleRecord } from '../api/schema/function.ts';
+import { activeRevisions, routeKeys } from '../api/schema/route.ts';
 import type { Store } from '../store/index.ts';
 import { type Placement, place, type Workload } from './placement.ts';
 
@@ -61,11 +61,7 @@ export class Scheduler {
     );
     const workloads: Workload[] = [];
     const parsed = new Map([...revisions].map(([name, raw]) => [name, parseRevision(raw)]));
-    const active = activeRevisions(
-      fns.items.map((kv) => JSON.parse(kv.value) as FunctionRecord),
-      routes.items.map((kv) => JSON.parse(kv.value) as RouteRecord),
-      parsed,
-    );
+    const active = activeRevisions(fns.items, routes.items, parsed);
     for (const rev of active.values()) {
       const s = rev.config.scaling;
       const wanted = counts.get(rev.name) ?? Math.max(s.minScale, s.initialScale);

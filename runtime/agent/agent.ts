@@ -9,9 +9,9 @@
  * asks it for a revision's endpoint; it never decides routing or counts.
  */
 import { randomBytes } from 'node:crypto';
-import type { FunctionRecord, InstanceStatus, NodeRecord, PlacementRecord, RevisionRecord, RevisionStatus } from '../../control/api/schema/function.ts';
+import type { InstanceStatus, NodeRecord, PlacementRecord, RevisionRecord, RevisionStatus } from '../../control/api/schema/function.ts';
 import { parseRevision } from '../../control/api/schema/function.ts';
-import { activeRevisions, type RouteRecord } from '../../control/api/schema/route.ts';
+import { activeRevisions } from '../../control/api/schema/route.ts';
 import type { NodeInfo } from '../../control/scheduler/placement.ts';
 import type { Store } from '../../control/store/index.ts';
 import { errorMessage, TideError } from '../../lib/errors.ts';
@@ -255,11 +255,7 @@ export class NodeAgent {
       }),
     );
     const self = this.#opts.node.name;
-    const desired = activeRevisions(
-      fns.items.map((kv) => JSON.parse(kv.value) as FunctionRecord),
-      routes.items.map((kv) => JSON.parse(kv.value) as RouteRecord),
-      revisions,
-    );
+    const desired = activeRevisions(fns.items, routes.items, revisions);
     if (!this.#containersPrepared && [...desired.values()].some((r) => r.sandbox === 'container')) {
       this.#containersPrepared = true;
       this.#opts.container?.prepare?.().catch((err: unknown) => this.#log.error({ err: errorMessage(err) }, 'the container sandbox is not available'));

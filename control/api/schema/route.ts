@@ -18,27 +18,34 @@ export const routeKeys = {
   route: (name: string, ns = DEFAULT_NAMESPACE) => `/tide/routes/${ns}/${name}`,
 };
 
-/** Revision names a route points at by name (its rules and its tags). */
-export function routedRevisions(routes: RouteRecord[]): Set<string> {
+/** Revision names routes point at by name (their rules, mirrors and tags). */
+export function routedRevisions(specs: RouteSpec[]): Set<string> {
   const out = new Set<string>();
-  for (const r of routes) {
-    for (const rule of r.spec.rules) {
+  for (const spec of specs) {
+    for (const rule of spec.rules) {
       for (const b of rule.split) if (b.revision && b.weight > 0) out.add(b.revision);
       if (rule.mirror?.revision) out.add(rule.mirror.revision);
     }
-    for (const rev of Object.values(r.spec.tags ?? {})) out.add(rev);
+    for (const rev of Object.values(spec.tags ?? {})) out.add(rev);
   }
   return out;
 }
 
-/** The revisions that must run: each function's serving revision, and every revision routes name. */
-export function activeRevisions(fns: FunctionRecord[], routes: RouteRecord[], revisions: ReadonlyMap<string, RevisionRecord>): Map<string, RevisionRecord> {
+/**
+ * The revisions that must run: each function's serving revision, and every revision routes
+ * name. Takes the stored function and route records as listed (JSON values).
+ */
+export function activeRevisions(
+  fns: readonly { value: string }[],
+  routes: readonly { value: string }[],
+  revisions: ReadonlyMap<string, RevisionRecord>,
+): Map<string, RevisionRecord> {
   const out = new Map<string, RevisionRecord>();
-  for (const fn of fns) {
-    const rev = revisions.get(fn.servingRevision);
+  for (const kv of fns) {
+    const rev = revisions.get((JSON.parse(kv.value) as FunctionRecord).servingRevision);
     if (rev) out.set(rev.name, rev);
   }
-  for (const name of routedRevisions(routes)) {
+  for (const name of routedRevisions(routes.map((kv) => (JSON.parse(kv.value) as RouteRecord).spec))) {
     const rev = revisions.get(name);
     if (rev) out.set(rev.name, rev);
   }

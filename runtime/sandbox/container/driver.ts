@@ -21,7 +21,24 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { access, chmod, chown, constants, copyFile, mkdir, open, readFile, realpath, rm, stat, truncate, writeFile } from 'node:fs/promises';
+import {
+  access,
+  chmod,
+  chown,
+  constants,
+  copyFile,
+  lstat,
+  mkdir,
+  open,
+  readFile,
+  realpath,
+  rename,
+  rm,
+  stat,
+  symlink,
+  truncate,
+  writeFile,
+} from 'node:fs/promises';
 import { Agent, request as httpRequest } from 'node:http';
 import { basename, dirname, join, resolve } from 'node:path';
 import { Readable } from 'node:stream';
@@ -723,7 +740,6 @@ async function reachable(file: string, copy: string, always = false): Promise<st
     await mkdir(dirname(copy), { recursive: true, mode: 0o711 });
     await copyFile(file, `${copy}.tmp`);
     await chmod(`${copy}.tmp`, 0o555);
-    const { rename } = await import('node:fs/promises');
     await rename(`${copy}.tmp`, copy);
   }
   await access(copy, constants.R_OK);
@@ -732,7 +748,6 @@ async function reachable(file: string, copy: string, always = false): Promise<st
 
 /** The merged-/usr symlinks a Debian root has (bin → usr/bin, lib → usr/lib, sbin → usr/sbin). */
 async function symlinks(rootfs: string): Promise<void> {
-  const { symlink, lstat } = await import('node:fs/promises');
   for (const [name, target] of [
     ['bin', 'usr/bin'],
     ['lib', 'usr/lib'],
