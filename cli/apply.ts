@@ -15,6 +15,7 @@ import {
   type FunctionResource,
   KIND_SCHEMAS,
   type Kind,
+  type PolicyResource,
   type Resource,
   type RolloutResource,
   type RouteResource,
@@ -134,6 +135,10 @@ export async function toItems(loaded: Loaded[], bundle: (file: string) => Promis
     }
     if (r.kind === 'Rollout') {
       items.push({ kind: 'Rollout', name: r.metadata.name, spec: (r as RolloutResource).spec });
+      continue;
+    }
+    if (r.kind === 'Policy') {
+      items.push({ kind: 'Policy', name: r.metadata.name, spec: (r as PolicyResource).spec });
       continue;
     }
     if (r.kind === 'Route') {

@@ -152,7 +152,8 @@ function connectionOptions(cmd: Command): Command {
   return cmd
     .option('--data-dir <dir>', 'data directory of the Tide to talk to (default ./.tide, or $TIDE_DATA_DIR)')
     .option('--api <url>', 'control API URL (default: read from the data directory, or $TIDE_API)')
-    .option('--token <token>', 'API token (default: read from the data directory, or $TIDE_TOKEN)');
+    .option('--token <token>', 'API token (default: read from the data directory, or $TIDE_TOKEN)')
+    .option('--cacert <file>', 'PEM CA bundle that verifies an https:// API (default $TIDE_CA_CERT, else <data-dir>/ca/bundle.pem, else the system roots)');
 }
 
 async function client(opts: ConnectOptions): Promise<ApiClient> {
@@ -318,6 +319,17 @@ export function program(): Command {
       ...prev,
       v,
     ])
+    .option(
+      '--mesh-port <port>',
+      'mesh listener port: mutual TLS between proxies, function-to-function calls (0 = any free port)',
+      integer('--mesh-port', 0, 65535),
+      8082,
+    )
+    .option('--trust-domain <name>', 'SPIFFE trust domain of workload identities (spiffe://<name>/ns/NS/fn/NAME)', 'tide.local')
+    .option('--cert-ttl <duration>', 'lifetime of workload certificates; each is renewed at half life', '24h')
+    .option('--ca-cert <file>', "your own CA's certificate (PEM, then its chain up to the root) instead of the one Tide makes")
+    .option('--ca-key <file>', 'the ECDSA P-256 key of --ca-cert')
+    .option('--no-api-tls', 'serve the control API over plain HTTP (default: HTTPS with a certificate from the CA)')
     .addOption(new Option('--log-level <level>', 'log level of Tide itself (stderr)').choices(['debug', 'info', 'warn', 'error', 'silent']).default('info'))
     .action(async (o) => {
       // Loaded on use: `tide proxy` and the client commands do not need the whole control plane.
@@ -339,9 +351,15 @@ export function program(): Command {
         nodeCpuMillis: o.nodeCpu,
         nodeLabels: o.nodeLabel,
         nodeTaints: o.nodeTaint,
+        meshPort: o.meshPort,
+        trustDomain: o.trustDomain,
+        certTtlMs: parseDuration(o.certTtl, '--cert-ttl'),
+        caCert: o.caCert,
+        caKey: o.caKey,
+        apiTls: o.apiTls,
       });
       const names = (await running.functions.list()).map((f) => f.name);
-      out(`Tide is up. Gateway ${running.gatewayUrl}, API ${running.apiUrl}, data in ${resolve(running.config.dataDir)}`);
+      out(`Tide is up. Gateway ${running.gatewayUrl}, API ${running.apiUrl}, mesh ${running.meshUrl}, data in ${resolve(running.config.dataDir)}`);
       for (const n of names) out(`  ${n}: http://${n}.${running.config.domain}:${new URL(running.gatewayUrl).port}/`);
       out('Press Ctrl+C to stop.');
       await waitForSignal(running.close);
@@ -968,7 +986,129 @@ export function program(): Command {
     }
   });
 
+  accessCommands(prog);
   return prog;
+}
+
+interface TokenView {
+  name: string;
+  scope: string;
+  createdAt: string;
+  expiresAt: string | null;
+  revokedAt: string | null;
+}
+
+interface RootView {
+  subject: string;
+  serial: string;
+  fingerprint256: string;
+  notAfter: string;
+  current: boolean;
+  trustedUntil?: string;
+}
+
+/** "2025-03-01T12:00:00.000Z" → "2025-03-01 12:00Z"; null → "-". */
+function when(iso: string | null | undefined): string {
+  if (!iso) return '-';
+  return `${iso.slice(0, 10)} ${iso.slice(11, 16)}Z`;
+}
+
+function rootsTable(roots: RootView[]): string {
+  return table(
+    ['FINGERPRINT (SHA-256)', 'SUBJECT', 'EXPIRES', 'STATUS'],
+    roots.map((r) => [r.fingerprint256, r.subject, when(r.notAfter), r.current ? 'signing' : `trusted until ${when(r.trustedUntil)}`]),
+  );
+}
+
+/** `tide token …` (API tokens with scopes) and `tide ca …` (the CA's trusted roots). */
+function accessCommands(prog: Command): void {
+  const token = prog
+    .command('token')
+    .description(
+      'issue, list and revoke API tokens (needs an admin token, such as <data-dir>/token)\n\nScopes:\n  read     GET anything but tokens\n  deploy   read + deploy, apply, split, rollback, delete, rollouts\n  admin    everything, also tokens and CA rotation',
+    );
+  connectionOptions(
+    token
+      .command('create')
+      .description('issue a token: prints it once (it is never stored or shown again); use it with --token or $TIDE_TOKEN')
+      .argument('<name>', 'token name, a DNS label (lowercase letters, digits and -)')
+      .addOption(new Option('--scope <scope>', 'what the token may do').choices(['read', 'deploy', 'admin']).makeOptionMandatory())
+      .option('--ttl <duration>', 'lifetime, e.g. 30d, 12h, 90m or a number of seconds (default: no expiry)')
+      .option('-o, --output <format>', 'json or yaml: {name, scope, token, expiresAt}'),
+  ).action(async (name: string, o) => {
+    const format = parseOutput(o.output);
+    const created = await (await client(o)).call<{ name: string; scope: string; token: string; expiresAt: string | null }>('POST', '/v1/tokens', {
+      name,
+      scope: o.scope,
+      ...(o.ttl === undefined ? {} : { ttl: o.ttl }),
+    });
+    if (format === 'json' || format === 'yaml') out(structured(created, format));
+    // The token alone on stdout (TOKEN=$(tide token create …) works); the note on stderr.
+    else out(created.token);
+    process.stderr.write(
+      `token ${created.name} (scope ${created.scope}, ${created.expiresAt ? `expires ${when(created.expiresAt)}` : 'no expiry'}) created.\n` +
+        'Store it now: it is not shown again. Use it with --token or TIDE_TOKEN.\n',
+    );
+  });
+  connectionOptions(
+    token
+      .command('list')
+      .alias('ls')
+      .description('list issued tokens: NAME SCOPE CREATED EXPIRES REVOKED (never the tokens themselves)')
+      .option('-o, --output <format>', 'json or yaml'),
+  ).action(async (o) => {
+    const format = parseOutput(o.output);
+    const { items } = await (await client(o)).call<{ items: TokenView[] }>('GET', '/v1/tokens');
+    if (format === 'json' || format === 'yaml') return out(structured({ items }, format));
+    const now = Date.now();
+    out(
+      table(
+        ['NAME', 'SCOPE', 'CREATED', 'EXPIRES', 'REVOKED'],
+        items.map((t) => [
+          t.name,
+          t.scope,
+          when(t.createdAt),
+          t.expiresAt ? `${when(t.expiresAt)}${Date.parse(t.expiresAt) <= now ? ' (expired)' : ''}` : 'never',
+          when(t.revokedAt),
+        ]),
+      ),
+    );
+  });
+  connectionOptions(
+    token
+      .command('revoke')
+      .description('revoke a token: refused from the next request on. The record stays (listed, its name taken) unless --purge')
+      .argument('<name>', 'token name')
+      .option('--purge', 'also delete the record, so the name can be used again'),
+  ).action(async (name: string, o) => {
+    const r = await (await client(o)).call<TokenView & { purged: boolean }>('DELETE', `/v1/tokens/${encodeURIComponent(name)}${o.purge ? '?purge=true' : ''}`);
+    out(r.purged ? `token ${r.name} revoked and its record deleted` : `token ${r.name} revoked at ${when(r.revokedAt)}`);
+  });
+
+  const ca = prog.command('ca').description("show or roll over the roots of Tide's certificate authority (the API's and the mesh's certificates come from it)");
+  connectionOptions(
+    ca
+      .command('show')
+      .description('list the trusted roots: the one that signs, and earlier ones still trusted during a roll-over')
+      .option('-o, --output <format>', 'json or yaml'),
+  ).action(async (o) => {
+    const format = parseOutput(o.output);
+    const { roots } = await (await client(o)).call<{ roots: RootView[] }>('GET', '/v1/ca');
+    if (format === 'json' || format === 'yaml') return out(structured({ roots }, format));
+    out(rootsTable(roots));
+  });
+  connectionOptions(
+    ca
+      .command('rotate')
+      .description('make a new root that signs from now on; the old root stays trusted until the certificates it signed expire (needs an admin token)')
+      .option('-o, --output <format>', 'json or yaml'),
+  ).action(async (o) => {
+    const format = parseOutput(o.output);
+    const { roots } = await (await client(o)).call<{ roots: RootView[] }>('POST', '/v1/ca/rotate', {});
+    if (format === 'json' || format === 'yaml') return out(structured({ roots }, format));
+    out(rootsTable(roots));
+    out('\nRotated. Copy <data-dir>/ca/bundle.pem again to machines that pass it with --cacert or TIDE_CA_CERT.');
+  });
 }
 
 async function waitForSignal(close: () => Promise<void>): Promise<void> {

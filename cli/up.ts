@@ -8,6 +8,8 @@ import { chmod, mkdir, readdir, readFile, rm, stat, writeFile } from 'node:fs/pr
 import { availableParallelism, hostname, totalmem } from 'node:os';
 import { basename, extname, join, resolve } from 'node:path';
 import { pino } from 'pino';
+import { TokenStore } from '../control/api/tokens.ts';
+import { CertificateAuthority } from '../control/ca/ca.ts';
 import {
   Autoscaler,
   agentKeys,
@@ -27,7 +29,10 @@ import type { NodeInfo } from '../control/scheduler/placement.ts';
 import { resolveUpConfig, UP_DEFAULTS, type UpConfig, type UpOptions } from '../lib/config/up.ts';
 import { errorMessage, TideError } from '../lib/errors.ts';
 import { createLogger, type Logger } from '../lib/log.ts';
+import { SYSTEM_NAMESPACE } from '../lib/spiffe.ts';
 import { Gateway } from '../proxy/index.ts';
+import { Egress } from '../proxy/mesh/egress.ts';
+import { Identities } from '../proxy/tls/identities.ts';
 import { ContainerDriver, FunctionLogs, NodeAgent, validateWorkerBundle, WorkerDriver } from '../runtime/index.ts';
 import { bundleFunction } from './bundle.ts';
 
@@ -39,6 +44,8 @@ export interface Running {
   config: UpConfig;
   gatewayUrl: string;
   apiUrl: string;
+  /** The mesh listener (mutual TLS), host:port. */
+  meshUrl: string;
   functions: Functions;
   /** Graceful stop: stop accepting, drain, stop sandboxes, close the store. */
   close(): Promise<void>;
@@ -58,17 +65,40 @@ export async function up(options: UpOptions = {}, log: Logger = createLogger({ l
     throw err;
   }
 
+  let ca: CertificateAuthority;
+  try {
+    ca = await CertificateAuthority.open({
+      dir: join(dataDir, 'ca'),
+      trustDomain: config.trustDomain,
+      certTtlMs: config.certTtlMs,
+      ...(config.caCert ? { certFile: config.caCert, keyFile: config.caKey } : {}),
+    });
+  } catch (err) {
+    await store.close();
+    await rm(join(dataDir, 'tide.pid'), { force: true });
+    throw err;
+  }
+  // Workload certificates for the gateway and every function, renewed at half life and again
+  // at once after a CA roll-over.
+  const identities = new Identities({
+    issue: async (id, names) => ({ ...(await ca.issue({ id, names })), id }),
+    log: log.child({ component: 'proxy.identities' }),
+  });
+  ca.onChange(() => void identities.renewAll());
+
   const blobs = new BlobStore(dataDir);
   const logs = new FunctionLogs(join(dataDir, 'logs'));
   const driver = new WorkerDriver({ onEvent: (e) => agent.recordEvent(e), warmThreads: config.warmThreads });
   const containers = new ContainerDriver({
     dataDir,
     warmContainers: config.warmContainers,
+    mesh: (ns, fn, path) => egress.attach(ns, fn, path),
     onEvent: (e) => agent.recordEvent(e),
     onLog: (l) => logs.append({ time: new Date().toISOString(), ...l }),
   });
   const agent: NodeAgent = new NodeAgent({
     store,
+    meshSocket: (ns, fn) => egress.open(ns, fn),
     driver,
     container: containers,
     log,
@@ -105,17 +135,39 @@ export async function up(options: UpOptions = {}, log: Logger = createLogger({ l
   const access = accessLogger(config, dataDir);
   const gateway = new Gateway({
     domain: config.domain,
+    trustDomain: config.trustDomain,
+    identities,
     log: log.child({ component: 'proxy.gateway' }),
     access,
     demand,
     resolve: (t) => agent.endpoint(t.revision, t.fallback ? t.function : undefined),
   });
+  let meshAddress = { host: config.host, port: config.meshPort };
+  // A function's calls to the mesh leave through its own socket, over mutual TLS, to the mesh
+  // listener of the node that runs the destination (this one: one node).
+  const egress = new Egress({
+    trustDomain: config.trustDomain,
+    identities,
+    dir: join(dataDir, 'mesh'),
+    locate: (ns, name) => (gateway.serves(ns, name) ? meshAddress : undefined),
+    mode: (ns, name) => gateway.mtlsMode(ns, name),
+    log: log.child({ component: 'proxy.egress' }),
+  });
   let gatewayPort = config.port;
   const functionUrl = (name: string) => `http://${name}.${config.domain}${gatewayPort === 80 ? '' : `:${gatewayPort}`}`;
+  // The API's own certificate, from the same CA: names it is reached by, renewed at half life.
+  const apiCertificate = async () => {
+    const names = [...new Set(['localhost', '127.0.0.1', '::1', config.host, hostname()].filter((n) => n && n !== '0.0.0.0' && n !== '::'))];
+    const c = await ca.issue({ id: `spiffe://${config.trustDomain}/ns/${SYSTEM_NAMESPACE}/control`, names });
+    return { cert: c.cert, key: c.key, ttlMs: c.notAfter.getTime() - c.notBefore.getTime() };
+  };
+  const firstApiCert = config.apiTls ? await apiCertificate() : undefined;
   const api = new ControlApi({
     functions,
     logs,
-    token,
+    tokens: new TokenStore(store, token),
+    ...(firstApiCert ? { tls: { cert: firstApiCert.cert, key: firstApiCert.key } } : {}),
+    ca,
     log: log.child({ component: 'control.api' }),
     functionUrl,
     info: { version: VERSION, domain: config.domain, dataDir },
@@ -134,16 +186,42 @@ export async function up(options: UpOptions = {}, log: Logger = createLogger({ l
     (err) => log.error({ err: errorMessage(err) }, 'snapshot build failed'),
   );
 
+  let apiRenewal: NodeJS.Timeout | undefined;
+  const renewApi = (afterMs: number) => {
+    apiRenewal = setTimeout(async () => {
+      try {
+        const c = await apiCertificate();
+        api.setCertificate(c);
+        renewApi(c.ttlMs / 2);
+      } catch (err) {
+        log.warn({ err: errorMessage(err) }, 'API certificate not renewed; retrying');
+        renewApi(5000);
+      }
+    }, afterMs);
+    apiRenewal.unref();
+  };
+  if (firstApiCert) {
+    renewApi(firstApiCert.ttlMs / 2);
+    // After a root roll-over the API is served under the new root at once.
+    ca.onChange(() => {
+      clearTimeout(apiRenewal);
+      renewApi(0);
+    });
+  }
+
   let closing: Promise<void> | undefined;
   const close = () => {
     closing ??= (async () => {
       log.info({ drainMs: config.drainMs }, 'shutting down');
+      clearTimeout(apiRenewal);
       snapshots.close();
       autoscaler.close();
       scheduler.close();
       rollouts.close();
       await Promise.all([gateway.close(config.drainMs), api.close()]);
       await agent.close();
+      await egress.close();
+      identities.close();
       await logs.close();
       access?.flush();
       await store.close();
@@ -164,24 +242,26 @@ export async function up(options: UpOptions = {}, log: Logger = createLogger({ l
     await snapshots.start();
     const g = await gateway.listen(config.port, config.host);
     gatewayPort = g.port;
+    const m = await gateway.listenMesh(config.meshPort, config.host);
+    meshAddress = { host: config.host, port: m.port };
     const a = await api.listen(config.apiPort, config.host);
     const hostForUrl = config.host.includes(':') ? `[${config.host}]` : config.host;
-    const apiUrl = `http://${hostForUrl}:${a.port}`;
+    const apiUrl = `${config.apiTls ? 'https' : 'http'}://${hostForUrl}:${a.port}`;
     const gatewayUrl = `http://${hostForUrl}:${g.port}`;
     await writeFile(
       join(dataDir, 'endpoint.json'),
-      `${JSON.stringify({ api: apiUrl, gateway: gatewayUrl, domain: config.domain, gatewayPort: g.port, pid: process.pid }, null, 2)}\n`,
+      `${JSON.stringify({ api: apiUrl, gateway: gatewayUrl, domain: config.domain, gatewayPort: g.port, meshPort: m.port, trustDomain: config.trustDomain, pid: process.pid }, null, 2)}\n`,
       { mode: 0o600 },
     );
     log.info({ gateway: gatewayUrl, api: apiUrl, dataDir }, 'tide is up');
     for (const target of config.deploy) await deployPath(functions, target, log);
     await agent.settled();
-    return { config, gatewayUrl, apiUrl, functions, close };
+    return { config, gatewayUrl, apiUrl, meshUrl: `${hostForUrl}:${m.port}`, functions, close };
   } catch (err) {
     await close().catch(() => {});
     if (err instanceof TideError && err.code === 'ERR_ADDRESS_IN_USE') {
       throw new TideError('ERR_ADDRESS_IN_USE', `${err.message.replace(/^listener gateway: /, '').replace(/ is already in use$/, '')}: the port is taken`, {
-        hint: 'pick others with --port and --api-port (0 picks a free one)',
+        hint: 'pick others with --port, --api-port and --mesh-port (0 picks a free one)',
         cause: err,
       });
     }

@@ -51,6 +51,13 @@ export type ErrorCode =
   | 'ERR_FUNCTION_THREW'
   | 'ERR_FUNCTION_BAD_RESPONSE'
   | 'ERR_API_UNREACHABLE'
+  | 'ERR_AUTHZ_DENIED'
+  | 'ERR_AUTHZ_NOT_ALLOWED'
+  | 'ERR_MTLS_REQUIRED'
+  | 'ERR_RATE_LIMITED'
+  | 'ERR_FORBIDDEN'
+  | 'ERR_TOKEN_REVOKED'
+  | 'ERR_TOKEN_EXPIRED'
   | 'ERR_INTERNAL';
 
 export interface TideErrorOptions {

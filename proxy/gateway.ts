@@ -15,9 +15,11 @@ import type { ProxyConfig, RetryConfig, RouteConfig } from '../lib/config/proxy.
 import { parseDuration } from '../lib/duration.ts';
 import { TideError } from '../lib/errors.ts';
 import type { Logger } from '../lib/log.ts';
+import { functionId, gatewayId, meshHost, parseId, parseMeshHost } from '../lib/spiffe.ts';
 import type { CompiledListener, CompiledRoute, ProxySnapshot } from './config/compile.ts';
 import { compose, type Dispatch, type ProxyRequest, type ResponseControl, type ResponseHandler } from './http/types.ts';
 import { type ActivatableEndpoint, Activator, type ActivatorHooks } from './layers/activator.ts';
+import { Authorizer, RateLimiter } from './layers/authz.ts';
 import { type FaultConfig, faultLayer } from './layers/fault.ts';
 import { headersLayer } from './layers/headers.ts';
 import { avoidTried, mirrorLayer, sandboxRetry } from './layers/sandbox-retry.ts';
@@ -28,6 +30,7 @@ import { ProxyMetrics } from './metrics.ts';
 import { DataPlane } from './proxy.ts';
 import { normalizeHost, TableRouter } from './router/index.ts';
 import type { RouteMatch } from './router/router.ts';
+import type { Identities } from './tls/identities.ts';
 
 /** The part of a revision endpoint the gateway needs (runtime's RevisionEndpoint fits). */
 export type Endpoint = ActivatableEndpoint;
@@ -56,6 +59,10 @@ export interface GatewayOptions {
   headersTimeoutMs?: number;
   /** Idle keep-alive connection lifetime, ms. Default 5000. */
   keepAliveTimeoutMs?: number;
+  /** SPIFFE trust domain: the gateway's identity and every function's. Default "tide.local". */
+  trustDomain?: string;
+  /** Workload certificates, for the mesh listener (`listenMesh`). */
+  identities?: Identities;
 }
 
 const EMPTY_CONFIG: ProxyConfig = { listeners: [], virtualHosts: [], clusters: [] };
@@ -68,7 +75,15 @@ export class Gateway {
   readonly #activator: Activator;
   readonly #demand: DemandSink;
   #listener: Listener | undefined;
+  #mesh: Listener | undefined;
   #snapshotVersion = 0;
+  readonly #trustDomain: string;
+  /** The caller, as policies see it, of every request that comes in through the gateway's own listener. */
+  readonly identity: string;
+  readonly #limiter = new RateLimiter();
+  #authz: Authorizer;
+  /** Functions in the current snapshot: namespace/name. */
+  #functions = new Set<string>();
 
   constructor(opts: GatewayOptions) {
     this.#opts = opts;
@@ -76,13 +91,41 @@ export class Gateway {
     this.#plane = new DataPlane({ metrics: this.metrics, log: opts.log, access: opts.access });
     this.#demand = opts.demand ?? { begin() {}, end() {}, activate() {} };
     this.#activator = new Activator(this.#demand);
+    this.#trustDomain = opts.trustDomain ?? 'tide.local';
+    this.identity = gatewayId(this.#trustDomain);
+    this.#authz = new Authorizer([], this.#trustDomain, this.#limiter);
     this.#plane.apply(this.#compile([], 0));
   }
 
   /** Swaps in a new routing snapshot; requests already routed keep their target. */
   setSnapshot(snapshot: Snapshot): void {
+    this.#authz = new Authorizer(snapshot.policies, this.#trustDomain, this.#limiter);
     this.#plane.apply(this.#compile([...snapshot.routes], snapshot.version, snapshot.custom));
     this.#snapshotVersion = snapshot.version;
+    const fns = new Set([...snapshot.routes.values()].map((t) => `${t.namespace}/${t.function}`));
+    const ids = this.#opts.identities;
+    if (ids) {
+      // The mesh listener answers for every function here, each under its own certificate.
+      for (const key of fns) {
+        const [ns, name] = key.split('/') as [string, string];
+        if (!this.#functions.has(key)) void ids.ensure(functionId(this.#trustDomain, ns, name), [meshHost(ns, name)]).catch(() => {});
+      }
+      for (const key of this.#functions) {
+        const [ns, name] = key.split('/') as [string, string];
+        if (!fns.has(key)) ids.release(functionId(this.#trustDomain, ns, name));
+      }
+    }
+    this.#functions = fns;
+  }
+
+  /** The mTLS mode of a function, by the current policies. */
+  mtlsMode(namespace: string, name: string): 'STRICT' | 'PERMISSIVE' | 'DISABLE' {
+    return this.#authz.mode(namespace, name);
+  }
+
+  /** True when a function of this name is in the current snapshot. */
+  serves(namespace: string, name: string): boolean {
+    return this.#functions.has(`${namespace}/${name}`);
   }
 
   get snapshotVersion(): number {
@@ -143,6 +186,24 @@ export class Gateway {
       if (taken.has(domain)) continue;
       hosts.push({ name, domains: [domain], routes: [{ name: 'default', match: {}, target: this.#route(name, this.#toFunction(target)) }] });
     }
+    // The mesh's names (NAME.NAMESPACE.svc.tide), reached through the mesh listener only. A
+    // Route without hosts covers its name there too, as it does NAME.<domain>.
+    const meshHosts: typeof hosts = [];
+    const hostless = new Set(custom.filter((r) => r.hosts === undefined).map((r) => `route:${r.name}`));
+    for (const h of hosts) {
+      if (h.name.startsWith('route:') && !hostless.has(h.name)) continue;
+      const mesh = h.domains.flatMap((d) => {
+        const label = d.endsWith(this.#suffix) ? d.slice(0, -this.#suffix.length) : '';
+        return label === '' || label.includes('.') ? [] : [meshHost('default', label)];
+      });
+      if (mesh.length === 0) continue;
+      meshHosts.push({
+        name: `mesh:${h.name}`,
+        domains: mesh,
+        routes: h.routes.map((r) => ({ ...r, target: { ...r.target, dispatch: meshOnly(r.target.dispatch) } })),
+      });
+    }
+    hosts.push(...meshHosts);
     hosts.push({ name: '*', domains: ['*'], routes: [{ name: 'unknown', match: {}, target: this.#route('*', this.#unknown()) }] });
     return { version, router: new TableRouter(hosts), clusters: new Map(), listeners: [], config: EMPTY_CONFIG, inflight: 0 };
   }
@@ -166,8 +227,10 @@ export class Gateway {
     return this.#activator.depth;
   }
 
-  /** The endpoint layer of one function: body limit, demand, the activator, the serving revision's instances. */
+  /** The endpoint layer of one function: policy, body limit, demand, the activator, the serving revision's instances. */
   #toFunction(target: RouteTarget): Dispatch {
+    const authz = this.#authz;
+    const active = authz.active(target.namespace, target.function);
     const send = (req: ProxyRequest, handler: ResponseHandler): void => {
       const endpoint = this.#opts.resolve(target);
       if (!endpoint) {
@@ -179,6 +242,25 @@ export class Gateway {
     };
     return (req, handler) => {
       req.cluster = target.revision;
+      const conn = req.conn;
+      const mesh = conn.listener === 'mesh';
+      if (mesh || active) {
+        const denied = authz.check(target.namespace, target.function, {
+          method: req.method,
+          path: req.path,
+          source: mesh ? conn.peer : this.identity,
+          plaintext: mesh && conn.peer === undefined,
+        });
+        if (denied) {
+          this.metrics.policyRefused(target.function, denied.code);
+          handler.onError(denied);
+          return;
+        }
+      }
+      // The function learns who called it over the mesh, as Envoy's XFCC header says it; a
+      // value the client sent itself is never passed on.
+      if (mesh && conn.peer !== undefined) req.headers['x-forwarded-client-cert'] = `URI=${conn.peer}`;
+      else if (req.headers['x-forwarded-client-cert'] !== undefined) delete req.headers['x-forwarded-client-cert'];
       if (req.contentLength > target.maxBodyBytes) {
         handler.onError(
           new TideError(
@@ -213,9 +295,16 @@ export class Gateway {
   }
 
   async listen(port: number, host: string): Promise<AddressInfo> {
-    const compiled: CompiledListener = {
+    const listener = new Listener(this.#listenerConfig('gateway', port, host), this.#plane, this.metrics);
+    const address = await listener.listen();
+    this.#listener = listener;
+    return address;
+  }
+
+  #listenerConfig(name: string, port: number, host: string): CompiledListener {
+    return {
       config: {
-        name: 'gateway',
+        name,
         address: host,
         port,
         http2: true,
@@ -235,9 +324,38 @@ export class Gateway {
       idleTimeoutMs: this.#opts.keepAliveTimeoutMs ?? 5000,
       bodyTimeoutMs: 30_000,
     };
+  }
+
+  /**
+   * The mesh listener (the node's sidecar, inbound): mutual TLS 1.3 where each function answers
+   * under its own certificate (picked by SNI, its mesh host name) and callers prove theirs;
+   * plaintext only while some Policy makes a function PERMISSIVE or DISABLE.
+   */
+  async listenMesh(port: number, host: string): Promise<AddressInfo> {
+    const ids = this.#opts.identities;
+    if (!ids) throw new TideError('ERR_INVALID_ARGUMENT', 'the mesh listener needs workload certificates (identities)');
+    await ids.ensure(this.identity, ['localhost']);
+    const td = this.#trustDomain;
+    const self = this;
+    const compiled: CompiledListener = {
+      ...this.#listenerConfig('mesh', port, host),
+      mesh: {
+        contextFor: (servername) => {
+          const fn = parseMeshHost(servername);
+          return fn && this.serves(fn.namespace, fn.name) ? ids.get(functionId(td, fn.namespace, fn.name))?.context : undefined;
+        },
+        fallback: () => ids.get(this.identity),
+        accept: (peer) => peer !== undefined && parseId(peer)?.trustDomain === td,
+        get plaintext() {
+          return self.#authz.plaintextAccepted;
+        },
+        onRefused: (reason) => this.metrics.handshakeRefused('mesh', reason),
+      },
+    };
+    compiled.config.http2 = false;
     const listener = new Listener(compiled, this.#plane, this.metrics);
     const address = await listener.listen();
-    this.#listener = listener;
+    this.#mesh = listener;
     return address;
   }
 
@@ -248,10 +366,20 @@ export class Gateway {
   async close(drainMs = 30_000): Promise<void> {
     const l = this.#listener;
     this.#listener = undefined;
-    if (l) await l.close(drainMs);
+    const m = this.#mesh;
+    this.#mesh = undefined;
+    if (l || m) await Promise.all([l?.close(drainMs), m?.close(drainMs)]);
     this.#activator.close();
     await this.#plane.close();
   }
+}
+
+/** A mesh name reached through another listener is no route (the gateway does not expose the mesh). */
+function meshOnly(dispatch: Dispatch): Dispatch {
+  return (req, handler) => {
+    if (req.conn.listener === 'mesh') dispatch(req, handler);
+    else handler.onError(new TideError('ERR_PROXY_NO_ROUTE', `${req.host} is a mesh name; it is reached from functions only`, { status: 404 }));
+  };
 }
 
 /** Reports the end of a request to the demand sink, once, however it ends. */

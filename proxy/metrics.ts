@@ -55,6 +55,8 @@ export class ProxyMetrics {
   readonly #circuit = new Map<string, number>();
   readonly #refused = new Map<string, number>();
   readonly #reloads = new Map<string, number>();
+  readonly #policy = new Map<string, number>();
+  readonly #handshakes = new Map<string, number>();
   configVersion = 0;
   connections = 0;
 
@@ -83,6 +85,16 @@ export class ProxyMetrics {
 
   refused(listener: string, code: string): void {
     bump(this.#refused, `listener="${esc(listener)}",code="${code}"`);
+  }
+
+  /** A request refused by policy: 403 (authorization, mTLS mode) or 429 (rate limit). */
+  policyRefused(fn: string, code: string): void {
+    bump(this.#policy, `function="${esc(fn)}",code="${code}"`);
+  }
+
+  /** A mesh connection refused before any request: plaintext, no or bad client certificate, unknown identity. */
+  handshakeRefused(listener: string, reason: string): void {
+    bump(this.#handshakes, `listener="${esc(listener)}",reason="${esc(reason)}"`);
   }
 
   reload(result: 'applied' | 'rejected'): void {
@@ -115,6 +127,18 @@ export class ProxyMetrics {
     family('tide_proxy_outlier_ejections_total', 'Endpoints ejected by outlier detection.', 'counter', this.#ejections);
     family('tide_proxy_circuit_open_total', 'Requests refused because a cluster was over a circuit-breaker limit.', 'counter', this.#circuit);
     family('tide_proxy_refused_total', 'Requests refused by a listener before routing (malformed, too large, too slow).', 'counter', this.#refused);
+    family(
+      'tide_proxy_policy_refused_total',
+      'Requests refused by a Policy: authorization (403), mTLS mode (403) or rate limit (429).',
+      'counter',
+      this.#policy,
+    );
+    family(
+      'tide_proxy_mesh_connections_refused_total',
+      'Mesh connections refused before any request (plaintext, client certificate, identity).',
+      'counter',
+      this.#handshakes,
+    );
     family('tide_proxy_config_reloads_total', 'Config reloads, applied or rejected.', 'counter', this.#reloads);
     out.push(
       '# HELP tide_proxy_config_version Version of the running config snapshot.',

@@ -98,13 +98,16 @@ export class DataPlane {
     const h = head.headers;
     const id = this.#requestId(h['x-request-id']);
     h['x-request-id'] = id;
-    const xff = h['x-forwarded-for'];
-    h['x-forwarded-for'] = xff === undefined ? conn.remoteAddress : `${xff}, ${conn.remoteAddress}`;
-    h['x-forwarded-proto'] = conn.scheme;
-    h['x-forwarded-host'] = head.host;
-    const hostPart = head.host === '' ? '' : `;host=${quoteIfNeeded(head.host)}`;
-    const fwd = `for=${conn.remoteAddress.includes(':') ? `"[${conn.remoteAddress}]"` : conn.remoteAddress}${hostPart};proto=${conn.scheme}`;
-    h.forwarded = h.forwarded === undefined ? fwd : `${h.forwarded}, ${fwd}`;
+    // A function's call out to the mesh (a Unix socket) has no client address to forward.
+    if (conn.remoteAddress !== '') {
+      const xff = h['x-forwarded-for'];
+      h['x-forwarded-for'] = xff === undefined ? conn.remoteAddress : `${xff}, ${conn.remoteAddress}`;
+      h['x-forwarded-proto'] = conn.scheme;
+      h['x-forwarded-host'] = head.host;
+      const hostPart = head.host === '' ? '' : `;host=${quoteIfNeeded(head.host)}`;
+      const fwd = `for=${conn.remoteAddress.includes(':') ? `"[${conn.remoteAddress}]"` : conn.remoteAddress}${hostPart};proto=${conn.scheme}`;
+      h.forwarded = h.forwarded === undefined ? fwd : `${h.forwarded}, ${fwd}`;
+    }
     h.via = h.via === undefined ? `${httpVersion} tide` : `${h.via}, ${httpVersion} tide`;
     return {
       id,
@@ -182,6 +185,7 @@ export class DataPlane {
       endpoint: req.endpoint,
       attempts: req.attempts,
       error,
+      source: req.conn.peer,
     });
   }
 

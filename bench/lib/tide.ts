@@ -6,6 +6,7 @@ import { type ChildProcess, execFile, spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { Agent, fetch as undiciFetch } from 'undici';
 import { freePort, type Knobs, pinned, ROOT } from './harness.ts';
 
 export async function waitForLine(child: ChildProcess, text: string, timeoutMs: number): Promise<void> {
@@ -65,6 +66,8 @@ export async function startTideUp(k: Knobs, args: string[] = []): Promise<TideUp
     String(port),
     '--api-port',
     String(apiPort),
+    '--mesh-port',
+    '0',
     '--log-level',
     'warn',
     ...args,
@@ -77,12 +80,15 @@ export async function startTideUp(k: Knobs, args: string[] = []): Promise<TideUp
     throw err;
   }
   const token = readFileSync(join(dataDir, 'token'), 'utf8').trim();
+  // The API is HTTPS with a certificate from this Tide's own CA.
+  const agent = new Agent({ connect: { ca: readFileSync(join(dataDir, 'ca', 'bundle.pem'), 'utf8') } });
   return {
     child,
     port,
     dataDir,
     async api<T>(path: string, body?: unknown): Promise<T> {
-      const r = await fetch(`http://127.0.0.1:${apiPort}${path}`, {
+      const r = await undiciFetch(`https://127.0.0.1:${apiPort}${path}`, {
+        dispatcher: agent,
         method: body === undefined ? 'GET' : 'POST',
         headers: { authorization: `Bearer ${token}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
         body: body === undefined ? undefined : JSON.stringify(body),

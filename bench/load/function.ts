@@ -49,6 +49,8 @@ export async function run({ jsonFile }: { jsonFile?: string }): Promise<void> {
       String(tidePort),
       '--api-port',
       String(apiPort),
+      '--mesh-port',
+      '0',
       '--deploy',
       hello,
       '--log-level',

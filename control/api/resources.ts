@@ -7,11 +7,12 @@
  * about, and nothing is written. A dry run plans and reports without writing.
  */
 
-import type { RolloutSpec, RouteSpec } from '../../lib/config/resources.ts';
+import type { PolicySpec, RolloutSpec, RouteSpec } from '../../lib/config/resources.ts';
 import { isTideError, TideError } from '../../lib/errors.ts';
 import type { KeyValue, Store, TxnOp } from '../store/index.ts';
 import type { DeployInput, Functions, PreparedDeploy } from './functions.ts';
 import { DEFAULT_NAMESPACE, type FunctionRecord, keys as fnKeys, validateFunctionName } from './schema/function.ts';
+import { type PolicyRecord, policyKeys } from './schema/policy.ts';
 import { type RolloutRecord, rolloutKeys } from './schema/rollout.ts';
 import { type RouteRecord, routeKeys } from './schema/route.ts';
 
@@ -36,7 +37,8 @@ export type ApplyItem =
   | { kind: 'Secret' | 'Config'; name: string; data: Record<string, string> }
   | { kind: 'Function'; name: string; deploy: DeployInput; envRefs: EnvRef[] }
   | { kind: 'Route'; name: string; spec: RouteSpec }
-  | { kind: 'Rollout'; name: string; spec: RolloutSpec };
+  | { kind: 'Rollout'; name: string; spec: RolloutSpec }
+  | { kind: 'Policy'; name: string; spec: PolicySpec };
 
 export interface ApplyProblem {
   /** Index of the item in the request. */
@@ -183,6 +185,18 @@ export class Resources {
       }
     }
     for (const [i, it] of items.entries()) {
+      if (it.kind !== 'Policy') continue;
+      it.spec.rules?.forEach((rule, r) => {
+        for (const [path, pattern] of regexes(rule.to, `spec.rules[${r}].to`)) {
+          try {
+            new RegExp(pattern);
+          } catch (err) {
+            problems.push({ item: i, path, message: `not a valid regular expression: ${(err as Error).message}` });
+          }
+        }
+      });
+    }
+    for (const [i, it] of items.entries()) {
       if (it.kind !== 'Rollout') continue;
       const fn = it.spec.function ?? it.name;
       if (!existingFunctions.has(fn) && !appliedFunctions.has(fn))
@@ -217,12 +231,10 @@ export class Resources {
           if (plan.ops.length > 0) newRevisions.push(plan.result.revision.name);
           continue;
         }
-        if (it.kind === 'Route' || it.kind === 'Rollout') {
-          const before = (it.kind === 'Route' ? stored.route : stored.rollout).get(it.name);
-          const record: RouteRecord | RolloutRecord = { name: it.name, namespace: DEFAULT_NAMESPACE, spec: it.spec, managedBy: 'apply' } as
-            | RouteRecord
-            | RolloutRecord;
-          const key = it.kind === 'Route' ? routeKeys.route(it.name) : rolloutKeys.rollout(it.name);
+        if (it.kind === 'Route' || it.kind === 'Rollout' || it.kind === 'Policy') {
+          const before = (it.kind === 'Route' ? stored.route : it.kind === 'Rollout' ? stored.rollout : stored.policy).get(it.name);
+          const record = { name: it.name, namespace: DEFAULT_NAMESPACE, spec: it.spec, managedBy: 'apply' } as RouteRecord | RolloutRecord | PolicyRecord;
+          const key = it.kind === 'Route' ? routeKeys.route(it.name) : it.kind === 'Rollout' ? rolloutKeys.rollout(it.name) : policyKeys.policy(it.name);
           const same = before !== undefined && JSON.stringify(before.value.spec) === JSON.stringify(it.spec);
           if (!same) ops.push({ type: 'put', key, value: JSON.stringify(record), expectModRevision: before?.kv.modRevision ?? 0 });
           const result: ApplyResult = { kind: it.kind, name: it.name, action: same ? 'unchanged' : before ? 'configured' : 'created' };
@@ -261,6 +273,7 @@ export class Resources {
         for (const [kind, stored2] of [
           ['Route', stored.route],
           ['Rollout', stored.rollout],
+          ['Policy', stored.policy],
         ] as const) {
           for (const [name, { kv, value }] of stored2) {
             if (wanted.has(`${kind}/${name}`) || value.managedBy !== 'apply') continue;
@@ -319,15 +332,16 @@ export class Resources {
     );
   }
 
-  /** Every stored Secret, Config, Route and Rollout, by name (what an apply plans against). */
+  /** Every stored Secret, Config, Route, Rollout and Policy, by name (what an apply plans against). */
   async #loadStored() {
-    const [secret, config, route, rollout] = await Promise.all([
+    const [secret, config, route, rollout, policy] = await Promise.all([
       this.#loadSpecs<Stored>(resourceKeys.secrets()),
       this.#loadSpecs<Stored>(resourceKeys.configs()),
       this.#loadSpecs<RouteRecord>(routeKeys.routes()),
       this.#loadSpecs<RolloutRecord>(rolloutKeys.rollouts()),
+      this.#loadSpecs<PolicyRecord>(policyKeys.policies()),
     ]);
-    return { secret, config, route, rollout };
+    return { secret, config, route, rollout, policy };
   }
 }
 

@@ -1,14 +1,22 @@
 /**
- * The control API: HTTP + JSON on Web Request/Response, behind a bearer token. The CLI and
- * the dashboard talk to it; it reads and writes the Store through Functions and never touches
- * the request path. Errors become JSON `{error: {code, message, hint}}` here and only here.
+ * The control API: HTTP + JSON on Web Request/Response, over HTTPS when given a certificate,
+ * behind bearer tokens. The CLI and the dashboard talk to it; it reads and writes the Store
+ * through Functions and never touches the request path. Errors become JSON
+ * `{error: {code, message, hint}}` here and only here.
+ *
+ * Every request is authenticated first (TokenStore, or the one root token), then matched to a
+ * route, then checked against the scope that route declares: `#route()` takes the scope as a
+ * required argument, so no endpoint exists without one. read = GET; deploy = changes to
+ * functions, routes and rollouts; admin = tokens and the CA.
  */
-import { timingSafeEqual } from 'node:crypto';
+import { createHash, timingSafeEqual } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { Readable } from 'node:stream';
+import { createSecureContext } from 'node:tls';
 import { type Clock, systemClock } from '../../lib/clock.ts';
-import { errorMessage, TideError } from '../../lib/errors.ts';
+import { errorMessage, isTideError, TideError } from '../../lib/errors.ts';
 import type { Logger } from '../../lib/log.ts';
 import { listen } from '../../lib/net.ts';
 import type { TrafficSummary } from '../analysis/stats.ts';
@@ -16,6 +24,7 @@ import type { DeployInput, Functions } from './functions.ts';
 import type { ApplyItem, Resources } from './resources.ts';
 import type { FunctionRecord, RevisionRecord, RevisionStatus } from './schema/function.ts';
 import { routedRevisions } from './schema/route.ts';
+import { isScope, type Principal, ROOT_TOKEN_NAME, type Scope, scopeAllows, type TokenStore } from './tokens.ts';
 
 /** What the autoscaler tells about a revision (control/autoscaler's Autoscaler fits). */
 export interface ScalingSource {
@@ -39,10 +48,32 @@ export interface LogLine {
   message: string;
 }
 
+/** A server certificate for the API: PEM; `cert` may hold the chain after the leaf. */
+export interface ApiCertificate {
+  cert: string;
+  key: string;
+}
+
+/** The certificate authority, for `GET /v1/ca` and `POST /v1/ca/rotate` (control/ca's CertificateAuthority fits). */
+export interface CaSource {
+  roots(): unknown[];
+  rotate(): Promise<unknown[]>;
+}
+
 export interface ApiOptions {
   functions: Functions;
   logs: LogSource;
-  token: string;
+  /**
+   * The one bearer token (admin), used when `tokens` is not given. With `tokens`, ignored:
+   * the TokenStore holds the root token.
+   */
+  token?: string;
+  /** Issued tokens with scopes, revocation and the root token. Default: only `token`, as admin. */
+  tokens?: TokenStore;
+  /** Serve HTTPS (TLS 1.2 or newer) with this certificate instead of HTTP. See `setCertificate()`. */
+  tls?: ApiCertificate;
+  /** The CA, for `/v1/ca`. Default: none (those endpoints answer 404). */
+  ca?: CaSource;
   log: Logger;
   /** Public base URL of a function, e.g. name => http://name.localhost:8080 */
   functionUrl: (name: string) => string;
@@ -71,33 +102,40 @@ export interface ApiOptions {
   traffic?: { summary(revision: string, windowMs?: number): TrafficSummary };
 }
 
-type Handler = (req: Request, params: Record<string, string>, url: URL) => Promise<Response>;
+type Handler = (req: Request, params: Record<string, string>, url: URL, who: Principal) => Promise<Response>;
 
 const MAX_API_BODY = 64 * 1024 * 1024;
 
 export class ControlApi {
   readonly #opts: ApiOptions;
-  readonly #routes: { method: string; pattern: RegExp; names: string[]; handler: Handler }[] = [];
+  readonly #routes: { method: string; pattern: RegExp; names: string[]; scope: Scope; handler: Handler }[] = [];
   readonly #clock: Clock;
-  #server: Server | undefined;
+  /** SHA-256 of `token`, for the single-token mode (no TokenStore). */
+  readonly #rootHash: Buffer | undefined;
+  #tls: ApiCertificate | undefined;
+  #server: Server | HttpsServer | undefined;
 
   constructor(opts: ApiOptions) {
+    if (!opts.tokens && !opts.token) throw new TideError('ERR_INVALID_ARGUMENT', 'the control API needs `token` (one admin token) or `tokens` (a TokenStore)');
+    if (opts.tls) checkCertificate(opts.tls, 'tls');
     this.#opts = opts;
     this.#clock = opts.clock ?? systemClock;
-    this.#route('GET', '/v1/info', async () => json(200, { ...(opts.info ?? {}) }));
-    this.#route('GET', '/v1/functions', async () => json(200, { items: await this.#views() }));
-    this.#route('GET', '/v1/functions/:name', async (_r, p) => this.#describe(p.name ?? ''));
-    this.#route('POST', '/v1/functions/:name/deploy', (r, p) => this.#deploy(r, p.name ?? ''));
-    this.#route('POST', '/v1/functions/:name/rollback', (r, p) => this.#rollback(r, p.name ?? ''));
-    this.#route('DELETE', '/v1/functions/:name', async (_r, p) => json(200, await opts.functions.delete(p.name ?? '')));
-    this.#route('GET', '/v1/revisions', async (_r, _p, url) => this.#revisions(url.searchParams.get('function') ?? undefined));
-    this.#route('GET', '/v1/functions/:name/logs', (r, p, url) => this.#logs(r, p.name ?? '', url));
-    this.#route('GET', '/v1/functions/:name/instances', (_r, p, url) => this.#instances(p.name ?? '', url));
-    this.#route('POST', '/v1/apply', (r) => this.#apply(r));
-    this.#route('GET', '/v1/routes', async () => json(200, { items: await this.#routeViews() }));
-    this.#route('GET', '/v1/rollouts', async () => json(200, { items: (await this.#opts.rollouts?.list()) ?? [] }));
-    this.#route('GET', '/v1/rollouts/:name', async (_r, p) => json(200, await this.#rollout(p.name ?? '')));
-    this.#route('POST', '/v1/rollouts/:name/:action', async (_r, p) => {
+    this.#rootHash = opts.token ? sha256(opts.token) : undefined;
+    this.#tls = opts.tls;
+    this.#route('GET', '/v1/info', 'read', async () => json(200, { ...(opts.info ?? {}) }));
+    this.#route('GET', '/v1/functions', 'read', async () => json(200, { items: await this.#views() }));
+    this.#route('GET', '/v1/functions/:name', 'read', async (_r, p) => this.#describe(p.name ?? ''));
+    this.#route('POST', '/v1/functions/:name/deploy', 'deploy', (r, p) => this.#deploy(r, p.name ?? ''));
+    this.#route('POST', '/v1/functions/:name/rollback', 'deploy', (r, p) => this.#rollback(r, p.name ?? ''));
+    this.#route('DELETE', '/v1/functions/:name', 'deploy', async (_r, p) => json(200, await opts.functions.delete(p.name ?? '')));
+    this.#route('GET', '/v1/revisions', 'read', async (_r, _p, url) => this.#revisions(url.searchParams.get('function') ?? undefined));
+    this.#route('GET', '/v1/functions/:name/logs', 'read', (r, p, url) => this.#logs(r, p.name ?? '', url));
+    this.#route('GET', '/v1/functions/:name/instances', 'read', (_r, p, url) => this.#instances(p.name ?? '', url));
+    this.#route('POST', '/v1/apply', 'deploy', (r) => this.#apply(r));
+    this.#route('GET', '/v1/routes', 'read', async () => json(200, { items: await this.#routeViews() }));
+    this.#route('GET', '/v1/rollouts', 'read', async () => json(200, { items: (await this.#opts.rollouts?.list()) ?? [] }));
+    this.#route('GET', '/v1/rollouts/:name', 'read', async (_r, p) => json(200, await this.#rollout(p.name ?? '')));
+    this.#route('POST', '/v1/rollouts/:name/:action', 'deploy', async (_r, p) => {
       const action = p.action;
       if (action !== 'promote' && action !== 'abort' && action !== 'pause' && action !== 'resume') {
         throw new TideError('ERR_NOT_FOUND', `no rollout action "${action}": use promote, abort, pause or resume`, { status: 404 });
@@ -108,6 +146,28 @@ export class ControlApi {
       this.#opts.rollouts?.request(p.name ?? '', action);
       return json(202, { requested: action });
     });
+    this.#route('POST', '/v1/tokens', 'admin', (r, _p, _u, who) => this.#createToken(r, who));
+    this.#route('GET', '/v1/tokens', 'admin', async () => json(200, { items: await this.#tokenStore().list() }));
+    this.#route('DELETE', '/v1/tokens/:name', 'admin', async (_r, p, url, who) => {
+      const purge = url.searchParams.get('purge') === 'true' || url.searchParams.get('purge') === '1';
+      const name = p.name ?? '';
+      const token = purge ? await this.#tokenStore().purge(name) : await this.#tokenStore().revoke(name);
+      this.#opts.log.info({ token: name, by: who.name, purge }, purge ? 'api token purged' : 'api token revoked');
+      return json(200, { ...token, purged: purge });
+    });
+    this.#route('GET', '/v1/ca', 'read', async () => json(200, { roots: this.#authority().roots() }));
+    this.#route('POST', '/v1/ca/rotate', 'admin', async (_r, _p, _u, who) => {
+      try {
+        const roots = await this.#authority().rotate();
+        this.#opts.log.info({ by: who.name }, 'ca rotated');
+        return json(200, { roots });
+      } catch (err) {
+        // The CA refuses a roll-over it cannot do (a CA brought by the user): that is the caller's conflict, not a 500.
+        if (isTideError(err, 'ERR_INVALID_ARGUMENT') && err.status === undefined)
+          throw new TideError(err.code, err.message, { status: 409, hint: err.hint, cause: err });
+        throw err;
+      }
+    });
   }
 
   /** The Web-standard entry point (also used directly by tests). */
@@ -115,16 +175,22 @@ export class ControlApi {
     const url = new URL(req.url);
     try {
       if (url.pathname === '/healthz') return json(200, { ok: true });
-      this.#authorize(req);
+      const who = await this.#authenticate(req);
       for (const r of this.#routes) {
         const m = r.pattern.exec(url.pathname);
         if (!m) continue;
         if (r.method !== req.method) continue;
+        if (!scopeAllows(who.scope, r.scope)) {
+          throw new TideError('ERR_FORBIDDEN', `token ${who.name} (scope ${who.scope}) may not ${req.method} ${url.pathname}: it needs scope ${r.scope}`, {
+            status: 403,
+            hint: `an admin can issue a token with that scope: tide token create NAME --scope ${r.scope}`,
+          });
+        }
         const params: Record<string, string> = {};
         r.names.forEach((n, i) => {
           params[n] = decodeURIComponent(m[i + 1] ?? '');
         });
-        return await r.handler(req, params, url);
+        return await r.handler(req, params, url, who);
       }
       const known = this.#routes.some((r) => r.pattern.test(url.pathname));
       throw new TideError(
@@ -139,10 +205,24 @@ export class ControlApi {
     }
   }
 
+  /** Listens on HTTPS when the `tls` option was given, else on HTTP. */
   async listen(port: number, host: string): Promise<AddressInfo> {
-    const server = createServer((req, res) => void this.#serveNode(req, res));
+    const onRequest = (req: IncomingMessage, res: ServerResponse) => void this.#serveNode(req, res);
+    const server = this.#tls ? createHttpsServer({ cert: this.#tls.cert, key: this.#tls.key, minVersion: 'TLSv1.2' }, onRequest) : createServer(onRequest);
     this.#server = server;
     return listen(server, port, host);
+  }
+
+  /**
+   * Swaps the server certificate (a renewal, or a new CA root): handshakes from now on get the
+   * new one; open connections keep theirs. Only for an API started with the `tls` option.
+   */
+  setCertificate(c: ApiCertificate): void {
+    if (!this.#tls) throw new TideError('ERR_INVALID_ARGUMENT', 'setCertificate: this control API serves plain HTTP (it was made without the tls option)');
+    checkCertificate(c, 'setCertificate');
+    this.#tls = { cert: c.cert, key: c.key };
+    const server = this.#server;
+    if (server && 'setSecureContext' in server) server.setSecureContext({ cert: c.cert, key: c.key, minVersion: 'TLSv1.2' });
   }
 
   async close(): Promise<void> {
@@ -171,7 +251,7 @@ export class ControlApi {
       const body = hasBody ? await readBody(req, limit, res) : null;
       const ac = new AbortController();
       res.on('close', () => ac.abort());
-      const request = new Request(`http://${req.headers.host ?? 'localhost'}${req.url ?? '/'}`, {
+      const request = new Request(`${this.#tls ? 'https' : 'http'}://${req.headers.host ?? 'localhost'}${req.url ?? '/'}`, {
         method: req.method ?? 'GET',
         headers: req.headers as Record<string, string>,
         body: body ? body.toString('utf8') : null,
@@ -198,25 +278,52 @@ export class ControlApi {
     }
   }
 
-  #route(method: string, path: string, handler: Handler): void {
+  /** Registers an endpoint and the scope a token needs to call it. */
+  #route(method: string, path: string, scope: Scope, handler: Handler): void {
+    if (!isScope(scope)) throw new TideError('ERR_INVALID_ARGUMENT', `route ${method} ${path} needs a scope: read, deploy or admin (got ${String(scope)})`);
     const names: string[] = [];
     const source = path.replace(/:([a-z]+)/g, (_m, n: string) => {
       names.push(n);
       return '([^/]+)';
     });
-    this.#routes.push({ method, pattern: new RegExp(`^${source}$`), names, handler });
+    this.#routes.push({ method, pattern: new RegExp(`^${source}$`), names, scope, handler });
   }
 
-  #authorize(req: Request): void {
+  async #authenticate(req: Request): Promise<Principal> {
     const header = req.headers.get('authorization') ?? '';
-    const given = Buffer.from(header.startsWith('Bearer ') ? header.slice(7) : '');
-    const want = Buffer.from(this.#opts.token);
-    if (given.length !== want.length || !timingSafeEqual(given, want)) {
-      throw new TideError('ERR_UNAUTHORIZED', header ? 'the API token is not valid' : 'the API needs a bearer token', {
-        status: 401,
-        hint: 'the CLI reads it from <data-dir>/token, written by `tide up`',
-      });
-    }
+    const bearer = header.startsWith('Bearer ') ? header.slice(7).trim() : '';
+    if (this.#opts.tokens) return this.#opts.tokens.authenticate(bearer);
+    // Single-token mode: the one token is admin.
+    if (this.#rootHash && bearer && timingSafeEqual(sha256(bearer), this.#rootHash)) return { name: ROOT_TOKEN_NAME, scope: 'admin' };
+    throw new TideError('ERR_UNAUTHORIZED', header ? 'the API token is not valid' : 'the API needs a bearer token', {
+      status: 401,
+      hint: 'the CLI reads it from <data-dir>/token, written by `tide up`',
+    });
+  }
+
+  #tokenStore(): TokenStore {
+    if (!this.#opts.tokens)
+      throw new TideError('ERR_NOT_FOUND', 'this Tide does not issue API tokens: it takes only the one token in <data-dir>/token', { status: 404 });
+    return this.#opts.tokens;
+  }
+
+  #authority(): CaSource {
+    if (!this.#opts.ca)
+      throw new TideError('ERR_NOT_FOUND', 'this Tide runs no certificate authority, so there are no CA roots to show or rotate', { status: 404 });
+    return this.#opts.ca;
+  }
+
+  async #createToken(req: Request, who: Principal): Promise<Response> {
+    const body = await readJson(req);
+    if (typeof body.name !== 'string') throw new TideError('ERR_BAD_REQUEST', 'a token needs "name", a DNS label', { status: 400 });
+    if (!isScope(body.scope))
+      throw new TideError('ERR_BAD_REQUEST', `a token needs "scope": read, deploy or admin (got ${JSON.stringify(body.scope ?? null)})`, { status: 400 });
+    const ttl = body.ttl;
+    if (ttl !== undefined && ttl !== null && typeof ttl !== 'string' && typeof ttl !== 'number')
+      throw new TideError('ERR_BAD_REQUEST', '"ttl" must be a duration like "30d" or "12h", or a number of seconds', { status: 400 });
+    const created = await this.#tokenStore().create({ name: body.name, scope: body.scope, ...(ttl == null ? {} : { ttl }), createdBy: who.name });
+    this.#opts.log.info({ token: created.name, scope: created.scope, expiresAt: created.expiresAt, by: who.name }, 'api token created');
+    return json(201, created);
   }
 
   async #deploy(req: Request, name: string): Promise<Response> {
@@ -420,6 +527,20 @@ export class ControlApi {
     }
     this.#opts.log.error({ err, url: req?.url }, 'api request failed');
     return json(500, { error: { code: 'ERR_INTERNAL', message: errorMessage(err), hint: null } });
+  }
+}
+
+function sha256(s: string): Buffer {
+  return createHash('sha256').update(s).digest();
+}
+
+/** Fails early, naming `what`, when a certificate or key is not usable PEM (or they do not match). */
+function checkCertificate(c: ApiCertificate, what: string): void {
+  if (typeof c?.cert !== 'string' || typeof c.key !== 'string') throw new TideError('ERR_INVALID_ARGUMENT', `${what} needs cert and key, both PEM strings`);
+  try {
+    createSecureContext({ cert: c.cert, key: c.key });
+  } catch (err) {
+    throw new TideError('ERR_INVALID_ARGUMENT', `${what}: the API certificate and key cannot be used: ${errorMessage(err)}`, { cause: err });
   }
 }
 

@@ -8,6 +8,7 @@ import type { RouteSpec } from '../../lib/config/resources.ts';
 import { Informer } from '../../lib/informer.ts';
 import type { FunctionRecord, RevisionRecord } from '../api/schema/function.ts';
 import { keys, parseRevision } from '../api/schema/function.ts';
+import { type PolicyRecord, policyKeys } from '../api/schema/policy.ts';
 import { type RouteRecord, routeKeys } from '../api/schema/route.ts';
 import type { Store } from '../store/index.ts';
 
@@ -51,9 +52,11 @@ export interface Snapshot {
   readonly routes: ReadonlyMap<string, RouteTarget>;
   /** Route resources (their hosts win over a function's own). */
   readonly custom: readonly CustomRoute[];
+  /** Policy resources: mTLS modes, who may call whom, rate limits. */
+  readonly policies: readonly PolicyRecord[];
 }
 
-export const EMPTY_SNAPSHOT: Snapshot = Object.freeze({ version: 0, routes: new Map(), custom: [] });
+export const EMPTY_SNAPSHOT: Snapshot = Object.freeze({ version: 0, routes: new Map(), custom: [], policies: [] });
 
 function target(rev: RevisionRecord): RouteTarget {
   return {
@@ -68,7 +71,12 @@ function target(rev: RevisionRecord): RouteTarget {
 }
 
 export async function buildSnapshot(store: Store): Promise<Snapshot> {
-  const [fns, revs, routeKvs] = await Promise.all([store.list(keys.functions()), store.list(keys.revisions()), store.list(routeKeys.routes())]);
+  const [fns, revs, routeKvs, policyKvs] = await Promise.all([
+    store.list(keys.functions()),
+    store.list(keys.revisions()),
+    store.list(routeKeys.routes()),
+    store.list(policyKeys.policies()),
+  ]);
   const revisions = new Map(
     revs.items.map((kv) => {
       const r = parseRevision(kv.value);
@@ -114,7 +122,8 @@ export async function buildSnapshot(store: Store): Promise<Snapshot> {
       }),
     };
   });
-  return Object.freeze({ version: Math.max(fns.revision, revs.revision, routeKvs.revision), routes, custom });
+  const policies = policyKvs.items.map((kv) => JSON.parse(kv.value) as PolicyRecord);
+  return Object.freeze({ version: Math.max(fns.revision, revs.revision, routeKvs.revision, policyKvs.revision), routes, custom, policies });
 }
 
 /** Rebuilds and publishes a snapshot after every change to functions, revisions or routes. */
@@ -122,7 +131,12 @@ export class SnapshotPublisher {
   readonly #informer: Informer;
 
   constructor(store: Store, publish: (snapshot: Snapshot) => void, onError: (err: unknown) => void) {
-    this.#informer = new Informer(store, [keys.functions(), keys.revisions(), routeKeys.routes()], async () => publish(await buildSnapshot(store)), onError);
+    this.#informer = new Informer(
+      store,
+      [keys.functions(), keys.revisions(), routeKeys.routes(), policyKeys.policies()],
+      async () => publish(await buildSnapshot(store)),
+      onError,
+    );
   }
 
   start(): Promise<void> {

@@ -245,8 +245,110 @@ export const RolloutSchema = Type.Object(
   { additionalProperties: false, $id: 'https://tide.dev/schemas/v1/rollout.json', title: 'Tide Rollout' },
 );
 
+const PathMatch = Type.Object(
+  {
+    exact: Type.Optional(Type.String({ pattern: '^/' })),
+    prefix: Type.Optional(Type.String({ pattern: '^/' })),
+    regex: Type.Optional(Type.String({ description: 'anchored at both ends' })),
+  },
+  { additionalProperties: false, minProperties: 1, maxProperties: 1 },
+);
+
+const PolicyRule = Type.Object(
+  {
+    action: Type.Optional(Type.Union([Type.Literal('ALLOW'), Type.Literal('DENY')], { description: 'default ALLOW; DENY rules are checked first and win' })),
+    from: Type.Optional(
+      Type.Array(
+        Type.Object(
+          {
+            principals: Type.Optional(
+              Type.Array(Type.String({ pattern: '^(\\*|spiffe://[^\\s]+)$' }), {
+                minItems: 1,
+                description: 'SPIFFE IDs; a trailing * matches a prefix, "*" any authenticated caller',
+              }),
+            ),
+            namespaces: Type.Optional(Type.Array(Name, { minItems: 1, description: "the caller's namespace (tide-system for the gateway)" })),
+            functions: Type.Optional(Type.Array(Name, { minItems: 1, description: 'calling functions of this namespace, by name' })),
+          },
+          { additionalProperties: false, description: 'every field given must match' },
+        ),
+        { minItems: 1, description: 'any entry may match; omitted: any caller, authenticated or not' },
+      ),
+    ),
+    to: Type.Optional(
+      Type.Array(
+        Type.Object(
+          {
+            methods: Type.Optional(Type.Array(Type.String({ pattern: '^[A-Z]+$' }), { minItems: 1 })),
+            paths: Type.Optional(Type.Array(PathMatch, { minItems: 1 })),
+          },
+          { additionalProperties: false, description: 'every field given must match' },
+        ),
+        { minItems: 1, description: 'any entry may match; omitted: any request' },
+      ),
+    ),
+  },
+  { additionalProperties: false },
+);
+
+export const PolicySchema = Type.Object(
+  {
+    apiVersion: Type.Literal('tide.dev/v1'),
+    kind: Type.Literal('Policy'),
+    metadata: MetadataSchema,
+    spec: Type.Object(
+      {
+        selector: Type.Optional(
+          Type.Object(
+            { functions: Type.Array(Name, { minItems: 1 }) },
+            { additionalProperties: false, description: 'the functions this policy is about; omitted: every function of the namespace' },
+          ),
+        ),
+        mtls: Type.Optional(
+          Type.Object(
+            {
+              mode: Type.Union([Type.Literal('STRICT'), Type.Literal('PERMISSIVE'), Type.Literal('DISABLE')], {
+                description: 'STRICT (the default): mesh calls must use mutual TLS; PERMISSIVE: plaintext is accepted too; DISABLE: callers use plaintext',
+              }),
+            },
+            { additionalProperties: false },
+          ),
+        ),
+        rules: Type.Optional(
+          Type.Array(PolicyRule, {
+            description: 'given (even empty): a selected function refuses every request no ALLOW rule matches',
+          }),
+        ),
+        rateLimit: Type.Optional(
+          Type.Object(
+            {
+              requestsPerSecond: Type.Number({ exclusiveMinimum: 0 }),
+              burst: Type.Optional(Type.Integer({ minimum: 1, description: 'default: requestsPerSecond, rounded up' })),
+              per: Type.Optional(
+                Type.Union([Type.Literal('function'), Type.Literal('source')], {
+                  description: 'one bucket per selected function (default), or per function and caller',
+                }),
+              ),
+            },
+            { additionalProperties: false },
+          ),
+        ),
+      },
+      { additionalProperties: false },
+    ),
+  },
+  { additionalProperties: false, $id: 'https://tide.dev/schemas/v1/policy.json', title: 'Tide Policy' },
+);
+
 /** Every kind `tide apply` takes, by name. */
-export const KIND_SCHEMAS = { Function: FunctionSchema, Secret: SecretSchema, Config: ConfigSchema, Route: RouteSchema, Rollout: RolloutSchema } as const;
+export const KIND_SCHEMAS = {
+  Function: FunctionSchema,
+  Secret: SecretSchema,
+  Config: ConfigSchema,
+  Route: RouteSchema,
+  Rollout: RolloutSchema,
+  Policy: PolicySchema,
+} as const;
 export type Kind = keyof typeof KIND_SCHEMAS;
 
 export type FunctionResource = Static<typeof FunctionSchema>;
@@ -256,7 +358,9 @@ export type RouteResource = Static<typeof RouteSchema>;
 export type RouteSpec = RouteResource['spec'];
 export type RolloutResource = Static<typeof RolloutSchema>;
 export type RolloutSpec = RolloutResource['spec'];
-export type Resource = FunctionResource | SecretResource | ConfigResource | RouteResource | RolloutResource;
+export type PolicyResource = Static<typeof PolicySchema>;
+export type PolicySpec = PolicyResource['spec'];
+export type Resource = FunctionResource | SecretResource | ConfigResource | RouteResource | RolloutResource | PolicyResource;
 
 /** The envelope every document is checked against first, so a wrong kind is one clear message. */
 export const EnvelopeSchema = Type.Object(

@@ -38,6 +38,17 @@ export interface UpConfig {
   nodeLabels: Record<string, string>;
   /** Taints (NoSchedule): only functions that tolerate them run here. "key" or "key=value". Default none. */
   nodeTaints: string[];
+  /** Port of the mesh listener (mutual TLS between proxies; functions call each other through it); 0 picks a free one. Default 8082. */
+  meshPort: number;
+  /** SPIFFE trust domain of every workload identity. Default "tide.local". */
+  trustDomain: string;
+  /** Lifetime of workload certificates, ms (rotated at half life). Default 86400000 (24 h); at least 2000. */
+  certTtlMs: number;
+  /** Your own CA instead of Tide's: PEM certificate (then its chain to the root) and key (ECDSA P-256). Default "" (Tide makes one). */
+  caCert: string;
+  caKey: string;
+  /** Serve the control API over TLS with a certificate from the CA (the CLI verifies it). Default true. */
+  apiTls: boolean;
 }
 
 export type UpOptions = Partial<UpConfig>;
@@ -59,6 +70,12 @@ export const UP_DEFAULTS: Readonly<UpConfig> = Object.freeze({
   nodeCpuMillis: 0,
   nodeLabels: {},
   nodeTaints: [],
+  meshPort: 8082,
+  trustDomain: 'tide.local',
+  certTtlMs: 24 * 3600_000,
+  caCert: '',
+  caKey: '',
+  apiTls: true,
 });
 
 const LEVELS = ['debug', 'info', 'warn', 'error', 'silent'];
@@ -70,7 +87,15 @@ export function resolveUpConfig(options: UpOptions = {}): UpConfig {
   };
   port('port', c.port);
   port('apiPort', c.apiPort);
-  if (c.port !== 0 && c.port === c.apiPort) throw new TideError('ERR_INVALID_ARGUMENT', `port and apiPort must differ (both ${c.port})`);
+  port('meshPort', c.meshPort);
+  const ports = [c.port, c.apiPort, c.meshPort].filter((p) => p !== 0);
+  if (new Set(ports).size !== ports.length)
+    throw new TideError('ERR_INVALID_ARGUMENT', `port, apiPort and meshPort must differ (got ${c.port}, ${c.apiPort}, ${c.meshPort})`);
+  if (!/^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/.test(c.trustDomain))
+    throw new TideError('ERR_INVALID_ARGUMENT', `trustDomain must be lowercase letters, digits, '-' and '.' (got "${c.trustDomain}")`);
+  if (!Number.isInteger(c.certTtlMs) || c.certTtlMs < 2000) throw new TideError('ERR_INVALID_ARGUMENT', `certTtl must be at least 2s (got ${c.certTtlMs} ms)`);
+  if (Boolean(c.caCert) !== Boolean(c.caKey))
+    throw new TideError('ERR_INVALID_ARGUMENT', 'a CA of your own needs both caCert and caKey (--ca-cert and --ca-key)');
   if (!/^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/i.test(c.domain))
     throw new TideError('ERR_INVALID_ARGUMENT', `domain must be a DNS name like "localhost" or "fn.example.test" (got "${c.domain}")`);
   if (!Number.isInteger(c.drainMs) || c.drainMs < 0) throw new TideError('ERR_INVALID_ARGUMENT', `drainMs must be an integer ≥ 0 (got ${c.drainMs})`);

@@ -52,6 +52,24 @@ export interface CompiledListener {
   headersTimeoutMs: number;
   idleTimeoutMs: number;
   bodyTimeoutMs: number;
+  /** A mesh (sidecar) listener: mutual TLS with workload certificates, and plaintext when allowed. */
+  mesh?: MeshTls;
+  /** Listen on this Unix socket instead of address:port (a function's way out to the mesh). */
+  socketPath?: string;
+}
+
+/** How a mesh listener authenticates: see proxy/listener/listener.ts. */
+export interface MeshTls {
+  /** The context (certificate, key, trusted roots) to answer a handshake for this SNI name with; undefined refuses it. */
+  contextFor(servername: string): import('node:tls').SecureContext | undefined;
+  /** The key pair for clients that send no SNI (the gateway's), with its serial to notice rotations. */
+  fallback(): { cert: string; key: string; ca: string; serial: string } | undefined;
+  /** Whether to accept a client whose verified certificate carries this SPIFFE ID (undefined: none, or more than one). */
+  accept(peerId: string | undefined): boolean;
+  /** Accept plaintext connections too; each request is then checked against its workload's mTLS mode. */
+  plaintext: boolean;
+  /** A refused handshake or peer, for metrics and logs. */
+  onRefused?(reason: string): void;
 }
 
 export interface ProxySnapshot {

@@ -15,6 +15,8 @@ export interface ConnectionInfo {
   scheme: 'http' | 'https';
   /** The listener's name, from the config. */
   listener: string;
+  /** The client's SPIFFE ID, verified by mutual TLS on a mesh listener; undefined otherwise. */
+  peer?: string | undefined;
 }
 
 export interface ProxyRequest {

@@ -7,8 +7,9 @@
  */
 import { createServer as createH2Server, type Http2Server, type Http2ServerRequest, type Http2ServerResponse } from 'node:http2';
 import { type AddressInfo, createServer, type Server, type Socket } from 'node:net';
-import { createSecureContext, createServer as createTlsServer, type SecureContext, type TLSSocket } from 'node:tls';
+import { createSecureContext, createServer as createTlsServer, type SecureContext, type TLSSocket, type Server as TlsServer } from 'node:tls';
 import { TideError } from '../../lib/errors.ts';
+import { idOfCertificate } from '../../lib/spiffe.ts';
 import type { CompiledListener } from '../config/compile.ts';
 import type { ConnectionInfo } from '../http/types.ts';
 import type { ProxyMetrics } from '../metrics.ts';
@@ -53,7 +54,9 @@ export class Listener {
       handleH2Request(req, res, info, this.#proxy, this.#limits.maxBodyBytes, (_status, err) => this.#metrics.refused(this.name, err.code));
     });
     this.#h2.on('sessionError', () => {});
-    if (tls) {
+    if (compiled.mesh) {
+      this.#server = this.#meshServer(compiled);
+    } else if (tls) {
       this.#contexts = contextsOf(compiled);
       this.#server = createTlsServer(
         {
@@ -81,8 +84,85 @@ export class Listener {
     this.#sweeper.unref();
   }
 
+  /**
+   * A mesh listener takes TLS and (when allowed) plaintext on one port: the first byte of a
+   * connection tells them apart (0x16 starts a TLS handshake). TLS is 1.3 only, the client
+   * must present a certificate that chains to the trusted roots, and its SPIFFE ID must be
+   * accepted; the certificate the listener answers with is picked by SNI (the function's
+   * mesh host name), so each function is served under its own identity.
+   */
+  #meshServer(compiled: CompiledListener): Server {
+    const mesh = compiled.mesh as NonNullable<CompiledListener['mesh']>;
+    const tlsServer: TlsServer = createTlsServer(
+      {
+        ALPNProtocols: ['http/1.1'],
+        SNICallback: (servername, cb) => {
+          const ctx = mesh.contextFor(servername);
+          if (ctx) cb(null, ctx);
+          else {
+            mesh.onRefused?.('unknown-server-name');
+            cb(new Error(`no workload certificate for ${servername}`), undefined);
+          }
+        },
+        requestCert: true,
+        rejectUnauthorized: true,
+        minVersion: 'TLSv1.3',
+      },
+      (socket: TLSSocket) => {
+        const peer = idOfCertificate(socket.getPeerX509Certificate());
+        if (!mesh.accept(peer)) {
+          mesh.onRefused?.('peer-identity');
+          socket.destroy();
+          return;
+        }
+        this.#accept(socket, 'https', peer);
+      },
+    );
+    tlsServer.on('tlsClientError', (err: Error & { code?: string }) => mesh.onRefused?.(err.code ?? 'handshake'));
+    // A client that sends no SNI gets the default identity's certificate (the gateway's); the
+    // server's own context is swapped when that certificate is rotated.
+    let fallbackSerial = '';
+    const refreshFallback = () => {
+      const d = mesh.fallback();
+      if (!d || d.serial === fallbackSerial) return;
+      fallbackSerial = d.serial;
+      tlsServer.setSecureContext({ cert: d.cert, key: d.key, ca: d.ca, minVersion: 'TLSv1.3' });
+    };
+    const server = createServer({ noDelay: true, pauseOnConnect: false }, (socket) => {
+      if (this.#closing) {
+        socket.destroy();
+        return;
+      }
+      socket.once('data', (first: Buffer) => {
+        socket.pause();
+        socket.unshift(first);
+        if (first[0] === 0x16) {
+          refreshFallback();
+          tlsServer.emit('connection', socket);
+        } else if (mesh.plaintext) {
+          socket.resume();
+          this.#accept(socket, 'http');
+        } else {
+          mesh.onRefused?.('plaintext');
+          socket.destroy();
+        }
+      });
+      socket.on('error', () => {});
+    });
+    return server;
+  }
+
   async listen(): Promise<AddressInfo> {
     const { address, port } = this.#compiled.config;
+    const path = this.#compiled.socketPath;
+    if (path) {
+      return new Promise((resolve, reject) => {
+        this.#server.once('error', (err) =>
+          reject(new TideError('ERR_INVALID_ARGUMENT', `listener ${this.name}: cannot listen on ${path}: ${err.message}`, { cause: err })),
+        );
+        this.#server.listen(path, () => resolve({ address: path, family: 'unix', port: 0 }));
+      });
+    }
     return new Promise((resolve, reject) => {
       this.#server.once('error', (err: NodeJS.ErrnoException) =>
         reject(
@@ -143,13 +223,13 @@ export class Listener {
     return this.#contexts[0]?.ctx;
   }
 
-  #accept(socket: Socket, scheme: 'http' | 'https'): void {
+  #accept(socket: Socket, scheme: 'http' | 'https', peer?: string): void {
     if (this.#closing) {
       socket.destroy();
       return;
     }
     socket.setNoDelay(true);
-    const info: ConnectionInfo = { remoteAddress: socket.remoteAddress ?? '', remotePort: socket.remotePort ?? 0, scheme, listener: this.name };
+    const info: ConnectionInfo = { remoteAddress: socket.remoteAddress ?? '', remotePort: socket.remotePort ?? 0, scheme, listener: this.name, peer };
     const hooks: H1Hooks = {
       onRequest: (head, body, res, conn) => this.#proxy.handle(this.#proxy.request(head, body, conn, head.minor === 0 ? '1.0' : '1.1'), res),
       onUpgrade: (head, s, rest, conn) => {

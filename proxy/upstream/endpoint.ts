@@ -11,13 +11,15 @@ import { type Dispatcher, Pool } from 'undici';
 import { TideError } from '../../lib/errors.ts';
 import { HOP_BY_HOP } from '../http/grammar.ts';
 import type { ProxyRequest, ResponseControl, ResponseHandler } from '../http/types.ts';
-import { H1Pool } from './h1pool.ts';
+import { H1Pool, type H1PoolOptions } from './h1pool.ts';
 
 export interface EndpointOptions {
   connections: number;
   connectTimeoutMs: number;
   /** `tide`: the proxy's own HTTP/1.1 pool (h1pool.ts); `undici`: an undici Pool. */
   client: 'tide' | 'undici';
+  /** TLS options per new connection (the mesh's mutual TLS); `tide` client only. */
+  tls?: H1PoolOptions['tls'];
 }
 
 /** What the endpoint needs of a connection pool; both H1Pool and undici's Pool fit. */
@@ -74,7 +76,7 @@ export class UpstreamEndpoint {
       };
     } else {
       const [host, port] = splitHostPort(address);
-      this.pool = new H1Pool(host, port, { connections: opts.connections, connectTimeoutMs: opts.connectTimeoutMs });
+      this.pool = new H1Pool(host, port, { connections: opts.connections, connectTimeoutMs: opts.connectTimeoutMs, tls: opts.tls });
     }
   }
 

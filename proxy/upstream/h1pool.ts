@@ -21,6 +21,7 @@
  */
 import { connect, type Socket } from 'node:net';
 import type { Readable } from 'node:stream';
+import { type ConnectionOptions, connect as tlsConnect } from 'node:tls';
 import { TideError } from '../../lib/errors.ts';
 import { ChunkedDecoder } from '../http/chunked.ts';
 import { CONTENT_LENGTH, CTL, IDEMPOTENT, TOKEN } from '../http/grammar.ts';
@@ -57,7 +58,15 @@ export interface H1PoolOptions {
   maxResponseHeadBytes?: number;
   /** Connect to this Unix socket instead of host:port (a container's socket). */
   socketPath?: string;
+  /**
+   * Speak TLS: called for each new connection, so a rotated client certificate is used from
+   * the next connection on (open ones keep theirs). `checkServerIdentity` is where the mesh
+   * verifies the server's SPIFFE ID.
+   */
+  tls?: (() => ConnectionOptions) | undefined;
 }
+
+type PoolOpts = Required<Omit<H1PoolOptions, 'tls'>> & Pick<H1PoolOptions, 'tls'>;
 
 const CRLF2 = Buffer.from('\r\n\r\n');
 const STATUS_LINE = /^HTTP\/1\.([01]) (\d{3})(?: [^\r\n]*)?$/;
@@ -70,7 +79,7 @@ function protocolError(message: string): TideError {
 export class H1Pool {
   readonly #host: string;
   readonly #port: number;
-  readonly #opts: Required<H1PoolOptions>;
+  readonly #opts: PoolOpts;
   readonly #idle: Conn[] = [];
   readonly #all = new Set<Conn>();
   readonly #queue: Exchange[] = [];
@@ -82,7 +91,7 @@ export class H1Pool {
   constructor(host: string, port: number, opts: H1PoolOptions) {
     this.#host = host;
     this.#port = port;
-    this.#opts = { idleMs: 4000, maxResponseHeadBytes: 64 * 1024, socketPath: '', ...opts };
+    this.#opts = { idleMs: 4000, maxResponseHeadBytes: 64 * 1024, socketPath: '', tls: undefined, ...opts };
     this.#sweeper = setInterval(() => this.#sweep(), 1000);
     this.#sweeper.unref();
   }
@@ -121,7 +130,12 @@ export class H1Pool {
   }
 
   #open(): Conn {
-    const socket = this.#opts.socketPath ? connect({ path: this.#opts.socketPath }) : connect({ host: this.#host, port: this.#port, noDelay: true });
+    const tls = this.#opts.tls;
+    const socket = this.#opts.socketPath
+      ? connect({ path: this.#opts.socketPath })
+      : tls
+        ? tlsConnect({ host: this.#host, port: this.#port, ALPNProtocols: ['http/1.1'], ...tls() }).setNoDelay(true)
+        : connect({ host: this.#host, port: this.#port, noDelay: true });
     const conn = new Conn(socket, this, this.#opts);
     this.#all.add(conn);
     return conn;
@@ -284,7 +298,7 @@ const S_UNTIL_CLOSE = 3;
 class Conn {
   readonly socket: Socket;
   readonly #pool: H1Pool;
-  readonly #opts: Required<H1PoolOptions>;
+  readonly #opts: PoolOpts;
   #ex: Exchange | null = null;
   #reused = false;
   #connected = false;
@@ -306,14 +320,14 @@ class Conn {
     return this.#expiresAt !== 0 && now >= this.#expiresAt;
   }
 
-  constructor(socket: Socket, pool: H1Pool, opts: Required<H1PoolOptions>) {
+  constructor(socket: Socket, pool: H1Pool, opts: PoolOpts) {
     this.socket = socket;
     this.#pool = pool;
     this.#opts = opts;
     this.#connectTimer = setTimeout(() => {
       if (!this.#connected) socket.destroy(Object.assign(new Error('connect timeout'), { code: 'UND_ERR_CONNECT_TIMEOUT' }));
     }, opts.connectTimeoutMs);
-    socket.once('connect', () => {
+    socket.once(opts.tls ? 'secureConnect' : 'connect', () => {
       this.#connected = true;
       clearTimeout(this.#connectTimer);
     });
@@ -555,7 +569,9 @@ class Conn {
         h?.onResponseEnd(ex, {});
       } else if (!this.#connected) {
         const code = (err as NodeJS.ErrnoException | undefined)?.code ?? 'ECONNREFUSED';
-        ex.fail(new TideError('ERR_PROXY_CONNECT', `could not connect to the upstream (${code})`, { status: 503, cause: err }));
+        // A TLS failure says why (an unknown root, an expired certificate, the wrong identity).
+        const why = this.#opts.tls && err && !code.startsWith('ECONN') ? `: ${err.message}` : '';
+        ex.fail(new TideError('ERR_PROXY_CONNECT', `could not connect to the upstream (${code}${why})`, { status: 503, cause: err }));
       } else if (this.#reused && !this.#gotBytes && ex.replayable) {
         ex.retried = true;
         this.#pool.retryFresh(ex);

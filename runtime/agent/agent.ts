@@ -51,6 +51,8 @@ export interface AgentOptions {
   drainMs?: number;
   /** First wait before an instance killed by its probes is replaced, doubling up to 5 min, ms. Default 10000 (the kubelet's). */
   restartBackoffMs?: number;
+  /** The Unix socket a function's instances reach the mesh through (the node's egress proxy). Default: no mesh. */
+  meshSocket?: (namespace: string, fn: string) => Promise<string>;
 }
 
 /** What the gateway dispatches to: all ready instances of one revision. */
@@ -381,7 +383,9 @@ export class NodeAgent {
     const log = this.#log.child({ revision: rev.name, instance: id });
     let instance: Instance;
     try {
+      const meshSocket = this.#opts.meshSocket ? await this.#opts.meshSocket(rev.namespace, rev.function) : undefined;
       instance = await this.#driverOf(rev).start({
+        meshSocket,
         id,
         function: rev.function,
         revision: rev.name,

@@ -18,6 +18,8 @@ export interface InstanceSpec {
   /** Env and secrets, as the function's `env` argument sees them. */
   env: Record<string, string>;
   config: FunctionConfig;
+  /** The function's way out to the mesh: a Unix socket its `fetch` to NAME.NAMESPACE.svc.tide goes to. */
+  meshSocket?: string | undefined;
 }
 
 /**

@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import autocannon from 'autocannon';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { KIND_SCHEMAS } from '../../lib/config/resources.ts';
-import { eventually, FIXTURES, http, ROOT, startTide, stopTide, type TideProcess, tempDir, tide } from '../helpers/tide.ts';
+import { apiFetch, eventually, FIXTURES, http, ROOT, startTide, stopTide, type TideProcess, tempDir, tide } from '../helpers/tide.ts';
 
 let t: TideProcess;
 const ECHO = join(ROOT, 'examples', 'echo.ts');
@@ -107,7 +107,7 @@ spec: {}
       '4 problems; nothing was applied',
     ]);
     expect((await tide(['apply', '-f', r.file, '--dry-run'], { dataDir: t.dataDir })).code).toBe(1);
-    const secrets = await fetch(`${t.apiUrl}/v1/functions`, { headers: { authorization: `Bearer ${t.token}` } });
+    const secrets = await apiFetch(t, '/v1/functions');
     expect(await secrets.text()).not.toMatch(/typo/);
   });
 

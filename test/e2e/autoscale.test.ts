@@ -7,7 +7,7 @@
  */
 import autocannon from 'autocannon';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { eventually, FIXTURES, http, startTide, stopTide, type TideProcess, tide } from '../helpers/tide.ts';
+import { apiFetch, eventually, FIXTURES, http, startTide, stopTide, type TideProcess, tide } from '../helpers/tide.ts';
 
 let t: TideProcess;
 const SLEEPY = `${FIXTURES}/functions/sleepy.ts`;
@@ -24,7 +24,7 @@ interface InstancesView {
 }
 
 async function instances(fn: string): Promise<InstancesView> {
-  const r = await fetch(`${t.apiUrl}/v1/functions/${fn}/instances`, { headers: { authorization: `Bearer ${t.token}` } });
+  const r = await apiFetch(t, `/v1/functions/${fn}/instances`);
   expect(r.status).toBe(200);
   return (await r.json()) as InstancesView;
 }
@@ -213,7 +213,7 @@ describe('probes', () => {
       { dataDir: t.dataDir },
     );
   const status = async (fn: string) => {
-    const r = await fetch(`${t.apiUrl}/v1/functions/${fn}`, { headers: { authorization: `Bearer ${t.token}` } });
+    const r = await apiFetch(t, `/v1/functions/${fn}`);
     return (await r.json()) as { restarts: number; lastError: string | null; readyInstances: number };
   };
 

@@ -4,7 +4,7 @@
 import { mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { FIXTURES, http, pidAlive, ROOT, startTide, stopTide, type TideProcess, tempDir, tide } from '../helpers/tide.ts';
+import { apiFetch, FIXTURES, http, pidAlive, ROOT, startTide, stopTide, type TideProcess, tempDir, tide } from '../helpers/tide.ts';
 
 const started: TideProcess[] = [];
 async function up(opts: Parameters<typeof startTide>[0] = {}): Promise<TideProcess> {
@@ -112,17 +112,18 @@ describe('deploys and revisions', () => {
 
   it('refuses API calls without the token, and the token file is private', async () => {
     const t = await up();
-    const res = await fetch(`${t.apiUrl}/v1/functions`);
+    expect(t.apiUrl).toMatch(/^https:\/\//);
+    const res = await apiFetch(t, '/v1/functions', { token: false });
     expect(res.status).toBe(401);
     expect(((await res.json()) as { error: { code: string } }).error.code).toBe('ERR_UNAUTHORIZED');
-    const wrong = await fetch(`${t.apiUrl}/v1/functions`, { headers: { authorization: 'Bearer nope' } });
+    const wrong = await apiFetch(t, '/v1/functions', { token: 'nope' });
     expect(wrong.status).toBe(401);
-    const ok = await fetch(`${t.apiUrl}/v1/functions`, { headers: { authorization: `Bearer ${t.token}` } });
+    const ok = await apiFetch(t, '/v1/functions');
     expect(ok.status).toBe(200);
     expect(statSync(join(t.dataDir, 'token')).mode & 0o777).toBe(0o600);
     // A refused request's body is read, so the keep-alive connection stays usable.
-    const { Agent, request } = await import('node:http');
-    const agent = new Agent({ keepAlive: true, maxSockets: 1 });
+    const { Agent, request } = await import('node:https');
+    const agent = new Agent({ keepAlive: true, maxSockets: 1, ca: readFileSync(join(t.dataDir, 'ca', 'bundle.pem'), 'utf8') });
     const url = new URL(t.apiUrl);
     const call = (method: string, path: string, auth: string, body?: Buffer, chunked = false) =>
       new Promise<number>((resolve, reject) => {

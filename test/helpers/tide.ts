@@ -7,6 +7,7 @@ import { mkdtempSync, readFileSync } from 'node:fs';
 import { request as httpRequest } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
+import { Agent, fetch as undiciFetch } from 'undici';
 
 export const ROOT = resolve(import.meta.dirname, '../..');
 export const TIDE_BIN = join(ROOT, 'bin/tide.js');
@@ -21,6 +22,8 @@ export interface TideProcess {
   pid: number;
   dataDir: string;
   gatewayPort: number;
+  /** The mesh listener (mutual TLS). */
+  meshPort: number;
   apiUrl: string;
   token: string;
   output(): string;
@@ -32,7 +35,7 @@ export async function startTide(options: { dataDir?: string; args?: string[]; ti
   const dataDir = options.dataDir ?? tempDir();
   const child = spawn(
     process.execPath,
-    [TIDE_BIN, 'up', '--data-dir', dataDir, '--port', '0', '--api-port', '0', '--log-level', 'warn', ...(options.args ?? [])],
+    [TIDE_BIN, 'up', '--data-dir', dataDir, '--port', '0', '--api-port', '0', '--mesh-port', '0', '--log-level', 'warn', ...(options.args ?? [])],
     {
       cwd: ROOT,
       stdio: ['ignore', 'pipe', 'pipe'],
@@ -54,9 +57,9 @@ export async function startTide(options: { dataDir?: string; args?: string[]; ti
   while (Date.now() < deadline) {
     if (exitedEarly !== undefined) throw new Error(`tide up exited (${exitedEarly}) before it was ready:\n${out}`);
     if (out.includes('Press Ctrl+C to stop.')) {
-      const ep = JSON.parse(readFileSync(join(dataDir, 'endpoint.json'), 'utf8')) as { api: string; gatewayPort: number };
+      const ep = JSON.parse(readFileSync(join(dataDir, 'endpoint.json'), 'utf8')) as { api: string; gatewayPort: number; meshPort: number };
       const token = readFileSync(join(dataDir, 'token'), 'utf8').trim();
-      return { child, pid: child.pid as number, dataDir, gatewayPort: ep.gatewayPort, apiUrl: ep.api, token, output: () => out, exited };
+      return { child, pid: child.pid as number, dataDir, gatewayPort: ep.gatewayPort, meshPort: ep.meshPort, apiUrl: ep.api, token, output: () => out, exited };
     }
     await sleep(50);
   }
@@ -147,6 +150,29 @@ export function http(
         for await (const chunk of body) if (!req.write(chunk)) await new Promise((r) => req.once('drain', r));
         req.end();
       })().catch(reject);
+  });
+}
+
+const agents = new Map<string, Agent>();
+
+/** The API's TLS trust for a `tide up`: its data directory's CA bundle. */
+export function apiAgent(t: { dataDir: string }): Agent {
+  let a = agents.get(t.dataDir);
+  if (!a) {
+    a = new Agent({ connect: { ca: readFileSync(join(t.dataDir, 'ca', 'bundle.pem'), 'utf8') } });
+    agents.set(t.dataDir, a);
+  }
+  return a;
+}
+
+/** fetch on the control API (HTTPS, verified against the CA bundle); `token` false sends none. */
+export function apiFetch(t: TideProcess, path: string, init: { method?: string; token?: string | false; body?: string } = {}) {
+  const token = init.token === undefined ? t.token : init.token;
+  return undiciFetch(`${t.apiUrl}${path}`, {
+    method: init.method ?? 'GET',
+    headers: token === false ? {} : { authorization: `Bearer ${token}` },
+    body: init.body,
+    dispatcher: apiAgent(t),
   });
 }
 

@@ -53,6 +53,7 @@ import { findRunc, Runc } from './runc.ts';
 import { containerSpec, ID_BASE } from './spec.ts';
 
 const INSIDE = new URL('./inside.ts', import.meta.url).pathname;
+const MESH_FETCH = new URL('../mesh-fetch.ts', import.meta.url).pathname;
 
 export interface LogRecord {
   instance: string;
@@ -84,9 +85,15 @@ export interface ContainerDriverOptions {
   tmpMb?: number;
   /** Bytes of stdout or stderr kept before the file is cut (after being read). Default 1 MiB. */
   maxLogBytes?: number;
+  /**
+   * Opens the function's way out to the mesh at `socketPath` (in the container's own socket
+   * folder, seen inside as /run/tide/mesh.sock); resolves with its closer. Default: no mesh.
+   */
+  mesh?: (namespace: string, fn: string, socketPath: string) => Promise<() => Promise<void>>;
 }
 
-type Required2 = Required<Omit<ContainerDriverOptions, 'onEvent' | 'onLog' | 'containersRoot'>> & Pick<ContainerDriverOptions, 'onEvent' | 'onLog'>;
+type Required2 = Required<Omit<ContainerDriverOptions, 'onEvent' | 'onLog' | 'containersRoot' | 'mesh'>> &
+  Pick<ContainerDriverOptions, 'onEvent' | 'onLog' | 'mesh'>;
 
 /** The resources warm containers are made with (a function's defaults). */
 const WARM_RESOURCES = { memoryMb: FUNCTION_DEFAULTS.memoryMb, cpuMillis: FUNCTION_DEFAULTS.cpuMillis, cpuLimitMillis: FUNCTION_DEFAULTS.cpuLimitMillis };
@@ -100,6 +107,7 @@ export class ContainerDriver implements SandboxDriver {
   #runc: Runc | undefined;
   #node = '';
   #inside = '';
+  #meshFetch = '';
   #lib = { dir: '', loader: '' };
   #ready: Promise<void> | undefined;
   readonly #warm: Container[] = [];
@@ -133,9 +141,11 @@ export class ContainerDriver implements SandboxDriver {
       const loader = await realpath('/lib64/ld-linux-x86-64.so.2').catch(() => realpath('/lib/ld-linux-aarch64.so.1'));
       this.#lib = { dir: dirname(loader), loader: basename(loader) };
       this.#inside = await reachable(INSIDE, join(this.#dir, 'bin', 'inside.ts'), true);
+      this.#meshFetch = await reachable(MESH_FETCH, join(this.#dir, 'bin', 'mesh-fetch.ts'), true);
       const rootfs = join(this.#dir, 'rootfs');
       for (const d of ['usr', 'lib64', 'proc', 'dev', 'sys', 'tmp', 'etc', 'fn', 'run/tide', 'tide']) await mkdir(join(rootfs, d), { recursive: true });
-      for (const f of ['tide/node', 'tide/inside.ts', 'etc/hosts', 'etc/resolv.conf']) await writeFile(join(rootfs, f), '', { flag: 'a' });
+      for (const f of ['tide/node', 'tide/inside.ts', 'tide/mesh-fetch.ts', 'etc/hosts', 'etc/resolv.conf'])
+        await writeFile(join(rootfs, f), '', { flag: 'a' });
       await symlinks(rootfs);
       await this.cleanOrphans();
       this.#refill();
@@ -251,8 +261,8 @@ export class ContainerDriver implements SandboxDriver {
   }
 
   /** @internal the Node binary and inside.ts as containers can reach them, and the host's loader. */
-  get binaries(): { node: string; inside: string; libDir: string; loader: string } {
-    return { node: this.#node, inside: this.#inside, libDir: this.#lib.dir, loader: this.#lib.loader };
+  get binaries(): { node: string; inside: string; meshFetch: string; libDir: string; loader: string } {
+    return { node: this.#node, inside: this.#inside, meshFetch: this.#meshFetch, libDir: this.#lib.dir, loader: this.#lib.loader };
   }
 
   /** @internal */
@@ -279,6 +289,7 @@ export class Container {
   #read = { stdout: 0, stderr: 0 };
   #owner: InstanceSpec | undefined;
   #removed = false;
+  #closeMesh: (() => Promise<void>) | undefined;
 
   constructor(driver: ContainerDriver, id: string, resources: Resources, generic: boolean) {
     this.#driver = driver;
@@ -304,6 +315,7 @@ export class Container {
     await chown(join(this.dir, 'sock'), ID_BASE, ID_BASE);
     await chmod(this.dir, 0o711);
     if (spec && !spec.image) await this.#writeFunction(spec);
+    if (spec) await this.#openMesh(spec);
     const bins = this.#driver.binaries;
     const base = {
       memoryMb: this.#resources.memoryMb,
@@ -330,6 +342,8 @@ export class Container {
             `PORT=${image.port}`,
             'TIDE_MODE=forward',
             'TIDE_SOCKET=/run/tide/tide.sock',
+            // The mesh, for the image's own process: HTTP over this socket, Host NAME.NAMESPACE.svc.tide.
+            'TIDE_MESH_SOCKET=/run/tide/mesh.sock',
             `TIDE_COMMAND=${JSON.stringify(image.command)}`,
             `TIDE_WORKDIR=${image.workingDir}`,
             `TIDE_CONCURRENCY=${spec.config.scaling.containerConcurrency}`,
@@ -359,6 +373,7 @@ export class Container {
             { source: '/lib64', destination: '/lib64', readonly: true },
             { source: bins.node, destination: '/tide/node', readonly: true, file: true },
             { source: bins.inside, destination: '/tide/inside.ts', readonly: true, file: true },
+            { source: bins.meshFetch, destination: '/tide/mesh-fetch.ts', readonly: true, file: true },
             { source: join(this.dir, 'fn'), destination: '/fn', readonly: true },
             sock,
           ],
@@ -393,9 +408,17 @@ export class Container {
   /** Gives a pre-started container its function and has it load it. */
   async assign(spec: InstanceSpec, signal?: AbortSignal): Promise<void> {
     await this.#writeFunction(spec);
+    await this.#openMesh(spec);
     this.#owner = spec;
     const r = await this.call('POST', '/.tide/load', signal);
     if (r.status !== 200) throw new TideError('ERR_FUNCTION_INVALID', r.body.trim() || `loading failed (${r.status})`, { status: 422 });
+  }
+
+  /** The function's way out to the mesh, at /run/tide/mesh.sock inside. */
+  async #openMesh(spec: InstanceSpec): Promise<void> {
+    const mesh = this.#driver.opts.mesh;
+    if (!mesh || this.#closeMesh) return;
+    this.#closeMesh = await mesh(spec.namespace, spec.function, join(this.dir, 'sock', 'mesh.sock'));
   }
 
   async #writeFunction(spec: InstanceSpec): Promise<void> {
@@ -532,6 +555,7 @@ export class Container {
     await runc.delete(this.id);
     this.agent.destroy();
     await this.pool.destroy();
+    await this.#closeMesh?.().catch(() => {});
     await rm(this.dir, { recursive: true, force: true });
     Container.live.delete(this.id);
   }

@@ -13,7 +13,7 @@
  * `tide-function-error`; console output goes to stdout/stderr, which Tide keeps as the logs.
  */
 import { spawn } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { createServer, request as httpRequest, type IncomingMessage, type ServerResponse } from 'node:http';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -26,6 +26,15 @@ const SOCKET = process.env.TIDE_SOCKET ?? '/run/tide/tide.sock';
 const BUNDLE = '/fn/bundle.mjs';
 const MODE = process.env.TIDE_MODE ?? 'function';
 const HOP = new Set(['connection', 'keep-alive', 'transfer-encoding', 'upgrade', 'proxy-connection', 'te', 'trailer', 'tide-scheme']);
+
+// Calls to NAME.NAMESPACE.svc.tide go to the mesh through the socket Tide opens here once the
+// container has a function (a pre-started one gets it later).
+const MESH_SOCKET = '/run/tide/mesh.sock';
+if (MODE === 'function') {
+  const where = '/tide/mesh-fetch.ts';
+  const { installMeshFetch } = (await import(where)) as { installMeshFetch(socket: () => string | undefined): void };
+  installMeshFetch(() => (existsSync(MESH_SOCKET) ? MESH_SOCKET : undefined));
+}
 
 let handler: FetchHandler | undefined;
 let env: Record<string, string> = {};

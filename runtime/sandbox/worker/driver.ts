@@ -195,6 +195,7 @@ export class WorkerInstance implements Instance {
         revision: this.spec.revision,
         instance: this.spec.id,
         waitUntilMs: this.spec.config.timeoutMs,
+        meshSocket: this.spec.meshSocket,
       };
       this.#seed.host = host;
       await this.#pool.run({ kind: 'load', host }, { signal });

@@ -9,6 +9,7 @@
 import { format } from 'node:util';
 import { MessageChannel, type MessagePort } from 'node:worker_threads';
 import { move, transferableSymbol, valueSymbol, workerData } from 'piscina';
+import { installMeshFetch } from '../mesh-fetch.ts';
 import { type HostData, type HostMessage, LOG_CHANNEL, type MainMessage, type RequestTask, type Task, type TaskResult } from './protocol.ts';
 
 interface FetchHandler {
@@ -50,6 +51,9 @@ for (const [method, level] of [
 ] as const) {
   console[method] = (...args: unknown[]) => emit(level, args);
 }
+// Calls to NAME.NAMESPACE.svc.tide go through the mesh, under this function's identity.
+installMeshFetch(() => data.meshSocket);
+
 process.on('unhandledRejection', (reason) => emit('error', ['unhandled rejection:', reason]));
 process.on('uncaughtException', (err) => emit('error', ['uncaught exception:', err]));
 

@@ -32,6 +32,8 @@ export interface HostData {
   instance: string;
   /** How long ctx.waitUntil work may run after the response, ms. */
   waitUntilMs: number;
+  /** The function's way out to the mesh (a Unix socket), when the node runs one. */
+  meshSocket?: string | undefined;
 }
 
 export interface RequestTask {

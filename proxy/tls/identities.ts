@@ -1,0 +1,124 @@
+/**
+ * The workload certificates a proxy holds: one per identity it speaks for (the gateway, and
+ * each function whose instances run on this node), issued by control's CA through `issue` and
+ * rotated at half life. New handshakes use the new certificate at once; connections already
+ * open keep theirs, so a rotation drops nothing. After a CA roll-over every certificate is
+ * issued again and every context trusts the new bundle (which still holds the old root).
+ *
+ * It sits beside the listeners and upstream pools: they ask it for a SecureContext per
+ * handshake. It never issues on the request path unless an identity has no certificate yet.
+ */
+import { createSecureContext, type SecureContext } from 'node:tls';
+import { errorMessage } from '../../lib/errors.ts';
+import type { Logger } from '../../lib/log.ts';
+
+export interface Credential {
+  id: string;
+  cert: string;
+  key: string;
+  /** Trusted roots (PEM). */
+  ca: string;
+  notBefore: Date;
+  notAfter: Date;
+  serial: string;
+  /** TLS 1.3 context with the key pair and the trusted roots: for servers (SNI) and clients. */
+  context: SecureContext;
+}
+
+export type Issuer = (id: string, names: string[]) => Promise<Omit<Credential, 'context'>>;
+
+export interface IdentitiesOptions {
+  issue: Issuer;
+  log: Logger;
+  /** Re-issue at this fraction of the lifetime. Default 0.5. */
+  renewAt?: number;
+  /** Retry a failed issue after this, ms. Default 1000. */
+  retryMs?: number;
+}
+
+interface Held {
+  names: string[];
+  current: Credential | undefined;
+  pending: Promise<Credential> | undefined;
+  timer: NodeJS.Timeout | undefined;
+}
+
+export class Identities {
+  readonly #opts: Required<IdentitiesOptions>;
+  readonly #held = new Map<string, Held>();
+  #closed = false;
+  /** Rotations done, for tests and metrics. */
+  rotations = 0;
+
+  constructor(opts: IdentitiesOptions) {
+    this.#opts = { renewAt: 0.5, retryMs: 1000, ...opts };
+  }
+
+  /** The current credential of `id`, issuing the first one if needed. */
+  ensure(id: string, names: string[] = []): Promise<Credential> {
+    let h = this.#held.get(id);
+    if (!h) {
+      h = { names, current: undefined, pending: undefined, timer: undefined };
+      this.#held.set(id, h);
+    }
+    if (h.current && h.current.notAfter.getTime() > Date.now()) return Promise.resolve(h.current);
+    return this.#renew(id, h);
+  }
+
+  /** The current credential, if there is one (the hot path: no waiting). */
+  get(id: string): Credential | undefined {
+    return this.#held.get(id)?.current;
+  }
+
+  /** Stops holding `id` (its function left this node). */
+  release(id: string): void {
+    const h = this.#held.get(id);
+    if (!h) return;
+    clearTimeout(h.timer);
+    this.#held.delete(id);
+  }
+
+  ids(): string[] {
+    return [...this.#held.keys()];
+  }
+
+  /** Issues every certificate again now (after a CA roll-over). */
+  async renewAll(): Promise<void> {
+    await Promise.all([...this.#held].map(([id, h]) => this.#renew(id, h).catch(() => undefined)));
+  }
+
+  #renew(id: string, h: Held): Promise<Credential> {
+    h.pending ??= this.#opts
+      .issue(id, h.names)
+      .then((c) => {
+        const cred: Credential = { ...c, context: createSecureContext({ cert: c.cert, key: c.key, ca: c.ca, minVersion: 'TLSv1.3' }) };
+        if (this.#held.get(id) !== h || this.#closed) return cred;
+        if (h.current) this.rotations++;
+        h.current = cred;
+        this.#schedule(id, h, (c.notAfter.getTime() - c.notBefore.getTime()) * this.#opts.renewAt - (Date.now() - c.notBefore.getTime()));
+        this.#opts.log.debug({ id, serial: c.serial, notAfter: c.notAfter.toISOString() }, 'workload certificate issued');
+        return cred;
+      })
+      .catch((err: unknown) => {
+        this.#opts.log.warn({ id, err: errorMessage(err) }, 'workload certificate not issued; retrying');
+        if (this.#held.get(id) === h) this.#schedule(id, h, this.#opts.retryMs);
+        throw err;
+      })
+      .finally(() => {
+        h.pending = undefined;
+      });
+    return h.pending;
+  }
+
+  #schedule(id: string, h: Held, ms: number): void {
+    clearTimeout(h.timer);
+    if (this.#closed) return;
+    h.timer = setTimeout(() => void this.#renew(id, h).catch(() => {}), Math.max(10, ms));
+    h.timer.unref();
+  }
+
+  close(): void {
+    this.#closed = true;
+    for (const h of this.#held.values()) clearTimeout(h.timer);
+  }
+}
