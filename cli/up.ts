@@ -84,7 +84,7 @@ export async function up(options: UpOptions = {}, log: Logger = createLogger({ l
     issue: async (id, names) => ({ ...(await ca.issue({ id, names })), id }),
     log: log.child({ component: 'proxy.identities' }),
   });
-  ca.onChange(() => void identities.renewAll());
+  ca.onChange(() => void identities.renewAll(ca.bundle()));
 
   const blobs = new BlobStore(dataDir);
   const logs = new FunctionLogs(join(dataDir, 'logs'));
@@ -159,7 +159,7 @@ export async function up(options: UpOptions = {}, log: Logger = createLogger({ l
   const apiCertificate = async () => {
     const names = [...new Set(['localhost', '127.0.0.1', '::1', config.host, hostname()].filter((n) => n && n !== '0.0.0.0' && n !== '::'))];
     const c = await ca.issue({ id: `spiffe://${config.trustDomain}/ns/${SYSTEM_NAMESPACE}/control`, names });
-    return { cert: c.cert, key: c.key, ttlMs: c.notAfter.getTime() - c.notBefore.getTime() };
+    return { cert: c.cert, key: c.key, ttlMs: c.notAfter.getTime() - Date.now() };
   };
   const firstApiCert = config.apiTls ? await apiCertificate() : undefined;
   const api = new ControlApi({

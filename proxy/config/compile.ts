@@ -62,8 +62,8 @@ export interface CompiledListener {
 export interface MeshTls {
   /** The context (certificate, key, trusted roots) to answer a handshake for this SNI name with; undefined refuses it. */
   contextFor(servername: string): import('node:tls').SecureContext | undefined;
-  /** The key pair for clients that send no SNI (the gateway's), with its serial to notice rotations. */
-  fallback(): { cert: string; key: string; ca: string; serial: string } | undefined;
+  /** The key pair for clients that send no SNI (the gateway's); a new object after each renewal. */
+  fallback(): { cert: string; key: string; ca: string } | undefined;
   /** Whether to accept a client whose verified certificate carries this SPIFFE ID (undefined: none, or more than one). */
   accept(peerId: string | undefined): boolean;
   /** Accept plaintext connections too; each request is then checked against its workload's mTLS mode. */

@@ -121,11 +121,11 @@ export class Listener {
     tlsServer.on('tlsClientError', (err: Error & { code?: string }) => mesh.onRefused?.(err.code ?? 'handshake'));
     // A client that sends no SNI gets the default identity's certificate (the gateway's); the
     // server's own context is swapped when that certificate is rotated.
-    let fallbackSerial = '';
+    let fallbackNow: object | undefined;
     const refreshFallback = () => {
       const d = mesh.fallback();
-      if (!d || d.serial === fallbackSerial) return;
-      fallbackSerial = d.serial;
+      if (!d || d === fallbackNow) return;
+      fallbackNow = d;
       tlsServer.setSecureContext({ cert: d.cert, key: d.key, ca: d.ca, minVersion: 'TLSv1.3' });
     };
     const server = createServer({ noDelay: true, pauseOnConnect: false }, (socket) => {

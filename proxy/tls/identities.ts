@@ -82,8 +82,18 @@ export class Identities {
     return [...this.#held.keys()];
   }
 
-  /** Issues every certificate again now (after a CA roll-over). */
-  async renewAll(): Promise<void> {
+  /**
+   * After a CA roll-over: first every context trusts `bundle` (the new root and the old) at
+   * once, with the certificates it has, so no handshake between a renewed and a not yet renewed
+   * identity can fail; then every certificate is issued again under the new root.
+   */
+  async renewAll(bundle?: string): Promise<void> {
+    if (bundle !== undefined) {
+      for (const h of this.#held.values()) {
+        const c = h.current;
+        if (c) h.current = { ...c, ca: bundle, context: createSecureContext({ cert: c.cert, key: c.key, ca: bundle, minVersion: 'TLSv1.3' }) };
+      }
+    }
     await Promise.all([...this.#held].map(([id, h]) => this.#renew(id, h).catch(() => undefined)));
   }
 
@@ -95,7 +105,8 @@ export class Identities {
         if (this.#held.get(id) !== h || this.#closed) return cred;
         if (h.current) this.rotations++;
         h.current = cred;
-        this.#schedule(id, h, (c.notAfter.getTime() - c.notBefore.getTime()) * this.#opts.renewAt - (Date.now() - c.notBefore.getTime()));
+        // At half of the life left now (notBefore is set a little in the past for clock skew).
+        this.#schedule(id, h, (c.notAfter.getTime() - Date.now()) * this.#opts.renewAt);
         this.#opts.log.debug({ id, serial: c.serial, notAfter: c.notAfter.toISOString() }, 'workload certificate issued');
         return cred;
       })
