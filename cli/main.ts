@@ -3,10 +3,13 @@
  * printed as a message and a hint, never a stack trace (unless --debug). Exit codes: 0 ok,
  * 1 the operation failed, 2 the command line was wrong.
  */
+
 import { resolve } from 'node:path';
 import { Command, CommanderError, Option } from 'commander';
 import type { ApplyProblem, ApplyResult } from '../control/api/resources.ts';
 import type { DecisionRecord } from '../control/autoscaler/autoscaler.ts';
+import type { RootInfo } from '../control/ca/ca.ts';
+import type { PolicySpec } from '../lib/config/resources.ts';
 import { formatAge, parseDuration } from '../lib/duration.ts';
 import { errorMessage, TideError } from '../lib/errors.ts';
 import { createLogger } from '../lib/log.ts';
@@ -695,7 +698,7 @@ export function program(): Command {
     out(`${v.function}: ${r.from} → ${r.to}`);
   });
 
-  const get = prog.command('get').description('list functions, revisions, instances or routes');
+  const get = prog.command('get').description('list functions, revisions, instances, routes, rollouts or policies');
   connectionOptions(
     get
       .command('rollouts')
@@ -710,6 +713,34 @@ export function program(): Command {
       table(
         ['NAME', 'FUNCTION', 'PHASE', 'STABLE', 'ROLLING-OUT', 'STEP'],
         items.map((r) => [r.name, r.function, r.phase, r.stable || '-', r.canary ?? '-', r.step === undefined ? '-' : `${r.step + 1}/${r.steps}`]),
+      ),
+    );
+  });
+  connectionOptions(
+    get
+      .command('policies')
+      .alias('policy')
+      .description('list Policies: NAME SELECTOR MTLS RULES RATE-LIMIT (see docs/mesh.md)')
+      .option('-o, --output <format>', 'json or yaml'),
+  ).action(async (o) => {
+    const format = parseOutput(o.output);
+    const { items } = await (await client(o)).call<{ items: { name: string; spec: PolicySpec }[] }>('GET', '/v1/policies');
+    if (format === 'json' || format === 'yaml') return out(structured({ items }, format));
+    out(
+      table(
+        ['NAME', 'SELECTOR', 'MTLS', 'RULES', 'RATE-LIMIT'],
+        items.map(({ name, spec }) => {
+          const rules = spec.rules;
+          const allow = rules?.filter((r) => (r.action ?? 'ALLOW') === 'ALLOW').length ?? 0;
+          const rl = spec.rateLimit;
+          return [
+            name,
+            spec.selector ? spec.selector.functions.join(',') : '(all)',
+            spec.mtls?.mode ?? '-',
+            rules === undefined ? '-' : `${allow} allow, ${rules.length - allow} deny`,
+            rl ? `${rl.requestsPerSecond}/s burst ${rl.burst ?? Math.ceil(rl.requestsPerSecond)}${rl.per === 'source' ? ' per source' : ''}` : '-',
+          ];
+        }),
       ),
     );
   });
@@ -998,14 +1029,7 @@ interface TokenView {
   revokedAt: string | null;
 }
 
-interface RootView {
-  subject: string;
-  serial: string;
-  fingerprint256: string;
-  notAfter: string;
-  current: boolean;
-  trustedUntil?: string;
-}
+type RootView = RootInfo;
 
 /** "2025-03-01T12:00:00.000Z" → "2025-03-01 12:00Z"; null → "-". */
 function when(iso: string | null | undefined): string {

@@ -4,6 +4,7 @@
  */
 import { execFileSync, spawn } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
+import { request } from 'node:http';
 import { createServer } from 'node:net';
 import { cpus } from 'node:os';
 import { join } from 'node:path';
@@ -190,4 +191,19 @@ export function writeReport(file: string | undefined, report: Record<string, unk
   if (!file) return;
   writeFileSync(file, `${JSON.stringify(report, null, 2)}\n`);
   process.stdout.write(`wrote ${file}\n`);
+}
+
+/** GET `url` with a Host header; resolves with the body (benchmarks check a target answers before loading it). */
+export function getText(url: string, host: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    request(url, { headers: { host } }, (res) => {
+      let body = '';
+      res.on('data', (d) => {
+        body += d;
+      });
+      res.on('end', () => resolve(body));
+    })
+      .on('error', reject)
+      .end();
+  });
 }

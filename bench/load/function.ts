@@ -10,25 +10,10 @@
  */
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync } from 'node:fs';
-import { request } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { autocannon, freePort, type Knobs, knobs, pinned, printTable, ROOT, type Series, summarize, versions, writeReport } from '../lib/harness.ts';
+import { autocannon, freePort, getText, type Knobs, knobs, pinned, printTable, ROOT, type Series, summarize, versions, writeReport } from '../lib/harness.ts';
 import { stop, waitForLine } from '../lib/tide.ts';
-
-function get(url: string, host: string): Promise<string> {
-  return new Promise((resolve, reject) => {
-    request(url, { headers: { host } }, (res) => {
-      let body = '';
-      res.on('data', (d) => {
-        body += d;
-      });
-      res.on('end', () => resolve(body));
-    })
-      .on('error', reject)
-      .end();
-  });
-}
 
 export async function run({ jsonFile }: { jsonFile?: string }): Promise<void> {
   const k: Knobs = knobs();
@@ -76,7 +61,7 @@ export async function run({ jsonFile }: { jsonFile?: string }): Promise<void> {
       { name: 'tide-container', url: `http://127.0.0.1:${tidePort}/`, headers: { host: 'chello.localhost' } },
     ];
     for (const t of targets) {
-      const body = await get(t.url, t.headers.host);
+      const body = await getText(t.url, t.headers.host);
       if (!body.startsWith('Hello from Tide')) throw new Error(`${t.name} did not serve hello (got ${JSON.stringify(body)})`);
     }
     process.stdout.write(

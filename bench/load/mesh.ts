@@ -9,24 +9,9 @@
  */
 import { execFileSync } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
-import { request } from 'node:http';
 import { join } from 'node:path';
-import { autocannon, type Knobs, knobs, printTable, ROOT, type Series, summarize, versions, writeReport } from '../lib/harness.ts';
+import { autocannon, getText, type Knobs, knobs, printTable, ROOT, type Series, summarize, versions, writeReport } from '../lib/harness.ts';
 import { startTideUp } from '../lib/tide.ts';
-
-function get(url: string, host: string): Promise<string> {
-  return new Promise((resolve, reject) => {
-    request(url, { headers: { host } }, (res) => {
-      let body = '';
-      res.on('data', (d) => {
-        body += d;
-      });
-      res.on('end', () => resolve(body));
-    })
-      .on('error', reject)
-      .end();
-  });
-}
 
 /** Established connections to `port` on loopback now (each one a TLS handshake on the mTLS path). */
 function established(port: number): number {
@@ -60,7 +45,7 @@ export async function run({ jsonFile }: { jsonFile?: string }): Promise<void> {
       { name: 'no mesh hop (backend via gateway)', host: 'back-mtls.localhost', expect: '"path":"/x"' },
     ];
     for (const target of targets) {
-      const body = await get(url, target.host);
+      const body = await getText(url, target.host);
       if (!body.includes(target.expect)) throw new Error(`${target.name}: unexpected answer ${JSON.stringify(body)}`);
     }
     process.stdout.write(

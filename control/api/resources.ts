@@ -307,6 +307,11 @@ export class Resources {
     }
   }
 
+  /** Every Policy, by name. */
+  async policies(): Promise<PolicyRecord[]> {
+    return [...(await this.#loadSpecs<PolicyRecord>(policyKeys.policies())).values()].map((p) => p.value).sort((a, b) => a.name.localeCompare(b.name));
+  }
+
   /** What a prepared function changes against its newest revision, field by field. */
   async #functionChanges(p: PreparedDeploy): Promise<string[]> {
     const fn = await this.#functions.get(p.name).catch(() => undefined);

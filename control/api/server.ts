@@ -133,6 +133,7 @@ export class ControlApi {
     this.#route('GET', '/v1/functions/:name/instances', 'read', (_r, p, url) => this.#instances(p.name ?? '', url));
     this.#route('POST', '/v1/apply', 'deploy', (r) => this.#apply(r));
     this.#route('GET', '/v1/routes', 'read', async () => json(200, { items: await this.#routeViews() }));
+    this.#route('GET', '/v1/policies', 'read', async () => json(200, { items: (await this.#opts.resources?.policies()) ?? [] }));
     this.#route('GET', '/v1/rollouts', 'read', async () => json(200, { items: (await this.#opts.rollouts?.list()) ?? [] }));
     this.#route('GET', '/v1/rollouts/:name', 'read', async (_r, p) => json(200, await this.#rollout(p.name ?? '')));
     this.#route('POST', '/v1/rollouts/:name/:action', 'deploy', async (_r, p) => {

@@ -174,6 +174,8 @@ spec:
     expect(viaGateway.text).toContain('spiffe://tide.local/ns/tide-system/gateway');
     // Other functions are untouched.
     expect((await call('a', 'd', '/ok/1')).status).toBe(200);
+    const listed = await tide(['get', 'policies'], { dataDir: t.dataDir });
+    expect(listed.stdout).toMatch(/b-callers\s+b\s+-\s+1 allow, 1 deny\s+-/);
   });
 
   it('takes plaintext only for PERMISSIVE functions, and calls DISABLE ones in plaintext', async () => {
