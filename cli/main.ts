@@ -539,7 +539,7 @@ export function program(): Command {
       .option('--dry-run', 'check everything and say what would change, changing nothing')
       .option(
         '--prune',
-        'also delete every Function, Secret and Config that an earlier apply created and these files do not have (functions made by `tide deploy` are never pruned)',
+        'also delete every Function, Secret, Config, Route, Rollout and Policy that an earlier apply created and these files do not have (functions made by `tide deploy` are never pruned)',
       )
       .option('-o, --output <format>', 'json or yaml'),
   ).action(async (o) => {

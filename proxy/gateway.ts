@@ -19,9 +19,10 @@ import { functionId, gatewayId, meshHost, parseId, parseMeshHost } from '../lib/
 import type { CompiledListener, CompiledRoute, ProxySnapshot } from './config/compile.ts';
 import { compose, type Dispatch, type ProxyRequest, type ResponseControl, type ResponseHandler } from './http/types.ts';
 import { type ActivatableEndpoint, Activator, type ActivatorHooks } from './layers/activator.ts';
-import { Authorizer, RateLimiter } from './layers/authz.ts';
+import { Authorizer } from './layers/authz.ts';
 import { type FaultConfig, faultLayer } from './layers/fault.ts';
 import { headersLayer } from './layers/headers.ts';
+import { RateLimiter, rateLimitLayer } from './layers/ratelimit.ts';
 import { avoidTried, mirrorLayer, sandboxRetry } from './layers/sandbox-retry.ts';
 import { splitDispatch } from './layers/split.ts';
 import { timeoutLayer } from './layers/timeout.ts';
@@ -153,6 +154,7 @@ export class Gateway {
               `route:${r.name}`,
               compose(
                 [
+                  rule.rateLimit ? rateLimitLayer(this.#limiter, `route:${r.name}:${i}`, rule.rateLimit) : undefined,
                   rule.fault ? faultLayer(rule.fault as FaultConfig) : undefined,
                   headersLayer({ requestHeaders: rule.requestHeaders, responseHeaders: rule.responseHeaders } as RouteConfig, undefined),
                   rule.timeout ? timeoutLayer(parseDuration(rule.timeout, 'timeout')) : undefined,

@@ -192,6 +192,20 @@ export const RouteSchema = Type.Object(
                 ),
               ),
               fault: Type.Optional(FaultSchema),
+              rateLimit: Type.Optional(
+                Type.Object(
+                  {
+                    requestsPerSecond: Type.Number({ exclusiveMinimum: 0 }),
+                    burst: Type.Optional(Type.Integer({ minimum: 1, description: 'default: requestsPerSecond, rounded up' })),
+                    per: Type.Optional(
+                      Type.Union([Type.Literal('route'), Type.Literal('client')], {
+                        description: 'one bucket for the rule (default), or one per client address; above it 429 with retry-after',
+                      }),
+                    ),
+                  },
+                  { additionalProperties: false },
+                ),
+              ),
               requestHeaders: Type.Optional(HeaderEdits),
               responseHeaders: Type.Optional(HeaderEdits),
             },

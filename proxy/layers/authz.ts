@@ -19,6 +19,7 @@
 import type { PolicyRecord } from '../../control/api/schema/policy.ts';
 import { TideError } from '../../lib/errors.ts';
 import { functionId, parseId } from '../../lib/spiffe.ts';
+import type { RateLimiter } from './ratelimit.ts';
 
 export type MtlsMode = 'STRICT' | 'PERMISSIVE' | 'DISABLE';
 const STRICTNESS: Record<MtlsMode, number> = { STRICT: 2, PERMISSIVE: 1, DISABLE: 0 };
@@ -56,41 +57,6 @@ interface ForFunction {
   /** Some selecting policy has rules: deny by default. */
   selected: boolean;
   limits: Limit[];
-}
-
-/** Token buckets that outlive a snapshot (a config change does not refill them). */
-export class RateLimiter {
-  readonly #buckets = new Map<string, { tokens: number; at: number; used: number }>();
-  readonly #now: () => number;
-  #sweepAt = 0;
-
-  constructor(now: () => number = () => performance.now()) {
-    this.#now = now;
-  }
-
-  /** Takes a token; returns 0 when there was one, else the seconds until there is. */
-  take(key: string, rate: number, burst: number): number {
-    const now = this.#now();
-    if (now > this.#sweepAt) this.#sweep(now);
-    let b = this.#buckets.get(key);
-    if (!b) {
-      b = { tokens: burst, at: now, used: now };
-      this.#buckets.set(key, b);
-    }
-    b.tokens = Math.min(burst, b.tokens + ((now - b.at) / 1000) * rate);
-    b.at = now;
-    b.used = now;
-    if (b.tokens >= 1) {
-      b.tokens -= 1;
-      return 0;
-    }
-    return (1 - b.tokens) / rate;
-  }
-
-  #sweep(now: number): void {
-    this.#sweepAt = now + 60_000;
-    for (const [k, b] of this.#buckets) if (now - b.used > 60_000) this.#buckets.delete(k);
-  }
 }
 
 export class Authorizer {

@@ -227,6 +227,22 @@ spec:
     expect(Number(retryAfter)).toBeGreaterThanOrEqual(1);
   });
 
+  it('rate limits a Route rule too, before any revision is reached', async () => {
+    await apply(`apiVersion: tide.dev/v1
+kind: Route
+metadata: { name: lim }
+spec:
+  rules:
+    - split: [{ function: e, weight: 100 }]
+      rateLimit: { requestsPerSecond: 0.5, burst: 2, per: client }
+`);
+    const statuses: number[] = [];
+    for (let i = 0; i < 5; i++) statuses.push((await http(t.gatewayPort, 'lim.localhost', '/')).status);
+    expect(statuses).toEqual([200, 200, 429, 429, 429]);
+    // The function itself (its own host) is not limited by the Route.
+    expect((await http(t.gatewayPort, 'e.localhost', '/')).status).toBe(200);
+  });
+
   it('rotates workload certificates under load without failing a request', async () => {
     const serial = () => {
       const r = openssl(['s_client', '-connect', `127.0.0.1:${t.meshPort}`, '-servername', 'b.default.svc.tide', '-showcerts'], '');

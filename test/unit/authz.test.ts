@@ -1,7 +1,8 @@
 import { describe, expect, it } from 'vitest';
 import type { PolicyRecord } from '../../control/api/schema/policy.ts';
 import type { PolicySpec } from '../../lib/config/resources.ts';
-import { Authorizer, RateLimiter } from '../../proxy/layers/authz.ts';
+import { Authorizer } from '../../proxy/layers/authz.ts';
+import { RateLimiter } from '../../proxy/layers/ratelimit.ts';
 
 const TD = 'tide.local';
 const id = (fn: string) => `spiffe://${TD}/ns/default/fn/${fn}`;
