@@ -155,6 +155,18 @@ export const ConfigSchema = Type.Object(
   { additionalProperties: false, $id: 'https://tide.dev/schemas/v1/config.json', title: 'Tide Config' },
 );
 
+/** A token bucket: `per` names what gets a bucket of its own (the first value is the default). */
+function rateLimitSchema<A extends string, B extends string>(per: [A, B], description: string) {
+  return Type.Object(
+    {
+      requestsPerSecond: Type.Number({ exclusiveMinimum: 0 }),
+      burst: Type.Optional(Type.Integer({ minimum: 1, description: 'default: requestsPerSecond, rounded up' })),
+      per: Type.Optional(Type.Union([Type.Literal(per[0]), Type.Literal(per[1])], { description })),
+    },
+    { additionalProperties: false },
+  );
+}
+
 const Backend = Type.Object(
   {
     revision: Type.Optional(Type.String({ pattern: '^[a-z]([-a-z0-9]*[a-z0-9])?-\\d{5}$', description: 'a revision, like hello-00003' })),
@@ -193,18 +205,7 @@ export const RouteSchema = Type.Object(
               ),
               fault: Type.Optional(FaultSchema),
               rateLimit: Type.Optional(
-                Type.Object(
-                  {
-                    requestsPerSecond: Type.Number({ exclusiveMinimum: 0 }),
-                    burst: Type.Optional(Type.Integer({ minimum: 1, description: 'default: requestsPerSecond, rounded up' })),
-                    per: Type.Optional(
-                      Type.Union([Type.Literal('route'), Type.Literal('client')], {
-                        description: 'one bucket for the rule (default), or one per client address; above it 429 with retry-after',
-                      }),
-                    ),
-                  },
-                  { additionalProperties: false },
-                ),
+                rateLimitSchema(['route', 'client'], 'one bucket for the rule (default), or one per client address; above it 429 with retry-after'),
               ),
               requestHeaders: Type.Optional(HeaderEdits),
               responseHeaders: Type.Optional(HeaderEdits),
@@ -333,20 +334,7 @@ export const PolicySchema = Type.Object(
             description: 'given (even empty): a selected function refuses every request no ALLOW rule matches',
           }),
         ),
-        rateLimit: Type.Optional(
-          Type.Object(
-            {
-              requestsPerSecond: Type.Number({ exclusiveMinimum: 0 }),
-              burst: Type.Optional(Type.Integer({ minimum: 1, description: 'default: requestsPerSecond, rounded up' })),
-              per: Type.Optional(
-                Type.Union([Type.Literal('function'), Type.Literal('source')], {
-                  description: 'one bucket per selected function (default), or per function and caller',
-                }),
-              ),
-            },
-            { additionalProperties: false },
-          ),
-        ),
+        rateLimit: Type.Optional(rateLimitSchema(['function', 'source'], 'one bucket per selected function (default), or per function and caller')),
       },
       { additionalProperties: false },
     ),
