@@ -182,12 +182,17 @@ export async function up(options: UpOptions = {}, log: Logger = createLogger({ l
   });
   const snapshots = new SnapshotPublisher(
     store,
-    (s: Snapshot) => gateway.setSnapshot(s),
+    (s: Snapshot) => {
+      gateway.setSnapshot(s);
+      egress.retain(new Set([...s.routes.values()].map((t) => `${t.namespace}/${t.function}`)));
+    },
     (err) => log.error({ err: errorMessage(err) }, 'snapshot build failed'),
   );
 
   let apiRenewal: NodeJS.Timeout | undefined;
   const renewApi = (afterMs: number) => {
+    // setTimeout holds at most 2^31-1 ms; a longer life is renewed that early.
+    afterMs = Math.min(afterMs, 2 ** 31 - 1);
     apiRenewal = setTimeout(async () => {
       try {
         const c = await apiCertificate();

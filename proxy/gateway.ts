@@ -188,21 +188,17 @@ export class Gateway {
       if (taken.has(domain)) continue;
       hosts.push({ name, domains: [domain], routes: [{ name: 'default', match: {}, target: this.#route(name, this.#toFunction(target)) }] });
     }
-    // The mesh's names (NAME.NAMESPACE.svc.tide), reached through the mesh listener only. A
-    // Route without hosts covers its name there too, as it does NAME.<domain>.
+    // The mesh's names (NAME.NAMESPACE.svc.tide), one per function, reached through the mesh
+    // listener only. A Route without hosts named after the function covers its mesh name too,
+    // as it does NAME.<domain>; a Route with hosts of its own does not.
     const meshHosts: typeof hosts = [];
-    const hostless = new Set(custom.filter((r) => r.hosts === undefined).map((r) => `route:${r.name}`));
-    for (const h of hosts) {
-      if (h.name.startsWith('route:') && !hostless.has(h.name)) continue;
-      const mesh = h.domains.flatMap((d) => {
-        const label = d.endsWith(this.#suffix) ? d.slice(0, -this.#suffix.length) : '';
-        return label === '' || label.includes('.') ? [] : [meshHost('default', label)];
-      });
-      if (mesh.length === 0) continue;
+    for (const [name, target] of routes) {
+      const route = custom.some((r) => r.name === name && r.hosts === undefined) ? hosts.find((h) => h.name === `route:${name}`) : undefined;
+      const rules = route?.routes ?? [{ name: 'default', match: {}, target: this.#route(`mesh:${name}`, this.#toFunction(target)) }];
       meshHosts.push({
-        name: `mesh:${h.name}`,
-        domains: mesh,
-        routes: h.routes.map((r) => ({ ...r, target: { ...r.target, dispatch: meshOnly(r.target.dispatch) } })),
+        name: `mesh:${name}`,
+        domains: [meshHost(target.namespace, name)],
+        routes: rules.map((r) => ({ ...r, target: { ...r.target, dispatch: meshOnly(r.target.dispatch) } })),
       });
     }
     hosts.push(...meshHosts);

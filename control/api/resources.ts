@@ -65,6 +65,8 @@ export interface ApplyOptions {
   prune?: boolean;
   /** Report what changes, field by field. */
   diff?: boolean;
+  /** Never prune Policies (the caller may not change them). */
+  keepPolicies?: boolean;
 }
 
 interface Stored {
@@ -273,7 +275,7 @@ export class Resources {
         for (const [kind, stored2] of [
           ['Route', stored.route],
           ['Rollout', stored.rollout],
-          ['Policy', stored.policy],
+          ['Policy', options.keepPolicies ? new Map() : stored.policy],
         ] as const) {
           for (const [name, { kv, value }] of stored2) {
             if (wanted.has(`${kind}/${name}`) || value.managedBy !== 'apply') continue;

@@ -131,7 +131,7 @@ export class ControlApi {
     this.#route('GET', '/v1/revisions', 'read', async (_r, _p, url) => this.#revisions(url.searchParams.get('function') ?? undefined));
     this.#route('GET', '/v1/functions/:name/logs', 'read', (r, p, url) => this.#logs(r, p.name ?? '', url));
     this.#route('GET', '/v1/functions/:name/instances', 'read', (_r, p, url) => this.#instances(p.name ?? '', url));
-    this.#route('POST', '/v1/apply', 'deploy', (r) => this.#apply(r));
+    this.#route('POST', '/v1/apply', 'deploy', (r, _p, _u, who) => this.#apply(r, who));
     this.#route('GET', '/v1/routes', 'read', async () => json(200, { items: await this.#routeViews() }));
     this.#route('GET', '/v1/policies', 'read', async () => json(200, { items: (await this.#opts.resources?.policies()) ?? [] }));
     this.#route('GET', '/v1/rollouts', 'read', async () => json(200, { items: (await this.#opts.rollouts?.list()) ?? [] }));
@@ -411,7 +411,7 @@ export class ControlApi {
   }
 
   /** Applies a set of resources at once (see resources.ts); waits until new revisions serve. */
-  async #apply(req: Request): Promise<Response> {
+  async #apply(req: Request, who: Principal): Promise<Response> {
     const resources = this.#opts.resources;
     if (!resources) throw new TideError('ERR_NOT_FOUND', 'this Tide does not take apply', { status: 404 });
     const body = await readJson(req);
@@ -422,7 +422,11 @@ export class ControlApi {
         : it,
     );
     const dryRun = body.dryRun === true || body.diff === true;
-    const out = await resources.apply(items, { dryRun, prune: body.prune === true, diff: body.diff === true });
+    // Policies decide who may call whom: writing one (or pruning one) takes scope admin.
+    const admin = scopeAllows(who.scope, 'admin');
+    if (!admin && !dryRun && items.some((it) => it.kind === 'Policy'))
+      throw new TideError('ERR_FORBIDDEN', `token ${who.name} (scope ${who.scope}) may not apply a Policy: it needs scope admin`, { status: 403 });
+    const out = await resources.apply(items, { dryRun, prune: body.prune === true, diff: body.diff === true, keepPolicies: !admin });
     // New revisions, and every revision a Route in this apply names, serve before this answers.
     const routed = dryRun ? [] : [...routedRevisions(items.flatMap((it) => (it.kind === 'Route' ? [it.spec] : [])))];
     for (const rev of new Set([...out.newRevisions, ...routed])) await this.#opts.functions.waitReady(rev, this.#opts.deployWaitMs ?? 30_000);

@@ -161,6 +161,8 @@ export class CertificateAuthority {
   /** Issues a certificate for `id` (and/or names), signed by the current root or intermediate. */
   async issue(opts: IssueOptions): Promise<IssuedCertificate> {
     const now = this.#now();
+    // The signer as it is now, for the whole certificate (a roll-over may happen meanwhile).
+    const signer = this.#signer;
     const { publicKey, privateKey } = generateKeyPairSync('ec', { namedCurve: 'prime256v1' });
     const notBefore = opts.notBefore ?? new Date(now - SKEW_MS);
     const notAfter = opts.notAfter ?? new Date(now + (opts.ttlMs ?? this.certTtlMs));
@@ -172,12 +174,12 @@ export class CertificateAuthority {
     const cert = await x509.X509CertificateGenerator.create({
       serialNumber: serial,
       subject: opts.id ? 'O=tide' : `O=tide, CN=${opts.names?.[0] ?? 'tide'}`,
-      issuer: this.#signer.cert.subject,
+      issuer: signer.cert.subject,
       notBefore,
       notAfter,
       signingAlgorithm: SIGN,
       publicKey: pub,
-      signingKey: this.#signer.crypto,
+      signingKey: signer.crypto,
       extensions: [
         new x509.BasicConstraintsExtension(false, undefined, true),
         new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature | x509.KeyUsageFlags.keyAgreement, true),
@@ -185,11 +187,11 @@ export class CertificateAuthority {
         // SPIFFE X509-SVID: the SAN is critical when the subject is empty; ours has O=tide.
         new x509.SubjectAlternativeNameExtension(san, false),
         await x509.SubjectKeyIdentifierExtension.create(pub),
-        await x509.AuthorityKeyIdentifierExtension.create(this.#signer.cert.publicKey),
+        await x509.AuthorityKeyIdentifierExtension.create(signer.cert.publicKey),
       ],
     });
     return {
-      cert: [cert.toString('pem'), ...this.#signer.chainPems.slice(0, -1)].join('\n'),
+      cert: [cert.toString('pem'), ...signer.chainPems.slice(0, -1)].join('\n'),
       key: privateKey.export({ type: 'pkcs8', format: 'pem' }) as string,
       ca: this.bundle(),
       id: opts.id,
@@ -225,7 +227,10 @@ export class CertificateAuthority {
     return this.#state.external;
   }
 
-  /** Called whenever the trust bundle or the signer changes (a roll-over), so holders re-issue. */
+  /**
+   * Called, synchronously, when a roll-over changes the signer and the trust bundle, before any
+   * certificate is issued by the new root: holders trust `bundle()` at once, then re-issue.
+   */
   onChange(cb: () => void): () => void {
     this.#listeners.add(cb);
     return () => this.#listeners.delete(cb);
@@ -239,14 +244,18 @@ export class CertificateAuthority {
     if (this.#state.external)
       throw new TideError('ERR_INVALID_ARGUMENT', 'this CA was brought with --ca-cert/--ca-key; roll it over by starting with the new files');
     const next = await newRoot(this.trustDomain);
-    this.#state = {
+    const state: State = {
       ...this.#state,
       ...next,
       previous: [...this.#state.previous, { cert: rootOf(this.#state), trustedUntil: this.#now() + overlapMs + SKEW_MS }],
     };
-    this.#signer = await signerOf(this.#state);
-    await this.#save();
+    const signer = await signerOf(state);
+    // From here to the listeners, nothing waits: no certificate can be issued by the new root
+    // before every holder (listening here) trusts it.
+    this.#state = state;
+    this.#signer = signer;
     for (const l of this.#listeners) l();
+    await this.#save();
     return this.roots();
   }
 

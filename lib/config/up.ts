@@ -42,7 +42,7 @@ export interface UpConfig {
   meshPort: number;
   /** SPIFFE trust domain of every workload identity. Default "tide.local". */
   trustDomain: string;
-  /** Lifetime of workload certificates, ms (rotated at half life). Default 86400000 (24 h); at least 2000. */
+  /** Lifetime of workload certificates, ms (rotated at half life). Default 86400000 (24 h); 2000 to one year. */
   certTtlMs: number;
   /** Your own CA instead of Tide's: PEM certificate (then its chain to the root) and key (ECDSA P-256). Default "" (Tide makes one). */
   caCert: string;
@@ -93,7 +93,8 @@ export function resolveUpConfig(options: UpOptions = {}): UpConfig {
     throw new TideError('ERR_INVALID_ARGUMENT', `port, apiPort and meshPort must differ (got ${c.port}, ${c.apiPort}, ${c.meshPort})`);
   if (!/^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/.test(c.trustDomain))
     throw new TideError('ERR_INVALID_ARGUMENT', `trustDomain must be lowercase letters, digits, '-' and '.' (got "${c.trustDomain}")`);
-  if (!Number.isInteger(c.certTtlMs) || c.certTtlMs < 2000) throw new TideError('ERR_INVALID_ARGUMENT', `certTtl must be at least 2s (got ${c.certTtlMs} ms)`);
+  if (!Number.isInteger(c.certTtlMs) || c.certTtlMs < 2000 || c.certTtlMs > 365 * 24 * 3600_000)
+    throw new TideError('ERR_INVALID_ARGUMENT', `certTtl must be from 2s to 8760h (one year; got ${c.certTtlMs} ms)`);
   if (Boolean(c.caCert) !== Boolean(c.caKey))
     throw new TideError('ERR_INVALID_ARGUMENT', 'a CA of your own needs both caCert and caKey (--ca-cert and --ca-key)');
   if (!/^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/i.test(c.domain))

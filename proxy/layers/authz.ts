@@ -8,8 +8,8 @@
  * Semantics, as Istio's AuthorizationPolicy and Kubernetes' NetworkPolicy have them:
  * - a function no policy with `rules` selects takes every request;
  * - DENY rules are checked first, and one that matches refuses (403 ERR_AUTHZ_DENIED);
- * - once a policy with `rules` selects a function, a request no ALLOW rule matches is refused
- *   (403 ERR_AUTHZ_NOT_ALLOWED);
+ * - once a policy with ALLOW rules (or `rules: []`) selects a function, a request no ALLOW rule
+ *   matches is refused (403 ERR_AUTHZ_NOT_ALLOWED); DENY rules alone change nothing else;
  * - mTLS mode: a function-level `mtls` wins over a namespace-wide one; among equals the
  *   strictest; STRICT when none is given. A plaintext mesh request to a STRICT function is
  *   refused (403 ERR_MTLS_REQUIRED);
@@ -142,7 +142,9 @@ export class Authorizer {
         }
       }
       if (p.spec.rules) {
-        f.selected = true;
+        // ALLOW rules (or an empty list: allow nothing) make the function deny by default;
+        // DENY rules alone only refuse what they match.
+        if (p.spec.rules.length === 0 || p.spec.rules.some((r) => (r.action ?? 'ALLOW') === 'ALLOW')) f.selected = true;
         for (const rule of p.spec.rules) {
           const compiled: CompiledRule = { policy: p.name, action: rule.action ?? 'ALLOW', matches: this.#rule(rule, namespace) };
           (compiled.action === 'DENY' ? f.deny : f.allow).push(compiled);

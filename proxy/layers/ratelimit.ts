@@ -9,7 +9,7 @@ import type { Layer } from '../http/types.ts';
 
 /** Token buckets that outlive a snapshot (a config change does not refill them). */
 export class RateLimiter {
-  readonly #buckets = new Map<string, { tokens: number; at: number; used: number }>();
+  readonly #buckets = new Map<string, { tokens: number; at: number; rate: number; burst: number }>();
   readonly #now: () => number;
   #sweepAt = 0;
 
@@ -23,12 +23,13 @@ export class RateLimiter {
     if (now > this.#sweepAt) this.#sweep(now);
     let b = this.#buckets.get(key);
     if (!b) {
-      b = { tokens: burst, at: now, used: now };
+      b = { tokens: burst, at: now, rate, burst };
       this.#buckets.set(key, b);
     }
+    b.rate = rate;
+    b.burst = burst;
     b.tokens = Math.min(burst, b.tokens + ((now - b.at) / 1000) * rate);
     b.at = now;
-    b.used = now;
     if (b.tokens >= 1) {
       b.tokens -= 1;
       return 0;
@@ -36,9 +37,10 @@ export class RateLimiter {
     return (1 - b.tokens) / rate;
   }
 
+  /** Forgets buckets that have refilled: a new one would be the same. */
   #sweep(now: number): void {
     this.#sweepAt = now + 60_000;
-    for (const [k, b] of this.#buckets) if (now - b.used > 60_000) this.#buckets.delete(k);
+    for (const [k, b] of this.#buckets) if (b.tokens + ((now - b.at) / 1000) * b.rate >= b.burst) this.#buckets.delete(k);
   }
 }
 

@@ -14,6 +14,7 @@ import type { CompiledListener } from '../config/compile.ts';
 import type { ConnectionInfo } from '../http/types.ts';
 import type { ProxyMetrics } from '../metrics.ts';
 import type { DataPlane } from '../proxy.ts';
+import { errorResponse } from '../rescue.ts';
 import { H1Connection, type H1Hooks, type H1Limits } from './h1.ts';
 import { handleH2Request } from './h2.ts';
 
@@ -28,6 +29,8 @@ export class Listener {
   readonly #h2: Http2Server;
   readonly #conns = new Set<H1Connection>();
   readonly #raw = new Set<Socket>();
+  /** Mesh connections whose first byte has not come yet (closed at once on shutdown). */
+  readonly #unsniffed = new Set<Socket>();
   #limits: H1Limits;
   #contexts: { names: string[]; ctx: SecureContext }[] = [];
   readonly #sweeper: NodeJS.Timeout;
@@ -107,12 +110,26 @@ export class Listener {
         requestCert: true,
         rejectUnauthorized: true,
         minVersion: 'TLSv1.3',
+        handshakeTimeout: compiled.headersTimeoutMs,
       },
       (socket: TLSSocket) => {
         const peer = idOfCertificate(socket.getPeerX509Certificate());
         if (!mesh.accept(peer)) {
+          // The chain is good but the identity is not one of ours: every request on this
+          // connection gets 403 saying so (a bare reset would tell the caller nothing).
           mesh.onRefused?.('peer-identity');
-          socket.destroy();
+          this.#accept(
+            socket,
+            'https',
+            undefined,
+            new TideError(
+              'ERR_MTLS_IDENTITY',
+              peer === undefined
+                ? 'the client certificate carries no SPIFFE ID (exactly one spiffe:// URI SAN is required)'
+                : `the client identity ${peer} is not in this mesh's trust domain`,
+              { status: 403 },
+            ),
+          );
           return;
         }
         this.#accept(socket, 'https', peer);
@@ -133,7 +150,16 @@ export class Listener {
         socket.destroy();
         return;
       }
+      // A connection that sends nothing is closed after headersTimeout, and at once on shutdown.
+      this.#unsniffed.add(socket);
+      const silent = setTimeout(() => socket.destroy(), compiled.headersTimeoutMs);
+      socket.once('close', () => {
+        clearTimeout(silent);
+        this.#unsniffed.delete(socket);
+      });
       socket.once('data', (first: Buffer) => {
+        clearTimeout(silent);
+        this.#unsniffed.delete(socket);
         socket.pause();
         socket.unshift(first);
         if (first[0] === 0x16) {
@@ -223,7 +249,7 @@ export class Listener {
     return this.#contexts[0]?.ctx;
   }
 
-  #accept(socket: Socket, scheme: 'http' | 'https', peer?: string): void {
+  #accept(socket: Socket, scheme: 'http' | 'https', peer?: string, refused?: TideError): void {
     if (this.#closing) {
       socket.destroy();
       return;
@@ -231,7 +257,16 @@ export class Listener {
     socket.setNoDelay(true);
     const info: ConnectionInfo = { remoteAddress: socket.remoteAddress ?? '', remotePort: socket.remotePort ?? 0, scheme, listener: this.name, peer };
     const hooks: H1Hooks = {
-      onRequest: (head, body, res, conn) => this.#proxy.handle(this.#proxy.request(head, body, conn, head.minor === 0 ? '1.0' : '1.1'), res),
+      onRequest: refused
+        ? (head, body, res) => {
+            const e = errorResponse(refused, head.headers['x-request-id'] ?? 'none');
+            conn1.closeAfterResponse = true;
+            body?.resume();
+            res.start(e.status, e.headers, e.body.length);
+            res.write(e.body);
+            res.end();
+          }
+        : (head, body, res, conn) => this.#proxy.handle(this.#proxy.request(head, body, conn, head.minor === 0 ? '1.0' : '1.1'), res),
       onUpgrade: (head, s, rest, conn) => {
         if (this.#conns.delete(conn1)) this.#metrics.connections--;
         this.#raw.add(s);
@@ -268,6 +303,7 @@ export class Listener {
   async close(drainMs = 10_000): Promise<void> {
     if (this.#closing) return;
     this.#closing = true;
+    for (const s of this.#unsniffed) s.destroy();
     const closed = new Promise<void>((resolve) => this.#server.close(() => resolve()));
     this.#h2.close();
     const deadline = performance.now() + drainMs;

@@ -3,7 +3,9 @@
  * a request a function sends there (`fetch("http://orders.default.svc.tide/…")` inside the
  * sandbox goes there) leaves over mutual TLS under that function's identity, to the mesh
  * listener of the node that runs the destination. Which socket a request came in on is what
- * says who sent it: a function cannot speak as another.
+ * says who sent it. A container reaches only its own function's socket (mounted into it); a
+ * worker thread runs in Tide's process and could open any socket on the node, so for worker
+ * functions the identity is only as strong as the worker sandbox (docs/worker-sandbox.md).
  *
  * The client side checks the server's SPIFFE ID (it must be the destination function's), not
  * just the chain; the server side checks the caller's and applies the destination's policies.
@@ -15,7 +17,7 @@ import { join } from 'node:path';
 import type { PeerCertificate } from 'node:tls';
 import { TideError } from '../../lib/errors.ts';
 import type { Logger } from '../../lib/log.ts';
-import { functionId, idOfCertificate, meshHost, parseMeshHost } from '../../lib/spiffe.ts';
+import { functionId, idOfCertificate, meshHost, parseId, parseMeshHost } from '../../lib/spiffe.ts';
 import type { CompiledRoute, ProxySnapshot } from '../config/compile.ts';
 import type { Dispatch, ProxyRequest, ResponseHandler } from '../http/types.ts';
 import type { MtlsMode } from '../layers/authz.ts';
@@ -130,7 +132,13 @@ export class Egress {
     const ready = (async () => {
       await before();
       await rm(path, { force: true });
-      await Promise.all([listener.listen(), this.#opts.identities.ensure(functionId(this.#opts.trustDomain, namespace, name))]);
+      try {
+        await Promise.all([listener.listen(), this.#opts.identities.ensure(functionId(this.#opts.trustDomain, namespace, name))]);
+      } catch (err) {
+        await listener.close(0).catch(() => {});
+        await rm(path, { force: true });
+        throw err;
+      }
       return path;
     })();
     return { listener, path, ready };
@@ -201,6 +209,27 @@ export class Egress {
       req.cluster = dest.name;
       endpoint.dispatch(req, handler, () => {});
     };
+  }
+
+  /**
+   * After a config change: closes the ways out of functions that are gone (`keep` holds
+   * "namespace/name" of those that remain), and drops connection pools to destinations that
+   * are gone or whose mTLS mode changed.
+   */
+  retain(keep: ReadonlySet<string>): void {
+    for (const key of this.#listeners.keys()) {
+      if (keep.has(key)) continue;
+      const slash = key.indexOf('/');
+      void this.release(key.slice(0, slash), key.slice(slash + 1));
+    }
+    for (const [key, e] of this.#endpoints) {
+      const [, , destId, how] = key.split('|');
+      const dest = parseId(destId ?? '');
+      const gone = !dest || !keep.has(`${dest.namespace}/${dest.name}`);
+      if (!gone && (this.#opts.mode(dest.namespace, dest.name) === 'DISABLE') === (how === 'plain')) continue;
+      this.#endpoints.delete(key);
+      void e.close();
+    }
   }
 
   /** Sockets open now: function → path. */

@@ -12,6 +12,8 @@ import { createSecureContext, type SecureContext } from 'node:tls';
 import { errorMessage } from '../../lib/errors.ts';
 import type { Logger } from '../../lib/log.ts';
 
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
 export interface Credential {
   id: string;
   cert: string;
@@ -94,7 +96,13 @@ export class Identities {
         if (c) h.current = { ...c, ca: bundle, context: createSecureContext({ cert: c.cert, key: c.key, ca: bundle, minVersion: 'TLSv1.3' }) };
       }
     }
-    await Promise.all([...this.#held].map(([id, h]) => this.#renew(id, h).catch(() => undefined)));
+    // An issue already in flight may be signed by the old root: issue again after it.
+    await Promise.all(
+      [...this.#held].map(([id, h]) => {
+        const inFlight = h.pending;
+        return (inFlight ? inFlight.catch(() => undefined).then(() => this.#renew(id, h)) : this.#renew(id, h)).catch(() => undefined);
+      }),
+    );
   }
 
   #renew(id: string, h: Held): Promise<Credential> {
@@ -124,7 +132,8 @@ export class Identities {
   #schedule(id: string, h: Held, ms: number): void {
     clearTimeout(h.timer);
     if (this.#closed) return;
-    h.timer = setTimeout(() => void this.#renew(id, h).catch(() => {}), Math.max(10, ms));
+    // setTimeout holds at most 2^31-1 ms (~24.8 days); a longer life is renewed that early.
+    h.timer = setTimeout(() => void this.#renew(id, h).catch(() => {}), Math.min(MAX_TIMER_MS, Math.max(10, ms)));
     h.timer.unref();
   }
 

@@ -302,6 +302,8 @@ class Conn {
   #ex: Exchange | null = null;
   #reused = false;
   #connected = false;
+  /** False on a TLS connection until the server has accepted the handshake (see the constructor). */
+  #tlsAccepted = true;
   #buf: Buffer | null = null;
   #state = S_HEAD;
   #left = 0;
@@ -331,6 +333,16 @@ class Conn {
       this.#connected = true;
       clearTimeout(this.#connectTimer);
     });
+    // TLS 1.3: the server checks the client's certificate after the client's handshake is
+    // done, and says yes by sending session tickets (no for a refusal is a bare close). Until
+    // then, a close means the request was never taken: a connect failure, safe to retry. (A TLS
+    // server that sends no tickets is taken as accepted by its first response byte.)
+    if (opts.tls) {
+      this.#tlsAccepted = false;
+      socket.once('session', () => {
+        this.#tlsAccepted = true;
+      });
+    }
     socket.on('data', (d: Buffer) => this.#onData(d));
     socket.on('error', (err) => this.#onGone(err));
     socket.on('close', () => this.#onGone(undefined));
@@ -417,6 +429,7 @@ class Conn {
   }
 
   #onData(d: Buffer): void {
+    this.#tlsAccepted = true;
     const ex = this.#ex;
     if (!ex) {
       // Bytes with no request outstanding: the upstream is out of step. Drop the connection.
@@ -567,10 +580,15 @@ class Conn {
         const h = ex.handler;
         ex.handler = null;
         h?.onResponseEnd(ex, {});
-      } else if (!this.#connected) {
-        const code = (err as NodeJS.ErrnoException | undefined)?.code ?? 'ECONNREFUSED';
+      } else if (!this.#connected || !this.#tlsAccepted) {
+        const code = (err as NodeJS.ErrnoException | undefined)?.code ?? (this.#connected ? 'TLS_REFUSED' : 'ECONNREFUSED');
         // A TLS failure says why (an unknown root, an expired certificate, the wrong identity).
-        const why = this.#opts.tls && err && !code.startsWith('ECONN') ? `: ${err.message}` : '';
+        const why =
+          this.#opts.tls && err && !code.startsWith('ECONN')
+            ? `: ${err.message}`
+            : this.#connected
+              ? ': the server closed the TLS connection without accepting it (it refused this client certificate: an unknown root, an expired certificate, or an identity it does not take)'
+              : '';
         ex.fail(new TideError('ERR_PROXY_CONNECT', `could not connect to the upstream (${code}${why})`, { status: 503, cause: err }));
       } else if (this.#reused && !this.#gotBytes && ex.replayable) {
         ex.retried = true;

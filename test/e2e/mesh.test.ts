@@ -136,10 +136,17 @@ describe('the mesh', () => {
     expect(viaOpenssl('b.default.svc.tide', '/x', expired)).not.toContain('HTTP/1.1');
     const foreign = await issue('foreign', { id: 'spiffe://tide.local/ns/default/fn/a' }, tempDir('tide-other-ca-'));
     expect(viaOpenssl('b.default.svc.tide', '/x', foreign)).not.toContain('HTTP/1.1');
+    // A good chain with an identity that is not of this trust domain (or none): refused, saying why.
     const otherDomain = await issue('other-domain', { id: 'spiffe://evil.example/ns/default/fn/a' });
-    expect(viaOpenssl('b.default.svc.tide', '/x', otherDomain)).not.toContain('HTTP/1.1');
+    const od = viaOpenssl('b.default.svc.tide', '/x', otherDomain);
+    expect(od).toMatch(/^HTTP\/1\.1 403 /);
+    expect(od).toContain('tide-proxy-error: ERR_MTLS_IDENTITY');
+    expect(od).toContain("spiffe://evil.example/ns/default/fn/a is not in this mesh's trust domain");
+    expect(od).not.toContain('GET /x from');
     const noId = await issue('no-id', { names: ['a.default.svc.tide'] });
-    expect(viaOpenssl('b.default.svc.tide', '/x', noId)).not.toContain('HTTP/1.1');
+    const ni = viaOpenssl('b.default.svc.tide', '/x', noId);
+    expect(ni).toMatch(/^HTTP\/1\.1 403 /);
+    expect(ni).toContain('carries no SPIFFE ID');
     // And the control: the same request with a good certificate works.
     const good = await issue('good', { id: 'spiffe://tide.local/ns/default/fn/a' });
     expect(viaOpenssl('b.default.svc.tide', '/x', good)).toMatch(/^HTTP\/1\.1 200 /);
@@ -174,6 +181,26 @@ spec:
     expect(viaGateway.text).toContain('spiffe://tide.local/ns/tide-system/gateway');
     // Other functions are untouched.
     expect((await call('a', 'd', '/ok/1')).status).toBe(200);
+    // A Route that takes a function's public host over does not take its mesh name away.
+    await apply(`apiVersion: tide.dev/v1
+kind: Route
+metadata: { name: e-public }
+spec:
+  hosts: [e.localhost]
+  rules: [{ split: [{ function: e, weight: 100 }] }]
+`);
+    expect((await http(t.gatewayPort, 'e.localhost', '/which')).text).toBe('GET /which from nobody\n');
+    expect((await call('a', 'e', '/which')).text).toBe('GET /which from URI=spiffe://tide.local/ns/default/fn/a\n');
+    // A DENY-only policy refuses what it matches and nothing else.
+    await apply(`apiVersion: tide.dev/v1
+kind: Policy
+metadata: { name: d-no-deletes }
+spec:
+  selector: { functions: [d] }
+  rules: [{ action: DENY, to: [{ methods: [DELETE] }] }]
+`);
+    expect((await http(t.gatewayPort, 'd.localhost', '/', { method: 'DELETE' })).status).toBe(403);
+    expect((await http(t.gatewayPort, 'd.localhost', '/')).status).toBe(200);
     const listed = await tide(['get', 'policies'], { dataDir: t.dataDir });
     expect(listed.stdout).toMatch(/b-callers\s+b\s+-\s+1 allow, 1 deny\s+-/);
   });
@@ -332,8 +359,13 @@ describe('control API access', () => {
     const dep = (await tide(['token', 'create', 'ci', '--scope', 'deploy', '--ttl', '1h'], { dataDir: t.dataDir })).stdout.trim();
     const deployed = await tide(['deploy', join(FIXTURES, 'functions', 'mesh-echo.ts'), '--name', 'z', '--token', dep], { dataDir: t.dataDir });
     expect(deployed.code, deployed.stderr).toBe(0);
-    // deploy is not admin.
+    // deploy is not admin: no token management, and no Policy (it decides who may call whom).
     expect((await tide(['token', 'list', '--token', dep], { dataDir: t.dataDir })).stderr).toContain('needs scope admin');
+    const pol = join(files, 'open-up.yaml');
+    writeFileSync(pol, 'apiVersion: tide.dev/v1\nkind: Policy\nmetadata: { name: b-callers }\nspec:\n  rules: [{}]\n');
+    const applied = await tide(['apply', '-f', pol, '--token', dep], { dataDir: t.dataDir });
+    expect(applied.code).toBe(1);
+    expect(applied.stderr).toContain('may not apply a Policy: it needs scope admin');
     const revoked = await tide(['token', 'revoke', 'ci'], { dataDir: t.dataDir });
     expect(revoked.code, revoked.stderr).toBe(0);
     const after = await tide(['get', 'functions', '--token', dep], { dataDir: t.dataDir });

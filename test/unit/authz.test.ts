@@ -87,6 +87,13 @@ describe('authorization policies', () => {
     expect(b.check('default', 'vault', req(id('web')))?.code).toBe('ERR_AUTHZ_NOT_ALLOWED');
   });
 
+  it('a policy of DENY rules alone refuses only what they match (as Istio has it)', () => {
+    const a = authz([policy('no-deletes', { rules: [{ action: 'DENY', to: [{ methods: ['DELETE'] }] }] })]);
+    expect(a.check('default', 'orders', req(GATEWAY, 'GET'))).toBeUndefined();
+    expect(a.check('default', 'orders', req(undefined, 'POST'))).toBeUndefined();
+    expect(a.check('default', 'orders', req(GATEWAY, 'DELETE'))?.code).toBe('ERR_AUTHZ_DENIED');
+  });
+
   it('rate limits with a token bucket per function, or per function and caller, and says when to come back', () => {
     let now = 0;
     const limiter = new RateLimiter(() => now);

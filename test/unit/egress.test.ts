@@ -4,12 +4,13 @@
  * destination's even when its chain is good.
  */
 import { request } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { type AddressInfo, connect } from 'node:net';
 import { createServer, type TLSSocket } from 'node:tls';
 import { afterEach, describe, expect, it } from 'vitest';
 import { CertificateAuthority } from '../../control/ca/ca.ts';
 import { createLogger } from '../../lib/log.ts';
 import { functionId, idOfCertificate } from '../../lib/spiffe.ts';
+import { Gateway } from '../../proxy/gateway.ts';
 import { Egress } from '../../proxy/mesh/egress.ts';
 import { Identities } from '../../proxy/tls/identities.ts';
 import { tempDir } from '../helpers/tide.ts';
@@ -20,9 +21,10 @@ afterEach(async () => {
   for (const c of closers.splice(0).reverse()) await c();
 });
 
-async function setup(serverId: string) {
+async function setup(serverId: string, serverTrusts?: string) {
   const ca = await CertificateAuthority.open({ dir: tempDir('tide-egress-ca-'), trustDomain: 'tide.local' });
-  const server = await ca.issue({ id: serverId });
+  const issued = await ca.issue({ id: serverId });
+  const server = serverTrusts ? { ...issued, ca: `${issued.ca}\n${serverTrusts}`.replace(issued.ca, serverTrusts) } : issued;
   let seenClient: string | undefined;
   const tls = createServer(
     { cert: server.cert, key: server.key, ca: server.ca, requestCert: true, rejectUnauthorized: true, minVersion: 'TLSv1.3' },
@@ -79,10 +81,35 @@ describe('mesh egress', () => {
     expect(client()).toBeUndefined();
   });
 
+  it('says why when the server refuses the caller’s certificate (a TLS alert after the handshake is a connect failure)', async () => {
+    const other = await CertificateAuthority.open({ dir: tempDir('tide-egress-other-'), trustDomain: 'tide.local' });
+    const { socket } = await setup(functionId('tide.local', 'default', 'orders'), other.bundle());
+    const r = await get(socket, 'orders.default.svc.tide');
+    expect(r.status).toBe(503);
+    expect(r.body).toContain('the server closed the TLS connection without accepting it (it refused this client certificate');
+  });
+
   it('answers 404 for hosts that are not mesh names', async () => {
     const { socket } = await setup(functionId('tide.local', 'default', 'orders'));
     const r = await get(socket, 'example.com');
     expect(r.status).toBe(404);
     expect(r.body).toContain('NAME.NAMESPACE.svc.tide');
+  });
+});
+
+describe('mesh listener', () => {
+  it('closes connections that never send a byte when it shuts down, instead of waiting for them', async () => {
+    const ca = await CertificateAuthority.open({ dir: tempDir('tide-mesh-ca-'), trustDomain: 'tide.local' });
+    const identities = new Identities({ issue: async (id, names) => ({ ...(await ca.issue({ id, names })), id }), log });
+    closers.push(() => identities.close());
+    const gateway = new Gateway({ log, resolve: () => undefined, identities });
+    const { port } = await gateway.listenMesh(0, '127.0.0.1');
+    const idle = connect(port, '127.0.0.1');
+    await new Promise((r) => idle.once('connect', r));
+    const closedIdle = new Promise((r) => idle.once('close', r));
+    const started = Date.now();
+    await gateway.close(500);
+    await closedIdle;
+    expect(Date.now() - started).toBeLessThan(2000);
   });
 });
