@@ -13,6 +13,7 @@ import type { PolicySpec } from '../lib/config/resources.ts';
 import { formatAge, parseDuration } from '../lib/duration.ts';
 import { errorMessage, TideError } from '../lib/errors.ts';
 import { createLogger } from '../lib/log.ts';
+import { registerBench } from './bench-command.ts';
 import { ApiClient, type ConnectOptions, locate } from './client.ts';
 import { parseOutput, structured, table } from './print.ts';
 import { VERSION } from './version.ts';
@@ -1018,6 +1019,7 @@ export function program(): Command {
   });
 
   accessCommands(prog);
+  registerBench(prog, connectionOptions, out);
   return prog;
 }
 

@@ -1,9 +1,11 @@
 #!/bin/sh
-# The system packages Tide's tests use, from Debian: runc (the container sandbox).
+# The system packages Tide's tests use, from Debian: runc (the container sandbox) and chromium
+# (the browser tests of HTML reports, driven by playwright-core).
 # Installed when missing and this runs as root with apt-get; otherwise it says what to install.
 set -eu
 missing=""
 command -v runc >/dev/null 2>&1 || [ -x /usr/sbin/runc ] || missing="$missing runc"
+[ -x /usr/bin/chromium ] || missing="$missing chromium"
 [ -z "$missing" ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "installing Debian packages:$missing" >&2
@@ -12,5 +14,5 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     apt-get install -y -q --no-install-recommends $missing >/dev/null
   fi
 else
-  echo "tide: the container sandbox tests need:$missing (apt-get install$missing, as root)" >&2
+  echo "tide: the container sandbox and browser tests need:$missing (apt-get install$missing, as root)" >&2
 fi

@@ -29,6 +29,8 @@ import { isScope, type Principal, ROOT_TOKEN_NAME, type Scope, scopeAllows, type
 /** What the autoscaler tells about a revision (control/autoscaler's Autoscaler fits). */
 export interface ScalingSource {
   decisions(revision: string, since?: number): unknown[];
+  /** Scales every serving revision of a function to zero now (for cold-start measurements). */
+  zero?(fn: string): Promise<string[]>;
   describe(revision: string): { desired: number | undefined; ready: number; queued: number; panic: boolean } | undefined;
 }
 
@@ -131,6 +133,11 @@ export class ControlApi {
     this.#route('GET', '/v1/revisions', 'read', async (_r, _p, url) => this.#revisions(url.searchParams.get('function') ?? undefined));
     this.#route('GET', '/v1/functions/:name/logs', 'read', (r, p, url) => this.#logs(r, p.name ?? '', url));
     this.#route('GET', '/v1/functions/:name/instances', 'read', (_r, p, url) => this.#instances(p.name ?? '', url));
+    this.#route('POST', '/v1/functions/:name/zero', 'deploy', async (_r, p) => {
+      const fn = await this.#opts.functions.get(p.name ?? '');
+      if (!this.#opts.scaling?.zero) throw new TideError('ERR_NOT_FOUND', 'this Tide cannot scale functions to zero on request', { status: 404 });
+      return json(202, { revisions: await this.#opts.scaling.zero(fn.name), desired: 0 });
+    });
     this.#route('POST', '/v1/apply', 'deploy', (r, _p, _u, who) => this.#apply(r, who));
     this.#route('GET', '/v1/routes', 'read', async () => json(200, { items: await this.#routeViews() }));
     this.#route('GET', '/v1/policies', 'read', async () => json(200, { items: (await this.#opts.resources?.policies()) ?? [] }));

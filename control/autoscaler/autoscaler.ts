@@ -8,7 +8,7 @@
  * Every decision is kept (a bounded log per revision) with what was observed and why, for
  * `tide get instances -w` and the API.
  */
-import { errorMessage } from '../../lib/errors.ts';
+import { errorMessage, TideError } from '../../lib/errors.ts';
 import { Informer } from '../../lib/informer.ts';
 import type { Logger } from '../../lib/log.ts';
 import { keys, parseRevision, type RevisionStatus, type ScaleRecord } from '../api/schema/function.ts';
@@ -42,10 +42,10 @@ class RevisionScaler {
   readonly function: string;
   readonly spec: ScalingSpec;
   readonly templateHash: string;
-  readonly window: LoadWindow;
+  window: LoadWindow;
   state: DeciderState;
-  /** When this autoscaler first saw the revision: idle time is counted from here at the earliest. */
-  readonly since: number;
+  /** When this autoscaler first saw the revision: idle time is counted from here at the earliest (0 after `zero`). */
+  since: number;
   ready = 0;
   queued = 0;
   /** The count last written to the store (undefined before anything was read or written). */
@@ -116,6 +116,51 @@ export class Autoscaler {
     if (!s || (s.written ?? 0) > 0) return;
     if (s.deciding) s.again = true;
     else void this.#decide(s);
+  }
+
+  /**
+   * Scales every revision of function `fn` that serves (its own, and any a Route sends
+   * traffic to) to zero now, without waiting for the stable window and grace period: `tide
+   * bench --cold` measures cold starts this way. Refused while one has requests in flight or
+   * waiting, or when minScale keeps instances. Resolves with the revisions it zeroed.
+   */
+  async zero(fn: string): Promise<string[]> {
+    const mine = [...this.#scalers.values()].filter((s) => s.function === fn);
+    if (mine.length === 0) throw new TideError('ERR_NOT_FOUND', `function ${fn} has no revision being scaled`, { status: 404 });
+    for (const s of mine) {
+      if (s.spec.minScale > 0)
+        throw new TideError('ERR_BAD_REQUEST', `${s.revision} keeps minScale ${s.spec.minScale} instance(s); it never goes to zero`, { status: 409 });
+      if (s.window.inflight > 0 || s.queued > 0)
+        throw new TideError('ERR_BAD_REQUEST', `${s.revision} has requests in flight; it goes to zero only when idle`, { status: 409 });
+    }
+    const reason = 'scaled to zero on request';
+    for (const s of mine) {
+      const now = this.#now();
+      s.window = new LoadWindow(s.spec.stableWindowMs);
+      s.state = { ...initialState(s.spec), desired: 0 };
+      s.since = 0;
+      await this.#store.put(
+        keys.scale(s.revision),
+        JSON.stringify({ revision: s.revision, desired: 0, reason, updatedAt: new Date(now).toISOString() } satisfies ScaleRecord),
+      );
+      s.written = 0;
+      s.decisions.push({
+        at: now,
+        desired: 0,
+        wanted: 0,
+        ready: s.ready,
+        observedStable: 0,
+        observedPanic: 0,
+        panic: false,
+        reason,
+        seq: ++this.#seq,
+        revision: s.revision,
+        queued: 0,
+        written: true,
+      });
+      this.#log.info({ revision: s.revision, desired: 0, reason }, 'scale');
+    }
+    return mine.map((s) => s.revision);
   }
 
   /** Decisions for `revision` newer than `since` (a seq), oldest first. */
