@@ -25,6 +25,7 @@ import {
   SnapshotPublisher,
   type Store,
 } from '../control/index.ts';
+import { ControlMetrics } from '../control/metrics.ts';
 import type { NodeInfo } from '../control/scheduler/placement.ts';
 import { resolveUpConfig, UP_DEFAULTS, type UpConfig, type UpOptions } from '../lib/config/up.ts';
 import { errorMessage, TideError } from '../lib/errors.ts';
@@ -98,6 +99,7 @@ export async function up(options: UpOptions = {}, log: Logger = createLogger({ l
   });
   const agent: NodeAgent = new NodeAgent({
     store,
+    onStarted: (info) => controlMetrics.coldStart(info),
     meshSocket: (ns, fn) => egress.open(ns, fn),
     driver,
     container: containers,
@@ -119,6 +121,7 @@ export async function up(options: UpOptions = {}, log: Logger = createLogger({ l
   const functions = new Functions(store, blobs, { validate: (path) => validateWorkerBundle(path) });
 
   const autoscaler = new Autoscaler({ store, log });
+  const controlMetrics = new ControlMetrics(() => autoscaler.gauges());
   const traffic = new RevisionStats();
   // Every function request counts twice: as demand for the autoscaler, as traffic for the stats.
   const demand = {
@@ -166,6 +169,8 @@ export async function up(options: UpOptions = {}, log: Logger = createLogger({ l
     functions,
     logs,
     tokens: new TokenStore(store, token),
+    // One /metrics for the process: the gateway (proxy and function traffic) and the control plane.
+    metrics: () => gateway.metrics.render() + gateway.functionMetrics.render() + controlMetrics.render(),
     ...(firstApiCert ? { tls: { cert: firstApiCert.cert, key: firstApiCert.key } } : {}),
     ca,
     log: log.child({ component: 'control.api' }),

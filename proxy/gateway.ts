@@ -17,6 +17,7 @@ import { TideError } from '../lib/errors.ts';
 import type { Logger } from '../lib/log.ts';
 import { functionId, gatewayId, meshHost, parseId, parseMeshHost } from '../lib/spiffe.ts';
 import type { CompiledListener, CompiledRoute, ProxySnapshot } from './config/compile.ts';
+import { FunctionMetrics, type TargetMetrics } from './function-metrics.ts';
 import { compose, type Dispatch, type ProxyRequest, type ResponseControl, type ResponseHandler } from './http/types.ts';
 import { type ActivatableEndpoint, Activator, type ActivatorHooks } from './layers/activator.ts';
 import { Authorizer } from './layers/authz.ts';
@@ -72,6 +73,10 @@ export class Gateway {
   readonly #opts: GatewayOptions;
   readonly #suffix: string;
   readonly metrics = new ProxyMetrics();
+  /** Function traffic by function, revision, route, method and code; activator waits. */
+  readonly functionMetrics = new FunctionMetrics();
+  /** Revision → its metrics, for the activator's waits. */
+  readonly #byRevision = new Map<string, TargetMetrics>();
   readonly #plane: DataPlane;
   readonly #activator: Activator;
   readonly #demand: DemandSink;
@@ -91,7 +96,11 @@ export class Gateway {
     this.#suffix = `.${(opts.domain ?? 'localhost').toLowerCase()}`;
     this.#plane = new DataPlane({ metrics: this.metrics, log: opts.log, access: opts.access });
     this.#demand = opts.demand ?? { begin() {}, end() {}, activate() {} };
-    this.#activator = new Activator(this.#demand);
+    this.#activator = new Activator({
+      activate: (rev) => this.#demand.activate(rev),
+      queued: (rev, depth) => this.#demand.queued?.(rev, depth),
+      waited: (rev, seconds) => this.#byRevision.get(rev)?.wait.observe(seconds),
+    });
     this.#trustDomain = opts.trustDomain ?? 'tide.local';
     this.identity = gatewayId(this.#trustDomain);
     this.#authz = new Authorizer([], this.#trustDomain, this.#limiter);
@@ -229,6 +238,8 @@ export class Gateway {
   #toFunction(target: RouteTarget): Dispatch {
     const authz = this.#authz;
     const active = authz.active(target.namespace, target.function);
+    const metrics = this.functionMetrics.target(target.function, target.revision);
+    this.#byRevision.set(target.revision, metrics);
     const send = (req: ProxyRequest, handler: ResponseHandler): void => {
       const endpoint = this.#opts.resolve(target);
       if (!endpoint) {
@@ -270,7 +281,7 @@ export class Gateway {
         return;
       }
       this.#demand.begin(target.revision);
-      send(req, new Counted(handler, this.#demand, target.revision));
+      send(req, new Counted(handler, this.#demand, target.revision, req, metrics));
     };
   }
 
@@ -385,14 +396,18 @@ class Counted implements ResponseHandler {
   readonly #inner: ResponseHandler;
   readonly #demand: DemandSink;
   readonly #revision: string;
+  readonly #req: ProxyRequest;
+  readonly #metrics: TargetMetrics;
   readonly #started = performance.now();
   #status = 0;
   #open = true;
 
-  constructor(inner: ResponseHandler, demand: DemandSink, revision: string) {
+  constructor(inner: ResponseHandler, demand: DemandSink, revision: string, req: ProxyRequest, metrics: TargetMetrics) {
     this.#inner = inner;
     this.#demand = demand;
     this.#revision = revision;
+    this.#req = req;
+    this.#metrics = metrics;
   }
 
   onHeaders(status: number, headers: string[], contentLength: number, ctl: ResponseControl): void {
@@ -418,6 +433,8 @@ class Counted implements ResponseHandler {
   #done(): void {
     if (!this.#open) return;
     this.#open = false;
-    this.#demand.end(this.#revision, this.#status, performance.now() - this.#started);
+    const ms = performance.now() - this.#started;
+    this.#demand.end(this.#revision, this.#status, ms);
+    this.#metrics.count(this.#req.route ?? '', this.#req.method, this.#status, (performance.now() - this.#req.startedAt) / 1000);
   }
 }

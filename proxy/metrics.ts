@@ -11,8 +11,9 @@
  *   tide_proxy_config_reloads_total{result}, tide_proxy_config_version
  *   tide_proxy_connections (gauge)
  */
+import { BUCKETS_S, esc, Histogram } from '../lib/prom.ts';
 
-const BUCKETS_S = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
+export { BUCKETS_S, esc, Histogram };
 
 /** Requests of one route by cluster and status, and their durations. */
 export class RouteMetrics {
@@ -28,24 +29,6 @@ export class RouteMetrics {
     byStatus.set(status, (byStatus.get(status) ?? 0) + 1);
     this.duration.observe(seconds);
   }
-}
-
-class Histogram {
-  readonly counts = new Array<number>(BUCKETS_S.length + 1).fill(0);
-  sum = 0;
-  count = 0;
-
-  observe(seconds: number): void {
-    let i = 0;
-    while (i < BUCKETS_S.length && seconds > (BUCKETS_S[i] as number)) i++;
-    this.counts[i] = (this.counts[i] as number) + 1;
-    this.sum += seconds;
-    this.count++;
-  }
-}
-
-function esc(v: string): string {
-  return v.replace(/\\/g, '\\\\').replace(/"/g, '\\"').replace(/\n/g, '\\n');
 }
 
 export class ProxyMetrics {

@@ -94,6 +94,8 @@ export interface ApiOptions {
   scaling?: ScalingSource;
   /** `POST /v1/apply`. */
   resources?: Resources;
+  /** `GET /metrics`: Prometheus text of the whole process. */
+  metrics?: () => string;
   /** Progressive rollouts, for `/v1/rollouts/NAME`. */
   rollouts?: {
     status(name: string): Promise<unknown>;
@@ -124,6 +126,10 @@ export class ControlApi {
     this.#clock = opts.clock ?? systemClock;
     this.#rootHash = opts.token ? sha256(opts.token) : undefined;
     this.#tls = opts.tls;
+    this.#route('GET', '/metrics', 'read', async () => {
+      if (!opts.metrics) throw new TideError('ERR_NOT_FOUND', 'this API serves no metrics', { status: 404 });
+      return new Response(opts.metrics(), { status: 200, headers: { 'content-type': 'text/plain; version=0.0.4; charset=utf-8' } });
+    });
     this.#route('GET', '/v1/info', 'read', async () => json(200, { ...(opts.info ?? {}) }));
     this.#route('GET', '/v1/functions', 'read', async () => json(200, { items: await this.#views() }));
     this.#route('GET', '/v1/functions/:name', 'read', async (_r, p) => this.#describe(p.name ?? ''));

@@ -175,6 +175,18 @@ export class Autoscaler {
     return s && { spec: s.spec, desired: s.written, ready: s.ready, queued: s.queued, panic: s.state.panicSince !== 0 };
   }
 
+  /** Every revision it scales, with its counts now (for metrics). */
+  gauges(): { function: string; revision: string; desired: number; ready: number; queued: number; panic: boolean }[] {
+    return [...this.#scalers.values()].map((s) => ({
+      function: s.function,
+      revision: s.revision,
+      desired: s.written ?? s.state.desired,
+      ready: s.ready,
+      queued: s.queued,
+      panic: s.state.panicSince !== 0,
+    }));
+  }
+
   /** Runs one decision for every revision now (tests; the timers do it otherwise). */
   async tick(): Promise<void> {
     await Promise.all([...this.#scalers.values()].map((s) => this.#decide(s)));

@@ -28,6 +28,8 @@ export interface ActivatorHooks {
   activate(revision: string): void;
   /** How many requests wait for `revision` (demand the autoscaler counts). */
   queued?(revision: string, depth: number): void;
+  /** A held request for `revision` was sent on after `seconds` (for the wait histogram). */
+  waited?(revision: string, seconds: number): void;
 }
 
 export interface QueueLimits {
@@ -45,6 +47,8 @@ interface Held {
   revision: string;
   /** Routes the request again (when the endpoint it waits for stops). */
   again: () => void;
+  /** performance.now() when it began to wait. */
+  since: number;
 }
 
 class Queue {
@@ -100,6 +104,7 @@ export class Activator {
       handler,
       revision,
       again,
+      since: performance.now(),
       timer: setTimeout(() => {
         if (!this.#remove(q, held)) return;
         handler.onError(
@@ -145,6 +150,7 @@ export class Activator {
       clearTimeout(held.timer);
       held.req.cancel = undefined;
       this.#hooks.queued?.(held.revision, q.items.length);
+      this.#hooks.waited?.(held.revision, (performance.now() - held.since) / 1000);
       dispatchToSandbox(q.endpoint, held.req, held.handler);
     }
     this.#closeIfEmpty(q);

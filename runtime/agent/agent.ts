@@ -51,6 +51,8 @@ export interface AgentOptions {
   drainMs?: number;
   /** First wait before an instance killed by its probes is replaced, doubling up to 5 min, ms. Default 10000 (the kubelet's). */
   restartBackoffMs?: number;
+  /** An instance started (a cold start): how long from the decision to start it until it could serve. */
+  onStarted?: (info: { function: string; revision: string; sandbox: string; seconds: number }) => void;
   /** The Unix socket a function's instances reach the mesh through (the node's egress proxy). Default: no mesh. */
   meshSocket?: (namespace: string, fn: string) => Promise<string>;
 }
@@ -382,6 +384,7 @@ export class NodeAgent {
     set.starting.set(id, { id, phase: 'starting', since: new Date().toISOString() });
     const log = this.#log.child({ revision: rev.name, instance: id });
     let instance: Instance;
+    const startedAt = performance.now();
     try {
       const meshSocket = this.#opts.meshSocket ? await this.#opts.meshSocket(rev.namespace, rev.function) : undefined;
       instance = await this.#driverOf(rev).start({
@@ -396,6 +399,7 @@ export class NodeAgent {
         ...(rev.image ? { image: rev.image } : {}),
       });
       if (rev.sandbox === 'container') this.#containers.add(instance);
+      this.#opts.onStarted?.({ function: rev.function, revision: rev.name, sandbox: rev.sandbox, seconds: (performance.now() - startedAt) / 1000 });
     } catch (err) {
       set.starting.delete(id);
       if (set.stopped || this.#closed) return;
