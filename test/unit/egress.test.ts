@@ -3,6 +3,7 @@
  * TLS under the function's identity, and refuses a server whose SPIFFE ID is not the
  * destination's even when its chain is good.
  */
+import { existsSync } from 'node:fs';
 import { request } from 'node:http';
 import { type AddressInfo, connect } from 'node:net';
 import { createServer, type TLSSocket } from 'node:tls';
@@ -13,7 +14,7 @@ import { functionId, idOfCertificate } from '../../lib/spiffe.ts';
 import { Gateway } from '../../proxy/gateway.ts';
 import { Egress } from '../../proxy/mesh/egress.ts';
 import { Identities } from '../../proxy/tls/identities.ts';
-import { tempDir } from '../helpers/tide.ts';
+import { eventually, tempDir } from '../helpers/tide.ts';
 
 const log = createLogger({ level: 'silent' });
 const closers: (() => Promise<void> | void)[] = [];
@@ -48,7 +49,7 @@ async function setup(serverId: string, serverTrusts?: string) {
   });
   closers.push(() => egress.close());
   const socket = await egress.open('default', 'web');
-  return { socket, client: () => seenClient };
+  return { socket, egress, client: () => seenClient };
 }
 
 function get(socketPath: string, host: string): Promise<{ status: number; body: string }> {
@@ -87,6 +88,16 @@ describe('mesh egress', () => {
     const r = await get(socket, 'orders.default.svc.tide');
     expect(r.status).toBe(503);
     expect(r.body).toContain('the server closed the TLS connection without accepting it (it refused this client certificate');
+  });
+
+  it('closes the way out of a function that is gone (retain), and keeps the others', async () => {
+    const { socket, egress } = await setup(functionId('tide.local', 'default', 'orders'));
+    const other = await egress.open('default', 'batch');
+    egress.retain(new Set(['default/batch']));
+    await eventually(() => !existsSync(socket));
+    expect(existsSync(other)).toBe(true);
+    await expect(get(socket, 'orders.default.svc.tide')).rejects.toThrow(/ENOENT|ECONNREFUSED/);
+    expect([...egress.sockets().keys()]).toEqual(['default/batch']);
   });
 
   it('answers 404 for hosts that are not mesh names', async () => {
