@@ -983,13 +983,20 @@ export function program(): Command {
       .argument('<name>', 'function name')
       .option('-f, --follow', 'keep printing new lines')
       .option('--tail <n>', 'lines of history to print first', integer('--tail', 0, 10000), 100)
+      .option('--since <when>', 'only lines since then: a duration back from now (10m, 2h) or a time (2026-01-02T15:04:05Z)')
+      .option('--revision <name>', 'only lines of this revision (NAME-0000N)')
       .option('-o, --output <format>', 'json prints the raw lines'),
   ).action(async (name: string, o) => {
     const raw = o.output === 'json';
     const api = await client(o);
     const ac = new AbortController();
     process.once('SIGINT', () => ac.abort());
-    const res = await api.raw('GET', `/v1/functions/${encodeURIComponent(name)}/logs?tail=${o.tail}${o.follow ? '&follow=1' : ''}`, undefined, ac.signal);
+    if (o.since !== undefined && !/^\d{4}-\d{2}-\d{2}T/.test(o.since)) parseDuration(o.since, '--since');
+    const query = new URLSearchParams({ tail: String(o.tail) });
+    if (o.follow) query.set('follow', '1');
+    if (o.since) query.set('since', o.since);
+    if (o.revision) query.set('revision', o.revision);
+    const res = await api.raw('GET', `/v1/functions/${encodeURIComponent(name)}/logs?${query}`, undefined, ac.signal);
     if (!res.ok) {
       const e = ((await res.json()) as { error?: { code?: string; message?: string; hint?: string } }).error;
       throw new TideError('ERR_NOT_FOUND', e?.message ?? `the API answered ${res.status}`, { hint: e?.hint });
@@ -1006,8 +1013,8 @@ export function program(): Command {
           if (line) {
             if (raw) out(line);
             else {
-              const l = JSON.parse(line) as { time: string; revision: string; level: string; message: string };
-              out(`${l.time} ${l.revision} ${l.level.toUpperCase().padEnd(6)} ${l.message}`);
+              const l = JSON.parse(line) as { time: string; revision: string; level: string; message: string; requestId?: string };
+              out(`${l.time} ${l.revision} ${l.level.toUpperCase().padEnd(6)} ${l.requestId ? `[${l.requestId}] ` : ''}${l.message}`);
             }
           }
           nl = buffered.indexOf('\n');

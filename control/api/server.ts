@@ -16,6 +16,7 @@ import type { AddressInfo } from 'node:net';
 import { Readable } from 'node:stream';
 import { createSecureContext } from 'node:tls';
 import { type Clock, systemClock } from '../../lib/clock.ts';
+import { parseDuration } from '../../lib/duration.ts';
 import { errorMessage, isTideError, TideError } from '../../lib/errors.ts';
 import type { Logger } from '../../lib/log.ts';
 import { listen } from '../../lib/net.ts';
@@ -48,6 +49,8 @@ export interface LogLine {
   instance: string;
   level: string;
   message: string;
+  /** The request the line was printed for (x-request-id), when the sandbox knows it. */
+  requestId?: string;
 }
 
 /** A server certificate for the API: PEM; `cert` may hold the chain after the leaf. */
@@ -476,7 +479,18 @@ export class ControlApi {
     await this.#opts.functions.get(name);
     const tail = Math.min(Math.max(Number(url.searchParams.get('tail') ?? 100) || 0, 0), 10_000);
     const follow = url.searchParams.get('follow') === '1' || url.searchParams.get('follow') === 'true';
-    const lines = await this.#opts.logs.tail(name, tail);
+    // Filters: a revision, and lines since a time (RFC 3339, or a duration back from now: 10m).
+    const revision = url.searchParams.get('revision') ?? undefined;
+    const sinceParam = url.searchParams.get('since');
+    let since = 0;
+    if (sinceParam) {
+      since = /^\d{4}-\d{2}-\d{2}T/.test(sinceParam) ? Date.parse(sinceParam) : this.#clock.now() - parseDuration(sinceParam, 'since');
+      if (!Number.isFinite(since))
+        throw new TideError('ERR_BAD_REQUEST', `since must be a time like 2026-01-02T15:04:05Z or a duration like 10m (got ${sinceParam})`, { status: 400 });
+    }
+    const keep = (l: LogLine) => (!revision || l.revision === revision) && (since === 0 || Date.parse(l.time) >= since);
+    const filtered = revision !== undefined || since !== 0;
+    const lines = (await this.#opts.logs.tail(name, filtered ? 10_000 : tail)).filter(keep).slice(-tail || undefined);
     const encoder = new TextEncoder();
     let stop: (() => void) | undefined;
     const stream = new ReadableStream<Uint8Array>({
@@ -487,6 +501,7 @@ export class ControlApi {
           return;
         }
         stop = this.#opts.logs.follow(name, (line) => {
+          if (!keep(line)) return;
           try {
             controller.enqueue(encoder.encode(`${JSON.stringify(line)}\n`));
           } catch {

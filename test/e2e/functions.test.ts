@@ -172,8 +172,8 @@ describe('env, secrets, waitUntil and logs', () => {
       const res = await tide(['logs', 'context'], { dataDir: t.dataDir });
       return res.stdout.includes('hello from the log first') ? res : undefined;
     });
-    expect(r.stdout).toMatch(/context-00001 INFO {3}hello from the log first/);
-    expect(r.stdout).toMatch(/ERROR {2}an error line/);
+    expect(r.stdout).toMatch(/context-00001 INFO {3}\[[^\]]+\] hello from the log first/);
+    expect(r.stdout).toMatch(/ERROR {2}\[[^\]]+\] an error line/);
 
     const { spawn } = await import('node:child_process');
     const follower = spawn(process.execPath, [join(ROOT, 'bin/tide.js'), 'logs', 'context', '-f', '--tail', '0', '--data-dir', t.dataDir], {
@@ -196,6 +196,31 @@ describe('env, secrets, waitUntil and logs', () => {
     } finally {
       follower.kill('SIGINT');
     }
+  });
+});
+
+describe('function logs', () => {
+  it('tag console output with the request it was printed for, and filter by --revision and --since', async () => {
+    await http(t.gatewayPort, 'context.localhost', '/log?m=tagged', { headers: { 'x-request-id': 'req-tagged-1' } });
+    const r = await eventually(async () => {
+      const res = await tide(['logs', 'context', '-o', 'json'], { dataDir: t.dataDir });
+      return res.stdout.includes('hello from the log tagged') ? res : undefined;
+    });
+    const lines = r.stdout
+      .split('\n')
+      .filter(Boolean)
+      .map((l) => JSON.parse(l) as { message: string; requestId?: string; revision: string });
+    expect(lines.find((l) => l.message.includes('hello from the log tagged'))?.requestId).toBe('req-tagged-1');
+    const text = await tide(['logs', 'context'], { dataDir: t.dataDir });
+    expect(text.stdout).toMatch(/INFO {3}\[req-tagged-1\] hello from the log tagged/);
+    const rev = await tide(['logs', 'context', '--revision', 'context-00001'], { dataDir: t.dataDir });
+    expect(rev.stdout).toContain('hello from the log tagged');
+    expect((await tide(['logs', 'context', '--revision', 'context-00099'], { dataDir: t.dataDir })).stdout).toBe('');
+    expect((await tide(['logs', 'context', '--since', '1h'], { dataDir: t.dataDir })).stdout).toContain('hello from the log tagged');
+    expect((await tide(['logs', 'context', '--since', '2099-01-01T00:00:00Z'], { dataDir: t.dataDir })).stdout).toBe('');
+    const bad = await tide(['logs', 'context', '--since', 'yesterday'], { dataDir: t.dataDir });
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toContain('--since');
   });
 });
 

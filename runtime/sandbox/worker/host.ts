@@ -6,6 +6,7 @@
  * console output into the function's log channel. A throw fails only its own request; it must
  * never take the thread down.
  */
+import { AsyncLocalStorage } from 'node:async_hooks';
 import { format } from 'node:util';
 import { MessageChannel, type MessagePort } from 'node:worker_threads';
 import { move, transferableSymbol, valueSymbol, workerData } from 'piscina';
@@ -30,7 +31,11 @@ let data: HostData = seed ?? { bundleUrl: '', env: {}, function: '', revision: '
 let env: Readonly<Record<string, string>> = Object.freeze({ ...data.env });
 const logs = new BroadcastChannel(LOG_CHANNEL);
 
+/** The request a piece of function code runs for (console output carries its id). */
+const current = new AsyncLocalStorage<string>();
+
 function emit(level: string, args: unknown[]): void {
+  const requestId = current.getStore();
   logs.postMessage({
     time: new Date().toISOString(),
     function: data.function,
@@ -38,6 +43,7 @@ function emit(level: string, args: unknown[]): void {
     instance: data.instance,
     level,
     message: format(...args),
+    ...(requestId ? { requestId } : {}),
   });
 }
 
@@ -157,7 +163,8 @@ class Exchange {
 
     let response: unknown;
     try {
-      response = await handler.fetch(request, env, ctx);
+      // Everything the handler does for this request, waitUntil work included, logs with its id.
+      response = await current.run(task.requestId, () => handler.fetch(request, env, ctx));
     } catch (err) {
       emit('error', [`request ${task.requestId} failed:`, err]);
       this.#after();
