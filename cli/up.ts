@@ -121,7 +121,10 @@ export async function up(options: UpOptions = {}, log: Logger = createLogger({ l
   const functions = new Functions(store, blobs, { validate: (path) => validateWorkerBundle(path) });
 
   const autoscaler = new Autoscaler({ store, log });
-  const controlMetrics = new ControlMetrics(() => autoscaler.gauges());
+  const controlMetrics = new ControlMetrics(
+    () => autoscaler.gauges(),
+    () => agent.usage(),
+  );
   const traffic = new RevisionStats();
   // Every function request counts twice: as demand for the autoscaler, as traffic for the stats.
   const demand = {
@@ -170,7 +173,7 @@ export async function up(options: UpOptions = {}, log: Logger = createLogger({ l
     logs,
     tokens: new TokenStore(store, token),
     // One /metrics for the process: the gateway (proxy and function traffic) and the control plane.
-    metrics: () => gateway.metrics.render() + gateway.functionMetrics.render() + controlMetrics.render(),
+    metrics: async () => gateway.metrics.render() + gateway.functionMetrics.render() + (await controlMetrics.render()),
     ...(firstApiCert ? { tls: { cert: firstApiCert.cert, key: firstApiCert.key } } : {}),
     ca,
     log: log.child({ component: 'control.api' }),

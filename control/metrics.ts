@@ -7,6 +7,7 @@
  *   tide_activator_queue_depth{function,revision}, tide_autoscaler_panic{function,revision}
  *   tide_sandbox_cold_starts_total{function,revision,sandbox}
  *   tide_sandbox_cold_start_duration_seconds{function,revision,sandbox} (histogram)
+ *   tide_sandbox_memory_bytes, tide_sandbox_cpu_seconds_total{function,revision,instance,sandbox}
  */
 import { esc, family, Histogram, histogramFamily } from '../lib/prom.ts';
 
@@ -19,12 +20,23 @@ export interface RevisionGauges {
   panic: boolean;
 }
 
+export interface SandboxUsageRow {
+  function: string;
+  revision: string;
+  instance: string;
+  sandbox: string;
+  memoryBytes: number;
+  cpuSeconds: number;
+}
+
 export class ControlMetrics {
   readonly #gauges: () => RevisionGauges[];
+  readonly #usage: () => Promise<SandboxUsageRow[]>;
   readonly #cold = new Map<string, Histogram>();
 
-  constructor(gauges: () => RevisionGauges[]) {
+  constructor(gauges: () => RevisionGauges[], usage: () => Promise<SandboxUsageRow[]> = async () => []) {
     this.#gauges = gauges;
+    this.#usage = usage;
   }
 
   coldStart(info: { function: string; revision: string; sandbox: string; seconds: number }): void {
@@ -37,8 +49,26 @@ export class ControlMetrics {
     h.observe(info.seconds);
   }
 
-  render(): string {
+  async render(): Promise<string> {
     const out: string[] = [];
+    const usage = (await this.#usage()).map((u) => ({
+      ...u,
+      labels: `function="${esc(u.function)}",revision="${esc(u.revision)}",instance="${esc(u.instance)}",sandbox="${esc(u.sandbox)}"`,
+    }));
+    family(
+      out,
+      'tide_sandbox_memory_bytes',
+      "Memory an instance uses: a worker thread's heap, a container's cgroup.",
+      'gauge',
+      usage.map((u) => [u.labels, u.memoryBytes]),
+    );
+    family(
+      out,
+      'tide_sandbox_cpu_seconds_total',
+      'CPU time of an instance since its thread or container started.',
+      'counter',
+      usage.map((u) => [u.labels, u.cpuSeconds]),
+    );
     const g = this.#gauges().map((r) => ({ ...r, labels: `function="${esc(r.function)}",revision="${esc(r.revision)}"` }));
     family(
       out,

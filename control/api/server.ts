@@ -98,7 +98,7 @@ export interface ApiOptions {
   /** `POST /v1/apply`. */
   resources?: Resources;
   /** `GET /metrics`: Prometheus text of the whole process. */
-  metrics?: () => string;
+  metrics?: () => string | Promise<string>;
   /** Progressive rollouts, for `/v1/rollouts/NAME`. */
   rollouts?: {
     status(name: string): Promise<unknown>;
@@ -131,7 +131,7 @@ export class ControlApi {
     this.#tls = opts.tls;
     this.#route('GET', '/metrics', 'read', async () => {
       if (!opts.metrics) throw new TideError('ERR_NOT_FOUND', 'this API serves no metrics', { status: 404 });
-      return new Response(opts.metrics(), { status: 200, headers: { 'content-type': 'text/plain; version=0.0.4; charset=utf-8' } });
+      return new Response(await opts.metrics(), { status: 200, headers: { 'content-type': 'text/plain; version=0.0.4; charset=utf-8' } });
     });
     this.#route('GET', '/v1/info', 'read', async () => json(200, { ...(opts.info ?? {}) }));
     this.#route('GET', '/v1/functions', 'read', async () => json(200, { items: await this.#views() }));

@@ -223,6 +223,21 @@ export class NodeAgent {
    * the function's previous revision that is still ready (so a deploy or a rollback never opens
    * a window of 503s).
    */
+  /** Memory and CPU of every instance running here (for metrics). */
+  async usage(): Promise<{ function: string; revision: string; instance: string; sandbox: string; memoryBytes: number; cpuSeconds: number }[]> {
+    const out: { function: string; revision: string; instance: string; sandbox: string; memoryBytes: number; cpuSeconds: number }[] = [];
+    const slots: [RevisionSet, Slot][] = [];
+    for (const set of this.#sets.values()) for (const slot of [...set.ready, ...set.unready.values(), ...set.draining.values()]) slots.push([set, slot]);
+    await Promise.all(
+      slots.map(async ([set, slot]) => {
+        const u = await slot.instance.usage?.().catch(() => undefined);
+        if (!u) return;
+        out.push({ function: set.record.function, revision: set.revision, instance: slot.instance.spec.id, sandbox: set.record.sandbox, ...u });
+      }),
+    );
+    return out;
+  }
+
   endpoint(revision: string, fn?: string): RevisionEndpoint | undefined {
     const set = this.#sets.get(revision);
     if (set && set.phase === 'ready') return set;

@@ -87,6 +87,15 @@ export interface Instance {
    * connection instead.
    */
   dispatch(req: SandboxRequest, res: SandboxResponse, meta: DispatchMeta): Promise<void>;
+  /** What it uses now: memory (bytes) and CPU time so far (seconds); undefined when it cannot tell. */
+  usage?(): Promise<SandboxUsage | undefined>;
+}
+
+export interface SandboxUsage {
+  /** A worker's JavaScript heap in use; a container's cgroup memory. */
+  memoryBytes: number;
+  /** CPU time since the sandbox started (a replaced thread or container starts again from 0). */
+  cpuSeconds: number;
 }
 
 export interface SandboxDriver {

@@ -64,6 +64,32 @@ describe('/metrics', () => {
     expect((await apiFetch(t, '/metrics', { token: false })).status).toBe(401);
   });
 
+  it('reports the memory and CPU of each instance: a worker thread, and a runc container', async () => {
+    const r = await tide(['deploy', join(FIXTURES, 'functions', 'counter.ts'), '--name', 'boxed', '--sandbox', 'container', '--min-scale', '1'], {
+      dataDir: t.dataDir,
+    });
+    expect(r.code, r.stderr).toBe(0);
+    for (let i = 0; i < 20; i++) expect((await http(t.gatewayPort, 'boxed.localhost', '/')).status).toBe(200);
+    const m = await metrics();
+    const series = (name: string, fn: string, sandbox: string) =>
+      m
+        .split('\n')
+        .filter((l) => l.startsWith(`${name}{function="${fn}",`) && l.includes(`sandbox="${sandbox}"`))
+        .map((l) => Number(l.slice(l.lastIndexOf(' ') + 1)));
+    const [wMem] = series('tide_sandbox_memory_bytes', 'm', 'worker');
+    const [wCpu] = series('tide_sandbox_cpu_seconds_total', 'm', 'worker');
+    // A worker thread's heap is megabytes; it has used some CPU.
+    expect(wMem).toBeGreaterThan(1024 * 1024);
+    expect(wMem).toBeLessThan(512 * 1024 * 1024);
+    expect(wCpu).toBeGreaterThan(0);
+    const [cMem] = series('tide_sandbox_memory_bytes', 'boxed', 'container');
+    const [cCpu] = series('tide_sandbox_cpu_seconds_total', 'boxed', 'container');
+    // A container's cgroup holds Node itself: tens of megabytes, under its 128 MiB limit.
+    expect(cMem).toBeGreaterThan(4 * 1024 * 1024);
+    expect(cMem).toBeLessThanOrEqual(128 * 1024 * 1024);
+    expect(cCpu).toBeGreaterThan(0);
+  });
+
   it('passes promtool check metrics', async () => {
     const r = spawnSync('promtool', ['check', 'metrics'], { input: await metrics(), encoding: 'utf8', timeout: 15_000 });
     expect(r.stdout + r.stderr).toBe('');

@@ -47,7 +47,7 @@ import { isTideError, TideError } from '../../../lib/errors.ts';
 import { readImage } from '../../../lib/oci.ts';
 import { CTL, HOP_BY_HOP } from '../../../proxy/http/grammar.ts';
 import { H1Pool, type PoolController, type PoolHandler } from '../../../proxy/upstream/h1pool.ts';
-import type { DispatchMeta, Instance, InstanceEvent, InstanceSpec, SandboxDriver, SandboxRequest, SandboxResponse } from '../driver.ts';
+import type { DispatchMeta, Instance, InstanceEvent, InstanceSpec, SandboxDriver, SandboxRequest, SandboxResponse, SandboxUsage } from '../driver.ts';
 import { IMAGE_CACHE, imageRootfs } from './image.ts';
 import { findRunc, Runc } from './runc.ts';
 import { containerSpec, ID_BASE } from './spec.ts';
@@ -584,6 +584,25 @@ export class ContainerInstance implements Instance {
   /** The container now serving (tests look inside it). */
   get container(): Container | undefined {
     return this.#container;
+  }
+
+  /** The container's cgroup: memory in use and CPU time (cgroup v1 controllers, else v2). */
+  async usage(): Promise<SandboxUsage | undefined> {
+    const c = this.#container;
+    if (!c) return undefined;
+    const read = (f: string) =>
+      readFile(f, 'utf8').then(
+        (t) => t.trim(),
+        () => undefined,
+      );
+    const v1mem = await read(`/sys/fs/cgroup/memory/tide/${c.id}/memory.usage_in_bytes`);
+    const v1cpu = await read(`/sys/fs/cgroup/cpuacct/tide/${c.id}/cpuacct.usage`);
+    if (v1mem !== undefined && v1cpu !== undefined) return { memoryBytes: Number(v1mem), cpuSeconds: Number(v1cpu) / 1e9 };
+    const v2mem = await read(`/sys/fs/cgroup/tide/${c.id}/memory.current`);
+    const v2cpu = await read(`/sys/fs/cgroup/tide/${c.id}/cpu.stat`);
+    const usec = v2cpu && /usage_usec (\d+)/.exec(v2cpu)?.[1];
+    if (v2mem !== undefined && usec) return { memoryBytes: Number(v2mem), cpuSeconds: Number(usec) / 1e6 };
+    return undefined;
   }
 
   async boot(signal?: AbortSignal): Promise<void> {

@@ -15,7 +15,7 @@ import { pathToFileURL } from 'node:url';
 import { MessageChannel, type MessagePort } from 'node:worker_threads';
 import { Piscina } from 'piscina';
 import { TideError } from '../../../lib/errors.ts';
-import type { DispatchMeta, Instance, InstanceEvent, InstanceSpec, SandboxDriver, SandboxRequest, SandboxResponse } from '../driver.ts';
+import type { DispatchMeta, Instance, InstanceEvent, InstanceSpec, SandboxDriver, SandboxRequest, SandboxResponse, SandboxUsage } from '../driver.ts';
 import { type HostData, type HostMessage, type MainMessage, RESPONSE_WINDOW, type RequestTask, type Task, type TaskResult } from './protocol.ts';
 
 const HOST_URL = new URL('./host.ts', import.meta.url).href;
@@ -184,6 +184,18 @@ export class WorkerInstance implements Instance {
 
   get inflight(): number {
     return this.#inflight;
+  }
+
+  /** The thread's heap in use and its CPU time. */
+  async usage(): Promise<SandboxUsage | undefined> {
+    const thread = this.#pool.threads[0];
+    if (!thread) return undefined;
+    try {
+      const [heap, cpu] = await Promise.all([thread.getHeapStatistics(), thread.cpuUsage()]);
+      return { memoryBytes: heap.used_heap_size + heap.external_memory, cpuSeconds: (cpu.user + cpu.system) / 1e6 };
+    } catch {
+      return undefined;
+    }
   }
 
   async load(signal: AbortSignal): Promise<void> {
