@@ -122,7 +122,7 @@ export function registerBench(prog: Command, connectionOptions: (c: Command) => 
       body,
       path,
       rounds: (o.rounds as number | undefined) ?? (targets.length > 1 || cold ? 3 : 1),
-      warmupS: /^0+(\.0+)?(ms|s|m)?$/.test(o.warmup as string) ? 0 : parseDuration(o.warmup as string, '--warmup') / 1000,
+      warmupS: parseDuration(o.warmup as string, '--warmup', { allowZero: true }) / 1000,
       cold,
       timeoutS: Math.max(1, Math.ceil(parseDuration(o.timeout as string, '--timeout') / 1000)),
       allowRemote: o.allowRemote === true,

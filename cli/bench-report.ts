@@ -5,7 +5,7 @@
  * starts.
  */
 import type { Comparison, Summary } from './bench.ts';
-import { fmtBytes, fmtMs } from './bench.ts';
+import { counts, fmtBytes, fmtMs } from './bench.ts';
 
 export interface ReportData {
   date: string;
@@ -74,18 +74,7 @@ function table(s: Summary): string {
     `<table>${row('requests', s.requests.toLocaleString('en'))}${row('duration', `${s.durationS.toFixed(1)} s`)}${row('requests/s', s.rps.toLocaleString('en'))}` +
     `${row('latency p50 / p90 / p99 / max', [s.latencyMs.p50, s.latencyMs.p90, s.latencyMs.p99, s.latencyMs.max].map(fmtMs).join(' / '))}` +
     `${row('mean latency', fmtMs(s.latencyMs.mean))}${row('throughput', `${fmtBytes(s.throughputBytesPerS)}/s`)}` +
-    `${row(
-      'statuses',
-      Object.entries(s.statuses)
-        .map(([k, v]) => `${k}: ${v}`)
-        .join(', ') || '-',
-    )}` +
-    `${row(
-      'errors',
-      Object.entries(s.errors)
-        .map(([k, v]) => `${k}: ${v}`)
-        .join(', ') || 'none',
-    )}` +
+    `${row('statuses', counts(s.statuses, ', ', '-'))}${row('errors', counts(s.errors, ', ', 'none'))}` +
     `${row('error rate', `${(s.errorRate * 100).toFixed(2)}%`)}</table>`
   );
 }

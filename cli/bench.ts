@@ -177,6 +177,21 @@ export async function checkAllowed(url: string, allowRemote: boolean): Promise<v
   });
 }
 
+interface RouteTags {
+  name: string;
+  hosts: string[] | null;
+  tags: { tag: string; revision: string }[];
+}
+
+async function routes(api: ApiClient): Promise<RouteTags[]> {
+  return (await api.call<{ items: RouteTags[] }>('GET', '/v1/routes')).items;
+}
+
+/** TAG.<the route's first host> (its own NAME.<domain> when it has none). */
+function tagHost(r: RouteTags, tag: string, domain: string): string {
+  return `${tag}.${(r.hosts ?? [`${r.name}.${domain}`])[0]}`;
+}
+
 /**
  * What a target is: a URL; `NAME` (a function, through the gateway); `TAG.NAME` (a route tag);
  * `NAME-0000N` (a revision: the one its function serves, or one a route tags).
@@ -199,11 +214,11 @@ export async function resolveTarget(
     const fn = await api.call<{ servingRevision: string }>('GET', `/v1/functions/${encodeURIComponent(fnName)}`).catch(() => undefined);
     if (fn?.servingRevision === name)
       return { name, description: `revision ${name} (serving ${fnName}.${domain})`, url, host: `${fnName}.${domain}`, function: fnName };
-    const { items } = await api.call<{ items: { name: string; hosts: string[] | null; tags: { tag: string; revision: string }[] }[] }>('GET', '/v1/routes');
+    const items = await routes(api);
     for (const r of items) {
       const tag = r.tags.find((t) => t.revision === name);
       if (tag) {
-        const host = `${tag.tag}.${(r.hosts ?? [`${r.name}.${domain}`])[0]}`;
+        const host = tagHost(r, tag.tag, domain);
         return { name, description: `revision ${name} (tag ${tag.tag} of route ${r.name}: ${host})`, url, host, function: fnName };
       }
     }
@@ -218,11 +233,11 @@ export async function resolveTarget(
   const tagged = /^([a-z]([-a-z0-9]*[a-z0-9])?)\.([a-z]([-a-z0-9]*[a-z0-9])?)$/.exec(name);
   if (tagged) {
     const [, tag, , route] = tagged as unknown as [string, string, string, string];
-    const { items } = await api.call<{ items: { name: string; hosts: string[] | null; tags: { tag: string; revision: string }[] }[] }>('GET', '/v1/routes');
+    const items = await routes(api);
     const r = items.find((x) => x.name === route);
     const t = r?.tags.find((x) => x.tag === tag);
     if (!r || !t) throw new TideError('ERR_NOT_FOUND', `no route ${route} with a tag ${tag}`, { hint: 'tide get routes lists routes and their tags' });
-    const host = `${tag}.${(r.hosts ?? [`${r.name}.${domain}`])[0]}`;
+    const host = tagHost(r, tag, domain);
     return { name, description: `tag ${tag} of route ${route} (${t.revision}: ${host})`, url, host, function: t.revision.replace(/-\d{5}$/, '') };
   }
   if (!/^[a-z]([-a-z0-9]*[a-z0-9])?$/.test(name))
@@ -436,6 +451,15 @@ export function fmtBytes(n: number): string {
   return `${n} B`;
 }
 
+/** "200: 598   503: 2", or `none` when there are none. */
+export function counts(byKind: Record<string, number>, sep: string, none: string): string {
+  return (
+    Object.entries(byKind)
+      .map(([k, v]) => `${k}: ${v}`)
+      .join(sep) || none
+  );
+}
+
 /** The terminal report of one target. */
 export function renderSummary(s: Summary): string {
   const lines: string[] = [];
@@ -449,17 +473,8 @@ export function renderSummary(s: Summary): string {
     `  latency      p50 ${fmtMs(s.latencyMs.p50)}   p90 ${fmtMs(s.latencyMs.p90)}   p99 ${fmtMs(s.latencyMs.p99)}   max ${fmtMs(s.latencyMs.max)}   mean ${fmtMs(s.latencyMs.mean)}`,
   );
   lines.push(`  throughput   ${fmtBytes(s.throughputBytesPerS)}/s`);
-  lines.push(
-    `  statuses     ${
-      Object.entries(s.statuses)
-        .map(([k, v]) => `${k}: ${v}`)
-        .join('   ') || '-'
-    }`,
-  );
-  const errs = Object.entries(s.errors);
-  lines.push(
-    `  errors       ${errs.length ? errs.map(([k, v]) => `${k}: ${v}`).join('   ') : 'none'}${s.failed ? `   (failed ${(s.errorRate * 100).toFixed(2)}% incl. 5xx)` : ''}`,
-  );
+  lines.push(`  statuses     ${counts(s.statuses, '   ', '-')}`);
+  lines.push(`  errors       ${counts(s.errors, '   ', 'none')}${s.failed ? `   (failed ${(s.errorRate * 100).toFixed(2)}% incl. 5xx)` : ''}`);
   if (s.rounds.length > 1) lines.push(`  rounds       ${s.rounds.map((r) => `${r.rps} req/s`).join(', ')}`);
   if (s.histogram.length > 0) {
     lines.push('');

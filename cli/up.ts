@@ -162,12 +162,11 @@ export async function up(options: UpOptions = {}, log: Logger = createLogger({ l
   let gatewayPort = config.port;
   const functionUrl = (name: string) => `http://${name}.${config.domain}${gatewayPort === 80 ? '' : `:${gatewayPort}`}`;
   // The API's own certificate, from the same CA: names it is reached by, renewed at half life.
-  const apiCertificate = async () => {
-    const names = [...new Set(['localhost', '127.0.0.1', '::1', config.host, hostname()].filter((n) => n && n !== '0.0.0.0' && n !== '::'))];
-    const c = await ca.issue({ id: `spiffe://${config.trustDomain}/ns/${SYSTEM_NAMESPACE}/control`, names });
-    return { cert: c.cert, key: c.key, ttlMs: c.notAfter.getTime() - Date.now() };
-  };
-  const firstApiCert = config.apiTls ? await apiCertificate() : undefined;
+  // The API's own certificate, from the same CA, for the names it is reached by; renewed (and
+  // re-issued after a root roll-over) with the workload certificates.
+  const controlId = `spiffe://${config.trustDomain}/ns/${SYSTEM_NAMESPACE}/control`;
+  const apiNames = [...new Set(['localhost', '127.0.0.1', '::1', config.host, hostname()].filter((n) => n && n !== '0.0.0.0' && n !== '::'))];
+  const firstApiCert = config.apiTls ? await identities.ensure(controlId, apiNames) : undefined;
   const api = new ControlApi({
     functions,
     logs,
@@ -192,41 +191,17 @@ export async function up(options: UpOptions = {}, log: Logger = createLogger({ l
     store,
     (s: Snapshot) => {
       gateway.setSnapshot(s);
-      egress.retain(new Set([...s.routes.values()].map((t) => `${t.namespace}/${t.function}`)));
+      egress.retain(gateway.functions);
     },
     (err) => log.error({ err: errorMessage(err) }, 'snapshot build failed'),
   );
 
-  let apiRenewal: NodeJS.Timeout | undefined;
-  const renewApi = (afterMs: number) => {
-    // setTimeout holds at most 2^31-1 ms; a longer life is renewed that early.
-    afterMs = Math.min(afterMs, 2 ** 31 - 1);
-    apiRenewal = setTimeout(async () => {
-      try {
-        const c = await apiCertificate();
-        api.setCertificate(c);
-        renewApi(c.ttlMs / 2);
-      } catch (err) {
-        log.warn({ err: errorMessage(err) }, 'API certificate not renewed; retrying');
-        renewApi(5000);
-      }
-    }, afterMs);
-    apiRenewal.unref();
-  };
-  if (firstApiCert) {
-    renewApi(firstApiCert.ttlMs / 2);
-    // After a root roll-over the API is served under the new root at once.
-    ca.onChange(() => {
-      clearTimeout(apiRenewal);
-      renewApi(0);
-    });
-  }
+  if (firstApiCert) identities.onRenew(controlId, (c) => api.setCertificate(c));
 
   let closing: Promise<void> | undefined;
   const close = () => {
     closing ??= (async () => {
       log.info({ drainMs: config.drainMs }, 'shutting down');
-      clearTimeout(apiRenewal);
       snapshots.close();
       autoscaler.close();
       scheduler.close();

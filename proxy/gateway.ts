@@ -133,6 +133,11 @@ export class Gateway {
     return this.#authz.mode(namespace, name);
   }
 
+  /** The functions of the current snapshot, as "namespace/name". */
+  get functions(): ReadonlySet<string> {
+    return this.#functions;
+  }
+
   /** True when a function of this name is in the current snapshot. */
   serves(namespace: string, name: string): boolean {
     return this.#functions.has(`${namespace}/${name}`);
@@ -433,8 +438,8 @@ class Counted implements ResponseHandler {
   #done(): void {
     if (!this.#open) return;
     this.#open = false;
-    const ms = performance.now() - this.#started;
-    this.#demand.end(this.#revision, this.#status, ms);
-    this.#metrics.count(this.#req.route ?? '', this.#req.method, this.#status, (performance.now() - this.#req.startedAt) / 1000);
+    const now = performance.now();
+    this.#demand.end(this.#revision, this.#status, now - this.#started);
+    this.#metrics.count(this.#req.route ?? '', this.#req.method, this.#status, (now - this.#req.startedAt) / 1000);
   }
 }

@@ -139,25 +139,8 @@ export class Autoscaler {
       s.window = new LoadWindow(s.spec.stableWindowMs);
       s.state = { ...initialState(s.spec), desired: 0 };
       s.since = 0;
-      await this.#store.put(
-        keys.scale(s.revision),
-        JSON.stringify({ revision: s.revision, desired: 0, reason, updatedAt: new Date(now).toISOString() } satisfies ScaleRecord),
-      );
-      s.written = 0;
-      s.decisions.push({
-        at: now,
-        desired: 0,
-        wanted: 0,
-        ready: s.ready,
-        observedStable: 0,
-        observedPanic: 0,
-        panic: false,
-        reason,
-        seq: ++this.#seq,
-        revision: s.revision,
-        queued: 0,
-        written: true,
-      });
+      await this.#write(s, 0, reason, now);
+      this.#remember(s, { at: now, desired: 0, wanted: 0, ready: s.ready, observedStable: 0, observedPanic: 0, panic: false, reason }, true);
       this.#log.info({ revision: s.revision, desired: 0, reason }, 'scale');
     }
     return mine.map((s) => s.revision);
@@ -276,10 +259,8 @@ export class Autoscaler {
       s.state = state;
       let written = true;
       if (decision.desired !== s.written) {
-        const record: ScaleRecord = { revision: s.revision, desired: decision.desired, reason: decision.reason, updatedAt: new Date(now).toISOString() };
         try {
-          await this.#store.put(keys.scale(s.revision), JSON.stringify(record));
-          if (this.#scalers.get(s.revision) === s) s.written = decision.desired;
+          await this.#write(s, decision.desired, decision.reason, now);
           this.#log.info(
             {
               revision: s.revision,
@@ -296,8 +277,7 @@ export class Autoscaler {
           if (!this.#closed) this.#log.error({ err: errorMessage(err), revision: s.revision }, 'writing the scale failed');
         }
       }
-      s.decisions.push({ ...decision, seq: ++this.#seq, revision: s.revision, queued: s.queued, written });
-      if (s.decisions.length > this.#keep) s.decisions.splice(0, s.decisions.length - this.#keep);
+      this.#remember(s, decision, written);
     } finally {
       s.deciding = false;
     }
@@ -305,6 +285,19 @@ export class Autoscaler {
       s.again = false;
       if ((s.written ?? 0) === 0 && s.queued > 0) await this.#decide(s);
     }
+  }
+
+  /** Writes the count for `s` to the store (what the scheduler and agents follow). */
+  async #write(s: RevisionScaler, desired: number, reason: string, now: number): Promise<void> {
+    const record: ScaleRecord = { revision: s.revision, desired, reason, updatedAt: new Date(now).toISOString() };
+    await this.#store.put(keys.scale(s.revision), JSON.stringify(record));
+    if (this.#scalers.get(s.revision) === s) s.written = desired;
+  }
+
+  /** Keeps a decision in the revision's bounded log. */
+  #remember(s: RevisionScaler, decision: Decision, written: boolean): void {
+    s.decisions.push({ ...decision, seq: ++this.#seq, revision: s.revision, queued: s.queued, written });
+    if (s.decisions.length > this.#keep) s.decisions.splice(0, s.decisions.length - this.#keep);
   }
 
   close(): void {

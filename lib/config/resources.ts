@@ -135,25 +135,22 @@ export const FunctionSchema = Type.Object(
   { additionalProperties: false, $id: 'https://tide.dev/schemas/v1/function.json', title: 'Tide Function' },
 );
 
-export const SecretSchema = Type.Object(
-  {
-    apiVersion: Type.Literal('tide.dev/v1'),
-    kind: Type.Literal('Secret'),
-    metadata: MetadataSchema,
-    spec: Type.Object({ data: Data }, { additionalProperties: false }),
-  },
-  { additionalProperties: false, $id: 'https://tide.dev/schemas/v1/secret.json', title: 'Tide Secret' },
-);
+/** A kind that holds key/value data: Secret and Config differ only in name. */
+function dataKind<K extends 'Secret' | 'Config'>(kind: K) {
+  return Type.Object(
+    {
+      apiVersion: Type.Literal('tide.dev/v1'),
+      kind: Type.Literal(kind),
+      metadata: MetadataSchema,
+      spec: Type.Object({ data: Data }, { additionalProperties: false }),
+    },
+    { additionalProperties: false, $id: `https://tide.dev/schemas/v1/${kind.toLowerCase()}.json`, title: `Tide ${kind}` },
+  );
+}
 
-export const ConfigSchema = Type.Object(
-  {
-    apiVersion: Type.Literal('tide.dev/v1'),
-    kind: Type.Literal('Config'),
-    metadata: MetadataSchema,
-    spec: Type.Object({ data: Data }, { additionalProperties: false }),
-  },
-  { additionalProperties: false, $id: 'https://tide.dev/schemas/v1/config.json', title: 'Tide Config' },
-);
+export const SecretSchema = dataKind('Secret');
+
+export const ConfigSchema = dataKind('Config');
 
 /** A token bucket: `per` names what gets a bucket of its own (the first value is the default). */
 function rateLimitSchema<A extends string, B extends string>(per: [A, B], description: string) {

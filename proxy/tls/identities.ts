@@ -48,6 +48,7 @@ interface Held {
 export class Identities {
   readonly #opts: Required<IdentitiesOptions>;
   readonly #held = new Map<string, Held>();
+  readonly #renewed = new Map<string, Set<(c: Credential) => void>>();
   #closed = false;
   /** Rotations done, for tests and metrics. */
   rotations = 0;
@@ -70,6 +71,17 @@ export class Identities {
   /** The current credential, if there is one (the hot path: no waiting). */
   get(id: string): Credential | undefined {
     return this.#held.get(id)?.current;
+  }
+
+  /** Calls `cb` with each new credential of `id` after the first (a server that is not a listener here swaps its certificate). */
+  onRenew(id: string, cb: (c: Credential) => void): () => void {
+    let set = this.#renewed.get(id);
+    if (!set) {
+      set = new Set();
+      this.#renewed.set(id, set);
+    }
+    set.add(cb);
+    return () => set.delete(cb);
   }
 
   /** Stops holding `id` (its function left this node). */
@@ -111,8 +123,10 @@ export class Identities {
       .then((c) => {
         const cred: Credential = { ...c, context: createSecureContext({ cert: c.cert, key: c.key, ca: c.ca, minVersion: 'TLSv1.3' }) };
         if (this.#held.get(id) !== h || this.#closed) return cred;
-        if (h.current) this.rotations++;
+        const renewal = h.current !== undefined;
+        if (renewal) this.rotations++;
         h.current = cred;
+        if (renewal) for (const cb of this.#renewed.get(id) ?? []) cb(cred);
         // At half of the life left now (notBefore is set a little in the past for clock skew).
         this.#schedule(id, h, (c.notAfter.getTime() - Date.now()) * this.#opts.renewAt);
         this.#opts.log.debug({ id, serial: c.serial, notAfter: c.notAfter.toISOString() }, 'workload certificate issued');

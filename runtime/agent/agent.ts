@@ -17,7 +17,7 @@ import type { Store } from '../../control/store/index.ts';
 import { errorMessage, TideError } from '../../lib/errors.ts';
 import { Informer } from '../../lib/informer.ts';
 import type { Logger } from '../../lib/log.ts';
-import type { DispatchMeta, Instance, InstanceEvent, SandboxDriver, SandboxRequest, SandboxResponse } from '../sandbox/driver.ts';
+import type { DispatchMeta, Instance, InstanceEvent, SandboxDriver, SandboxRequest, SandboxResponse, SandboxUsage } from '../sandbox/driver.ts';
 import { Prober } from './probes.ts';
 
 /** The store layout the agent reads; passed in so runtime/ imports only types from control/. */
@@ -55,6 +55,14 @@ export interface AgentOptions {
   onStarted?: (info: { function: string; revision: string; sandbox: string; seconds: number }) => void;
   /** The Unix socket a function's instances reach the mesh through (the node's egress proxy). Default: no mesh. */
   meshSocket?: (namespace: string, fn: string) => Promise<string>;
+}
+
+/** An instance's memory and CPU, with who it is. */
+export interface InstanceUsage extends SandboxUsage {
+  function: string;
+  revision: string;
+  instance: string;
+  sandbox: string;
 }
 
 /** What the gateway dispatches to: all ready instances of one revision. */
@@ -224,8 +232,8 @@ export class NodeAgent {
    * a window of 503s).
    */
   /** Memory and CPU of every instance running here (for metrics). */
-  async usage(): Promise<{ function: string; revision: string; instance: string; sandbox: string; memoryBytes: number; cpuSeconds: number }[]> {
-    const out: { function: string; revision: string; instance: string; sandbox: string; memoryBytes: number; cpuSeconds: number }[] = [];
+  async usage(): Promise<InstanceUsage[]> {
+    const out: InstanceUsage[] = [];
     const slots: [RevisionSet, Slot][] = [];
     for (const set of this.#sets.values()) for (const slot of [...set.ready, ...set.unready.values(), ...set.draining.values()]) slots.push([set, slot]);
     await Promise.all(

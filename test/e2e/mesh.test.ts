@@ -48,6 +48,23 @@ async function apply(yaml: string): Promise<void> {
 
 const call = (from: string, to: string, path: string) => http(t.gatewayPort, `${from}.localhost`, `/call/${to}${path}`);
 
+/** Six callers in a loop from a to `to` for `ms` (at most 20,000 requests): how many were sent, and their statuses. */
+async function steadyLoad(to: string, path: string, ms: number): Promise<{ sent: number; statuses: Map<number, number> }> {
+  const statuses = new Map<number, number>();
+  const until = Date.now() + ms;
+  let sent = 0;
+  await Promise.all(
+    Array.from({ length: 6 }, async () => {
+      while (Date.now() < until && sent < 20_000) {
+        sent++;
+        const r = await call('a', to, path);
+        statuses.set(r.status, (statuses.get(r.status) ?? 0) + 1);
+      }
+    }),
+  );
+  return { sent, statuses };
+}
+
 beforeAll(async () => {
   files = tempDir('tide-mesh-files-');
   // Certificates live 6 s here, so they rotate every 3 s while the tests run.
@@ -277,18 +294,7 @@ spec:
       return openssl(['x509', '-noout', '-serial'], leaf).stdout.trim();
     };
     const before = serial();
-    const statuses = new Map<number, number>();
-    const until = Date.now() + 7000;
-    let sent = 0;
-    await Promise.all(
-      Array.from({ length: 6 }, async () => {
-        while (Date.now() < until && sent < 20_000) {
-          sent++;
-          const r = await call('a', 'b', '/ok/load');
-          statuses.set(r.status, (statuses.get(r.status) ?? 0) + 1);
-        }
-      }),
-    );
+    const { sent, statuses } = await steadyLoad('b', '/ok/load', 7000);
     const after = serial();
     expect(before).toMatch(/^serial=/);
     expect(after).not.toBe(before);
@@ -301,22 +307,11 @@ describe('CA roll-over', () => {
   it('rolls the root over under load without failing a request, and the CLI follows', async () => {
     const roots = () => readFileSync(join(t.dataDir, 'ca', 'bundle.pem'), 'utf8').match(/BEGIN CERTIFICATE/g)?.length ?? 0;
     expect(roots()).toBe(1);
-    const statuses = new Map<number, number>();
-    const until = Date.now() + 5000;
-    let sent = 0;
-    const load = Promise.all(
-      Array.from({ length: 6 }, async () => {
-        while (Date.now() < until && sent < 20_000) {
-          sent++;
-          const r = await call('a', 'd', '/roll');
-          statuses.set(r.status, (statuses.get(r.status) ?? 0) + 1);
-        }
-      }),
-    );
+    const load = steadyLoad('d', '/roll', 5000);
     await sleep(1000);
     const rotated = await tide(['ca', 'rotate'], { dataDir: t.dataDir });
     expect(rotated.code, rotated.stderr).toBe(0);
-    await load;
+    const { sent, statuses } = await load;
     expect(sent).toBeGreaterThan(100);
     // d is rate limited by an earlier test: 429s are the policy working; nothing else may fail.
     expect([...statuses.keys()].filter((s) => s !== 200 && s !== 429)).toEqual([]);
