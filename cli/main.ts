@@ -15,7 +15,9 @@ import { errorMessage, TideError } from '../lib/errors.ts';
 import { createLogger } from '../lib/log.ts';
 import { registerBench } from './bench-command.ts';
 import { ApiClient, type ConnectOptions, locate } from './client.ts';
+import { registerDashboard } from './dashboard.ts';
 import { parseOutput, structured, table } from './print.ts';
+import { registerTraces } from './traces.ts';
 import { VERSION } from './version.ts';
 
 interface FunctionView {
@@ -181,6 +183,18 @@ function integer(what: string, min: number, max: number) {
   };
 }
 
+/** A share from 0 to 1, or a percentage ("1%"). */
+function ratio(what: string) {
+  return (value: string) => {
+    const pct = value.trim().endsWith('%');
+    const n = Number(pct ? value.trim().slice(0, -1) : value);
+    const r = pct ? n / 100 : n;
+    if (value.trim() === '' || !Number.isFinite(r) || r < 0 || r > 1)
+      throw new TideError('ERR_INVALID_ARGUMENT', `${what} must be a number from 0 to 1, or a percentage such as 1% (got "${value}")`);
+    return r;
+  };
+}
+
 function decimal(what: string) {
   return (value: string) => {
     const n = Number(value);
@@ -334,6 +348,14 @@ export function program(): Command {
     .option('--ca-cert <file>', "your own CA's certificate (PEM, then its chain up to the root) instead of the one Tide makes")
     .option('--ca-key <file>', 'the ECDSA P-256 key of --ca-cert')
     .option('--no-api-tls', 'serve the control API over plain HTTP (default: HTTPS with a certificate from the CA)')
+    .option(
+      '--trace-sample <ratio>',
+      "share of new traces sampled: recorded, kept for `tide traces` and exported over OTLP (0..1; callers' sampled flags are followed; default $OTEL_TRACES_SAMPLER/_ARG, else 1)",
+      ratio('--trace-sample'),
+    )
+    .option('--trace-slow <duration>', 'also keep traces of requests at least this slow when not sampled (0 = no)', '1s')
+    .option('--no-trace-errors', 'do not keep traces of failed (5xx) requests that were not sampled')
+    .option('--no-tracing', 'trace nothing (no spans, no trace store, no OTLP export)')
     .addOption(new Option('--log-level <level>', 'log level of Tide itself (stderr)').choices(['debug', 'info', 'warn', 'error', 'silent']).default('info'))
     .action(async (o) => {
       // Loaded on use: `tide proxy` and the client commands do not need the whole control plane.
@@ -361,6 +383,10 @@ export function program(): Command {
         caCert: o.caCert,
         caKey: o.caKey,
         apiTls: o.apiTls,
+        tracing: o.tracing,
+        traceSample: o.traceSample,
+        traceErrors: o.traceErrors,
+        traceSlowMs: parseDuration(o.traceSlow, '--trace-slow', { allowZero: true }),
       });
       const names = (await running.functions.list()).map((f) => f.name);
       out(`Tide is up. Gateway ${running.gatewayUrl}, API ${running.apiUrl}, mesh ${running.meshUrl}, data in ${resolve(running.config.dataDir)}`);
@@ -380,6 +406,11 @@ export function program(): Command {
     .option('--no-watch', 'do not reload when the file changes (SIGHUP still reloads)')
     .option('--access-log <where>', 'access log: a file or "-" for stdout (default off)')
     .option('--drain <duration>', 'how long shutdown waits for in-flight requests', '10s')
+    .option(
+      '--trace-sample <ratio>',
+      "share of new traces sampled when OTEL_EXPORTER_OTLP_ENDPOINT turns tracing on (0..1 or a percentage; callers' sampled flags are followed; default $OTEL_TRACES_SAMPLER/_ARG, else 1)",
+      ratio('--trace-sample'),
+    )
     .addOption(
       new Option('--log-level <level>', 'log level of the proxy itself (stderr)').choices(['debug', 'info', 'warn', 'error', 'silent']).default('info'),
     )
@@ -395,14 +426,37 @@ export function program(): Command {
       }
       const log = createLogger({ level: o.logLevel });
       const access = o.accessLog ? createLogger({ level: 'info', destination: o.accessLog === '-' ? 1 : o.accessLog }) : undefined;
-      const server = new ProxyServer({ file: o.config, log, access, watch: o.watch, report: (line) => process.stderr.write(`tide proxy: ${line}\n`) });
-      await server.start();
+      // Traced only when spans have somewhere to go: an OTLP endpoint in the OTEL_* environment.
+      const { otlpExporter, samplingFromEnv, Tracer } = await import('../lib/trace/index.ts');
+      const sampling = samplingFromEnv();
+      const exporter = await otlpExporter(process.env, VERSION);
+      const tracer = exporter
+        ? new Tracer({ sampling: { ...sampling, ...(o.traceSample === undefined ? {} : { ratio: o.traceSample }), keepErrors: false, slowMs: 0 }, exporter })
+        : undefined;
+      const server = new ProxyServer({
+        file: o.config,
+        log,
+        access,
+        watch: o.watch,
+        tracer,
+        report: (line) => process.stderr.write(`tide proxy: ${line}\n`),
+      });
+      try {
+        await server.start();
+      } catch (err) {
+        await tracer?.close();
+        throw err;
+      }
       for (const [name, a] of Object.entries(server.addresses())) {
         const host = a.family === 'IPv6' ? `[${a.address}]` : a.address;
         out(`tide proxy: ${name} listening on ${host}:${a.port}`);
       }
+      if (tracer) out(`tide proxy: tracing ${tracer.sampling.ratio * 100}% of new traces to ${exporter?.settings.endpoint}`);
       process.on('SIGHUP', () => server.scheduleReload(true));
-      await waitForSignal(() => server.close(parseDuration(o.drain, '--drain')));
+      await waitForSignal(async () => {
+        await server.close(parseDuration(o.drain, '--drain'));
+        await tracer?.close();
+      });
     });
 
   connectionOptions(
@@ -1027,6 +1081,8 @@ export function program(): Command {
 
   accessCommands(prog);
   registerBench(prog, connectionOptions, out);
+  registerDashboard(prog, connectionOptions, out);
+  registerTraces(prog, connectionOptions, out);
   return prog;
 }
 

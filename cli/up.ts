@@ -10,6 +10,7 @@ import { basename, extname, join, resolve } from 'node:path';
 import { pino } from 'pino';
 import { TokenStore } from '../control/api/tokens.ts';
 import { CertificateAuthority } from '../control/ca/ca.ts';
+import { DashboardSeries } from '../control/dashboard/series.ts';
 import {
   Autoscaler,
   agentKeys,
@@ -31,10 +32,11 @@ import { resolveUpConfig, UP_DEFAULTS, type UpConfig, type UpOptions } from '../
 import { errorMessage, TideError } from '../lib/errors.ts';
 import { createLogger, type Logger } from '../lib/log.ts';
 import { SYSTEM_NAMESPACE } from '../lib/spiffe.ts';
+import { otlpExporter, samplingFromEnv, Tracer, TraceStore } from '../lib/trace/index.ts';
 import { Gateway } from '../proxy/index.ts';
 import { Egress } from '../proxy/mesh/egress.ts';
 import { Identities } from '../proxy/tls/identities.ts';
-import { ContainerDriver, FunctionLogs, NodeAgent, validateWorkerBundle, WorkerDriver } from '../runtime/index.ts';
+import { ContainerDriver, FunctionLogs, NodeAgent, receiveFunctionSpans, validateWorkerBundle, WorkerDriver } from '../runtime/index.ts';
 import { bundleFunction } from './bundle.ts';
 
 export { VERSION } from './version.ts';
@@ -86,6 +88,35 @@ export async function up(options: UpOptions = {}, log: Logger = createLogger({ l
     log: log.child({ component: 'proxy.identities' }),
   });
   ca.onChange(() => void identities.renewAll(ca.bundle()));
+
+  // Tracing: spans of every request into the store of recent traces; sampled ones exported
+  // over OTLP when the OTEL_* environment asks for it.
+  let tracer: Tracer | undefined;
+  let traces: TraceStore | undefined;
+  let stopSpans = () => {};
+  if (config.tracing) {
+    try {
+      const fromEnv = samplingFromEnv();
+      const exporter = await otlpExporter(process.env, VERSION);
+      traces = new TraceStore();
+      tracer = new Tracer({
+        sampling: {
+          ...fromEnv,
+          ...(config.traceSample === -1 ? {} : { ratio: config.traceSample }),
+          keepErrors: config.traceErrors,
+          slowMs: config.traceSlowMs,
+        },
+        store: traces,
+        ...(exporter ? { exporter } : {}),
+      });
+      stopSpans = receiveFunctionSpans((spans) => tracer?.record(spans));
+      log.info({ ratio: tracer.sampling.ratio, otlp: exporter?.settings.endpoint ?? 'off' }, 'tracing');
+    } catch (err) {
+      await store.close();
+      await rm(join(dataDir, 'tide.pid'), { force: true });
+      throw err;
+    }
+  }
 
   const blobs = new BlobStore(dataDir);
   const logs = new FunctionLogs(join(dataDir, 'logs'));
@@ -146,8 +177,11 @@ export async function up(options: UpOptions = {}, log: Logger = createLogger({ l
     log: log.child({ component: 'proxy.gateway' }),
     access,
     demand,
+    ...(tracer ? { tracer } : {}),
     resolve: (t) => agent.endpoint(t.revision, t.fallback ? t.function : undefined),
   });
+  // The dashboard's series: the gateway's function counts and the autoscaler's gauges, every 2 s.
+  const series = new DashboardSeries({ counts: () => gateway.functionMetrics.counts(), gauges: () => autoscaler.gauges() });
   let meshAddress = { host: config.host, port: config.meshPort };
   // A function's calls to the mesh leave through its own socket, over mutual TLS, to the mesh
   // listener of the node that runs the destination (this one: one node).
@@ -158,6 +192,7 @@ export async function up(options: UpOptions = {}, log: Logger = createLogger({ l
     locate: (ns, name) => (gateway.serves(ns, name) ? meshAddress : undefined),
     mode: (ns, name) => gateway.mtlsMode(ns, name),
     log: log.child({ component: 'proxy.egress' }),
+    ...(tracer ? { tracer } : {}),
   });
   let gatewayPort = config.port;
   const functionUrl = (name: string) => `http://${name}.${config.domain}${gatewayPort === 80 ? '' : `:${gatewayPort}`}`;
@@ -181,6 +216,8 @@ export async function up(options: UpOptions = {}, log: Logger = createLogger({ l
     scaling: autoscaler,
     traffic,
     rollouts,
+    dashboard: series,
+    ...(traces ? { traces } : {}),
     resources: new Resources(store, functions),
     routed: async (storeRevision) => {
       const deadline = Date.now() + 5000;
@@ -204,12 +241,15 @@ export async function up(options: UpOptions = {}, log: Logger = createLogger({ l
       log.info({ drainMs: config.drainMs }, 'shutting down');
       snapshots.close();
       autoscaler.close();
+      await series.close();
       scheduler.close();
       rollouts.close();
       await Promise.all([gateway.close(config.drainMs), api.close()]);
       await agent.close();
       await egress.close();
       identities.close();
+      stopSpans();
+      await tracer?.close().catch((err: unknown) => log.warn({ err: errorMessage(err) }, 'sending the last spans failed'));
       await logs.close();
       access?.flush();
       await store.close();

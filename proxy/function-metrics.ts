@@ -11,6 +11,8 @@
 import { esc, Histogram, histogramFamily } from '../lib/prom.ts';
 
 export class TargetMetrics {
+  readonly function: string;
+  readonly revision: string;
   readonly labels: string;
   /** "route\0method\0code" → count. */
   readonly requests = new Map<string, number>();
@@ -18,6 +20,8 @@ export class TargetMetrics {
   readonly wait = new Histogram();
 
   constructor(fn: string, revision: string) {
+    this.function = fn;
+    this.revision = revision;
     this.labels = `function="${esc(fn)}",revision="${esc(revision)}"`;
   }
 
@@ -40,6 +44,19 @@ export class FunctionMetrics {
       this.#targets.set(key, t);
     }
     return t;
+  }
+
+  /**
+   * Cumulative counts per function revision, copied: requests, 5xx answers, and the duration
+   * histogram's bucket counts (lib/prom.ts BUCKETS_S, then the overflow). The dashboard's
+   * sampler diffs two of these to get rates and percentiles over an interval.
+   */
+  counts(): { function: string; revision: string; requests: number; errors: number; buckets: number[] }[] {
+    return [...this.#targets.values()].map((t) => {
+      let errors = 0;
+      for (const [key, n] of t.requests) if (Number(key.slice(key.lastIndexOf('\u0000') + 1)) >= 500) errors += n;
+      return { function: t.function, revision: t.revision, requests: t.duration.count, errors, buckets: [...t.duration.counts] };
+    });
   }
 
   render(): string {

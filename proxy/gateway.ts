@@ -16,6 +16,7 @@ import { parseDuration } from '../lib/duration.ts';
 import { TideError } from '../lib/errors.ts';
 import type { Logger } from '../lib/log.ts';
 import { functionId, gatewayId, meshHost, parseId, parseMeshHost } from '../lib/spiffe.ts';
+import type { Tracer } from '../lib/trace/tracer.ts';
 import type { CompiledListener, CompiledRoute, ProxySnapshot } from './config/compile.ts';
 import { FunctionMetrics, type TargetMetrics } from './function-metrics.ts';
 import { compose, type Dispatch, type ProxyRequest, type ResponseControl, type ResponseHandler } from './http/types.ts';
@@ -65,6 +66,8 @@ export interface GatewayOptions {
   trustDomain?: string;
   /** Workload certificates, for the mesh listener (`listenMesh`). */
   identities?: Identities;
+  /** Traces requests (server spans here; execution, activator wait and cold-start spans inside) when set. */
+  tracer?: Tracer;
 }
 
 const EMPTY_CONFIG: ProxyConfig = { listeners: [], virtualHosts: [], clusters: [] };
@@ -94,7 +97,7 @@ export class Gateway {
   constructor(opts: GatewayOptions) {
     this.#opts = opts;
     this.#suffix = `.${(opts.domain ?? 'localhost').toLowerCase()}`;
-    this.#plane = new DataPlane({ metrics: this.metrics, log: opts.log, access: opts.access });
+    this.#plane = new DataPlane({ metrics: this.metrics, log: opts.log, access: opts.access, tracer: opts.tracer });
     this.#demand = opts.demand ?? { begin() {}, end() {}, activate() {} };
     this.#activator = new Activator({
       activate: (rev) => this.#demand.activate(rev),

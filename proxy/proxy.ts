@@ -12,6 +12,8 @@ import { connect, type Socket } from 'node:net';
 import type { Readable } from 'node:stream';
 import { TideError } from '../lib/errors.ts';
 import type { Logger } from '../lib/log.ts';
+import { B3_HEADERS } from '../lib/trace/context.ts';
+import type { Span, SpanKind, Tracer } from '../lib/trace/tracer.ts';
 import type { CompiledRoute, ProxySnapshot } from './config/compile.ts';
 import { ChunkedDecoder } from './http/chunked.ts';
 import { TOKEN } from './http/grammar.ts';
@@ -27,6 +29,9 @@ export interface ProxyOptions {
   log: Logger;
   /** One line per request when set. */
   access?: Logger | undefined;
+  /** Traces requests when set: each gets a local root span of `spanKind` (default server). */
+  tracer?: Tracer | undefined;
+  spanKind?: SpanKind;
 }
 
 const REQUEST_ID = /^[A-Za-z0-9._:@/+=-]{1,128}$/;
@@ -109,6 +114,17 @@ export class DataPlane {
       h.forwarded = h.forwarded === undefined ? fwd : `${h.forwarded}, ${fwd}`;
     }
     h.via = h.via === undefined ? `${httpVersion} tide` : `${h.via}, ${httpVersion} tide`;
+    let trace: Span | undefined;
+    const tracer = this.#opts.tracer;
+    if (tracer !== undefined) {
+      trace = tracer.startRequest(h, this.#opts.spanKind ?? 'server', head.method, 'tide');
+      h.traceparent = trace.traceparent;
+      if (trace.segment.parent?.format === 'b3') {
+        // A B3 caller's next hops get one current b3 header instead of its stale ones.
+        for (const n of B3_HEADERS) delete h[n];
+        h.b3 = `${trace.traceId}-${trace.spanId}-${trace.sampled ? '1' : '0'}`;
+      }
+    }
     return {
       id,
       method: head.method,
@@ -127,6 +143,7 @@ export class DataPlane {
       attempts: 0,
       aborted: undefined,
       cancel: undefined,
+      trace,
     };
   }
 
@@ -173,6 +190,7 @@ export class DataPlane {
     if (snapshot && --snapshot.inflight === 0 && this.#retired.has(snapshot)) this.#reap();
     const seconds = (performance.now() - req.startedAt) / 1000;
     (route?.metrics ?? this.#unrouted).count(req.cluster ?? '', status, seconds);
+    if (req.trace !== undefined) endSpan(req, req.trace, route, status, error);
     this.#opts.access?.info({
       id: req.id,
       method: req.method,
@@ -186,6 +204,8 @@ export class DataPlane {
       attempts: req.attempts,
       error,
       source: req.conn.peer,
+      trace: req.trace?.traceId,
+      span: req.trace?.spanId,
     });
   }
 
@@ -323,6 +343,47 @@ function relayOne(head: string, first: Buffer, up: Socket, client: Socket): void
   up.on('data', (d: Buffer) => feed(d));
   up.on('end', done);
   up.resume();
+}
+
+/**
+ * Ends a request's root span with the stable HTTP semantic-convention attributes. A server
+ * span fails on 5xx (the client's own 4xx is not the server's error); a client span on 4xx too.
+ */
+function endSpan(req: ProxyRequest, span: Span, route: CompiledRoute | undefined, status: number, error: string | undefined): void {
+  const q = req.path.indexOf('?');
+  const colon = req.host.lastIndexOf(':');
+  const hasPort = colon > req.host.lastIndexOf(']') && colon !== -1;
+  const a = span.attributes;
+  a['http.request.method'] = req.method;
+  a['http.response.status_code'] = status;
+  a['server.address'] = hasPort ? req.host.slice(0, colon) : req.host;
+  if (hasPort) a['server.port'] = Number(req.host.slice(colon + 1));
+  a['network.protocol.version'] = req.httpVersion;
+  a['tide.request_id'] = req.id;
+  if (span.kind === 'client') {
+    a['url.full'] = `http://${req.host}${q === -1 ? req.path : req.path.slice(0, q)}`;
+    span.name = `${req.method} ${req.host}`;
+  } else {
+    a['url.path'] = q === -1 ? req.path : req.path.slice(0, q);
+    a['url.scheme'] = req.conn.scheme;
+    if (req.conn.remoteAddress !== '') a['client.address'] = req.conn.remoteAddress;
+    const ua = req.headers['user-agent'];
+    if (ua !== undefined) a['user_agent.original'] = ua;
+    if (route !== undefined) {
+      a['tide.route'] = route.virtualHost;
+      span.name = `${req.method} ${route.virtualHost}`;
+    }
+  }
+  a['tide.listener'] = req.conn.listener;
+  if (req.conn.peer !== undefined) a['tide.source'] = req.conn.peer;
+  if (req.attempts > 1) a['tide.attempts'] = req.attempts;
+  if (status >= 500 || (span.kind === 'client' && status >= 400)) {
+    a['error.type'] = error ?? String(status);
+    span.fail(error);
+  } else if (error !== undefined) {
+    a['error.type'] = error;
+  }
+  span.finish();
 }
 
 function quoteIfNeeded(v: string): string {

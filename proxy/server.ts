@@ -18,6 +18,7 @@ import { failAt, parseYaml, validateDocument } from '../lib/config/yaml.ts';
 import { TideError } from '../lib/errors.ts';
 import type { Logger } from '../lib/log.ts';
 import { listen } from '../lib/net.ts';
+import type { Tracer } from '../lib/trace/tracer.ts';
 import { compileSnapshot, type Problem, type ProxySnapshot } from './config/compile.ts';
 import { Listener } from './listener/listener.ts';
 import { ProxyMetrics } from './metrics.ts';
@@ -31,6 +32,8 @@ export interface ProxyServerOptions {
   watch?: boolean;
   /** Where reload results go as plain text (default: the logger). */
   report?: ((line: string) => void) | undefined;
+  /** Traces requests (a server span per request, exported by the tracer) when set. */
+  tracer?: Tracer | undefined;
 }
 
 /** Reads, validates and compiles a config file; throws ERR_CONFIG_INVALID with positions. */
@@ -73,7 +76,7 @@ export class ProxyServer {
 
   constructor(opts: ProxyServerOptions) {
     this.#opts = opts;
-    this.proxy = new DataPlane({ metrics: this.metrics, log: opts.log, access: opts.access });
+    this.proxy = new DataPlane({ metrics: this.metrics, log: opts.log, access: opts.access, tracer: opts.tracer });
   }
 
   get version(): number {

@@ -29,10 +29,14 @@ export interface Server {
 }
 
 /** Starts a long-running server process with stdout and stderr going to `log`. */
-export function startServer(name: string, [cmd, args]: [string, string[]], log: string, cwd?: string): Server {
+export function startServer(name: string, [cmd, args]: [string, string[]], log: string, cwd?: string, env?: Record<string, string>): Server {
   const fd = openSync(log, 'a');
   try {
-    const server: Server = { name, child: track(spawn(cmd, args, { stdio: ['ignore', fd, fd], cwd })), log };
+    const server: Server = {
+      name,
+      child: track(spawn(cmd, args, { stdio: ['ignore', fd, fd], cwd, ...(env ? { env: { ...process.env, ...env } } : {}) })),
+      log,
+    };
     server.child.once('error', (err) => {
       server.spawnError = err;
     });

@@ -57,9 +57,10 @@ export function parseWrk(out: string): LoadResult {
   };
 }
 
-/** Runs wrk (`bin`) against `url` for `durationS` seconds; killed if it overruns by 30 s. */
-export async function wrk(k: Knobs, bin: string, url: string, durationS: number): Promise<LoadResult> {
-  const [cmd, args] = pinned(k, 0, bin, ['-t1', `-c${k.connections}`, `-d${durationS}s`, '--latency', url]);
+/** Runs wrk (`bin`) against `url` for `durationS` seconds, with extra request `headers`; killed if it overruns by 30 s. */
+export async function wrk(k: Knobs, bin: string, url: string, durationS: number, headers: Record<string, string> = {}): Promise<LoadResult> {
+  const h = Object.entries(headers).flatMap(([name, value]) => ['-H', `${name}: ${value}`]);
+  const [cmd, args] = pinned(k, 0, bin, ['-t1', `-c${k.connections}`, `-d${durationS}s`, '--latency', ...h, url]);
   const out = await new Promise<string>((resolve, reject) => {
     const child = track(spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] }));
     let stdout = '';

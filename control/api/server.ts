@@ -20,12 +20,16 @@ import { parseDuration } from '../../lib/duration.ts';
 import { errorMessage, isTideError, TideError } from '../../lib/errors.ts';
 import type { Logger } from '../../lib/log.ts';
 import { listen } from '../../lib/net.ts';
+import type { TraceQuery } from '../../lib/trace/store.ts';
 import type { TrafficSummary } from '../analysis/stats.ts';
+import { dashboardAsset, isDashboardAsset } from '../dashboard/assets.ts';
+import { dashboardView, type FunctionViewLike, type RouteViewLike, type SeriesSource } from '../dashboard/view.ts';
 import type { DeployInput, Functions } from './functions.ts';
 import type { ApplyItem, Resources } from './resources.ts';
 import type { FunctionRecord, RevisionRecord, RevisionStatus } from './schema/function.ts';
 import { routedRevisions } from './schema/route.ts';
 import { isScope, type Principal, ROOT_TOKEN_NAME, type Scope, scopeAllows, type TokenStore } from './tokens.ts';
+import { traceQuery } from './traces.ts';
 
 /** What the autoscaler tells about a revision (control/autoscaler's Autoscaler fits). */
 export interface ScalingSource {
@@ -51,6 +55,8 @@ export interface LogLine {
   message: string;
   /** The request the line was printed for (x-request-id), when the sandbox knows it. */
   requestId?: string;
+  /** The trace the request belongs to, when it was traced. */
+  traceId?: string;
 }
 
 /** A server certificate for the API: PEM; `cert` may hold the chain after the leaf. */
@@ -105,8 +111,18 @@ export interface ApiOptions {
     list(): Promise<unknown[]>;
     request(name: string, what: 'promote' | 'abort' | 'pause' | 'resume'): void;
   };
+  /** Recent traces (lib/trace's TraceStore fits), for `GET /v1/traces` and `GET /v1/traces/ID`. */
+  traces?: TraceSource;
   /** Per-revision traffic, for `GET /v1/routes`. */
   traffic?: { summary(revision: string, windowMs?: number): TrafficSummary };
+  /** The dashboard's sampled series (control/dashboard/series.ts), for `GET /v1/dashboard`. Default: no series. */
+  dashboard?: SeriesSource;
+}
+
+/** The store of recent traces, as the API reads it. */
+export interface TraceSource {
+  list(q: TraceQuery): unknown[];
+  get(traceId: string): unknown;
 }
 
 type Handler = (req: Request, params: Record<string, string>, url: URL, who: Principal) => Promise<Response>;
@@ -149,6 +165,30 @@ export class ControlApi {
     });
     this.#route('POST', '/v1/apply', 'deploy', (r, _p, _u, who) => this.#apply(r, who));
     this.#route('GET', '/v1/routes', 'read', async () => json(200, { items: await this.#routeViews() }));
+    this.#route('GET', '/v1/dashboard', 'read', async (_r, _p, url) =>
+      json(
+        200,
+        dashboardView({
+          functions: (await this.#views()) as FunctionViewLike[],
+          routes: (await this.#routeViews()) as RouteViewLike[],
+          revisions: await opts.functions.revisions(),
+          statuses: await opts.functions.statuses(),
+          ...(opts.dashboard ? { series: opts.dashboard } : {}),
+          decisions: (rev) => opts.scaling?.decisions(rev) ?? [],
+          since: Math.max(0, Number(url.searchParams.get('since')) || 0),
+          now: this.#clock.now(),
+        }),
+      ),
+    );
+    this.#route('GET', '/v1/traces', 'read', async (_r, _p, url) => json(200, { items: this.#traceStore().list(traceQuery(url.searchParams)) }));
+    this.#route('GET', '/v1/traces/:id', 'read', async (_r, p) => {
+      const t = this.#traceStore().get(p.id ?? '');
+      if (!t)
+        throw new TideError('ERR_NOT_FOUND', `no trace ${p.id} is in the store (it keeps the most recent ones; it may have been sampled out or evicted)`, {
+          status: 404,
+        });
+      return json(200, t);
+    });
     this.#route('GET', '/v1/policies', 'read', async () => json(200, { items: (await this.#opts.resources?.policies()) ?? [] }));
     this.#route('GET', '/v1/rollouts', 'read', async () => json(200, { items: (await this.#opts.rollouts?.list()) ?? [] }));
     this.#route('GET', '/v1/rollouts/:name', 'read', async (_r, p) => json(200, await this.#rollout(p.name ?? '')));
@@ -192,6 +232,8 @@ export class ControlApi {
     const url = new URL(req.url);
     try {
       if (url.pathname === '/healthz') return json(200, { ok: true });
+      // The dashboard's page and scripts hold no data: served without a token (its data comes from /v1/dashboard).
+      if (isDashboardAsset(req.method, url.pathname)) return await dashboardAsset(url.pathname, req.method);
       const who = await this.#authenticate(req);
       for (const r of this.#routes) {
         const m = r.pattern.exec(url.pathname);
@@ -296,6 +338,11 @@ export class ControlApi {
   }
 
   /** Registers an endpoint and the scope a token needs to call it. */
+  #traceStore(): TraceSource {
+    if (!this.#opts.traces) throw new TideError('ERR_NOT_FOUND', 'tracing is off here (tide up --no-tracing)', { status: 404 });
+    return this.#opts.traces;
+  }
+
   #route(method: string, path: string, scope: Scope, handler: Handler): void {
     if (!isScope(scope)) throw new TideError('ERR_INVALID_ARGUMENT', `route ${method} ${path} needs a scope: read, deploy or admin (got ${String(scope)})`);
     const names: string[] = [];

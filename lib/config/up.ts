@@ -49,6 +49,17 @@ export interface UpConfig {
   caKey: string;
   /** Serve the control API over TLS with a certificate from the CA (the CLI verifies it). Default true. */
   apiTls: boolean;
+  /** Trace requests at all (spans, the store of recent traces, OTLP export). Default true. */
+  tracing: boolean;
+  /**
+   * Share of new traces sampled (recorded, stored and exported), 0..1; callers' sampled flags
+   * are followed. Default -1: OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG when set, else 1.
+   */
+  traceSample: number;
+  /** Keep traces of failed requests (5xx) in the store even when not sampled. Default true. */
+  traceErrors: boolean;
+  /** Keep traces of requests that took at least this long even when not sampled, ms; 0 = no. Default 1000. */
+  traceSlowMs: number;
 }
 
 export type UpOptions = Partial<UpConfig>;
@@ -76,6 +87,10 @@ export const UP_DEFAULTS: Readonly<UpConfig> = Object.freeze({
   caCert: '',
   caKey: '',
   apiTls: true,
+  tracing: true,
+  traceSample: -1,
+  traceErrors: true,
+  traceSlowMs: 1000,
 });
 
 const LEVELS = ['debug', 'info', 'warn', 'error', 'silent'];
@@ -113,6 +128,10 @@ export function resolveUpConfig(options: UpOptions = {}): UpConfig {
   }
   if (c.nodeName !== '' && !/^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/.test(c.nodeName))
     throw new TideError('ERR_INVALID_ARGUMENT', `nodeName must be lowercase letters, digits, '-' and '.' (got "${c.nodeName}")`);
+  if (c.traceSample !== -1 && !(c.traceSample >= 0 && c.traceSample <= 1))
+    throw new TideError('ERR_INVALID_ARGUMENT', `traceSample must be from 0 to 1 (got ${c.traceSample})`);
+  if (!Number.isInteger(c.traceSlowMs) || c.traceSlowMs < 0)
+    throw new TideError('ERR_INVALID_ARGUMENT', `traceSlowMs must be an integer ≥ 0 (got ${c.traceSlowMs})`);
   if (!c.dataDir) throw new TideError('ERR_INVALID_ARGUMENT', 'dataDir must not be empty');
   return c;
 }

@@ -7,6 +7,7 @@
  */
 import type { Readable } from 'node:stream';
 import type { TideError } from '../../lib/errors.ts';
+import type { Span } from '../../lib/trace/tracer.ts';
 
 export interface ConnectionInfo {
   remoteAddress: string;
@@ -49,6 +50,8 @@ export interface ProxyRequest {
   aborted: TideError | undefined;
   /** The in-flight attempt's abort hook; `abortRequest` calls it. */
   cancel: ((err: TideError) => void) | undefined;
+  /** This hop's span (the local root of the request's trace segment) while tracing is on. */
+  trace: Span | undefined;
 }
 
 /** Aborts the request's in-flight work with `err`; later calls are no-ops. */

@@ -10,6 +10,7 @@
  * activator is then one check on the path and nothing more.
  */
 import { TideError } from '../../lib/errors.ts';
+import type { Span } from '../../lib/trace/tracer.ts';
 import type { ProxyRequest, ResponseHandler } from '../http/types.ts';
 import { dispatchToSandbox, type SandboxEndpoint } from './sandbox.ts';
 
@@ -21,6 +22,8 @@ export interface ActivatableEndpoint extends SandboxEndpoint {
   onCapacity(cb: () => void): () => void;
   /** True once the endpoint is gone for good (its revision stopped here): held requests are routed again. */
   readonly stopped: boolean;
+  /** The latest instance start of this revision (performance.now() times), for cold-start spans. */
+  readonly lastStart?: { instance: string; sandbox: string; startedAt: number; readyAt: number } | undefined;
 }
 
 export interface ActivatorHooks {
@@ -59,6 +62,25 @@ class Queue {
   constructor(endpoint: ActivatableEndpoint) {
     this.endpoint = endpoint;
   }
+}
+
+/**
+ * The span of a held request's wait, ended now; with a child for the instance start it waited
+ * for, when one became ready while it waited.
+ */
+function waitSpan(held: Held, endpoint: ActivatableEndpoint, revision: string): Span {
+  const root = held.req.trace as Span;
+  const wait = root.child('activator wait', 'internal', 'tide', held.since);
+  wait.attributes = { 'tide.revision': revision, 'faas.coldstart': false };
+  const s = endpoint.lastStart;
+  if (s !== undefined && s.readyAt >= held.since) {
+    wait.attributes['faas.coldstart'] = true;
+    const cold = wait.child(`cold start ${s.sandbox}`, 'internal', 'tide', s.startedAt);
+    cold.attributes = { 'tide.instance': s.instance, 'tide.sandbox': s.sandbox, 'tide.revision': revision };
+    cold.finish(s.readyAt);
+  }
+  wait.finish();
+  return wait;
 }
 
 export class Activator {
@@ -107,6 +129,7 @@ export class Activator {
       since: performance.now(),
       timer: setTimeout(() => {
         if (!this.#remove(q, held)) return;
+        if (req.trace !== undefined) waitSpan(held, q.endpoint, revision).fail('no free instance in time');
         handler.onError(
           new TideError('ERR_ACTIVATOR_TIMEOUT', `${revision} found no free instance within ${limits.queueTimeoutMs} ms (queueTimeout)`, {
             status: 503,
@@ -151,7 +174,8 @@ export class Activator {
       held.req.cancel = undefined;
       this.#hooks.queued?.(held.revision, q.items.length);
       this.#hooks.waited?.(held.revision, (performance.now() - held.since) / 1000);
-      dispatchToSandbox(q.endpoint, held.req, held.handler);
+      const cold = held.req.trace === undefined ? false : waitSpan(held, q.endpoint, held.revision).attributes['faas.coldstart'] === true;
+      dispatchToSandbox(q.endpoint, held.req, held.handler, cold);
     }
     this.#closeIfEmpty(q);
   }

@@ -107,7 +107,15 @@ export function avoidTried(backends: { name: string; weight: number; dispatch: D
 export function mirrorLayer(percent: number, shadow: Dispatch): (next: Dispatch) => Dispatch {
   return (next) => (req, handler) => {
     if ((req.body === null || Buffer.isBuffer(req.body)) && Math.random() * 100 < percent) {
-      const copy: ProxyRequest = { ...req, id: `${req.id}-mirror`, headers: { ...req.headers }, cancel: undefined, aborted: undefined, attempts: 0 };
+      const copy: ProxyRequest = {
+        ...req,
+        id: `${req.id}-mirror`,
+        headers: { ...req.headers },
+        cancel: undefined,
+        aborted: undefined,
+        attempts: 0,
+        trace: undefined,
+      };
       shadow(copy, DISCARD);
     }
     next(req, handler);

@@ -8,6 +8,7 @@
  */
 import type { Readable } from 'node:stream';
 import { TideError } from '../../lib/errors.ts';
+import type { Span } from '../../lib/trace/tracer.ts';
 import type { DispatchMeta, SandboxRequest, SandboxResponse } from '../../runtime/sandbox/driver.ts';
 import { CONTENT_LENGTH, CTL, HOP_BY_HOP, TOKEN } from '../http/grammar.ts';
 import type { ProxyRequest, ResponseControl, ResponseHandler } from '../http/types.ts';
@@ -15,16 +16,70 @@ import type { ProxyRequest, ResponseControl, ResponseHandler } from '../http/typ
 /** What a function's endpoint offers (runtime's RevisionEndpoint fits). */
 export interface SandboxEndpoint {
   readonly revision: string;
+  /** The function the revision belongs to (for spans). */
+  readonly function?: string;
   dispatch(req: SandboxRequest, res: SandboxResponse, meta: DispatchMeta): Promise<void>;
 }
 
-/** Sends `req` to `endpoint`; every outcome reaches `handler` exactly once. */
-export function dispatchToSandbox(endpoint: SandboxEndpoint, req: ProxyRequest, handler: ResponseHandler): void {
-  const res = new SandboxAnswer(req, handler);
+/**
+ * Sends `req` to `endpoint`; every outcome reaches `handler` exactly once. A traced request
+ * gets a span for the function's execution (the function's own service), and the function
+ * sees that span as its parent in `traceparent`. `coldStart`: it waited for a new instance.
+ */
+export function dispatchToSandbox(endpoint: SandboxEndpoint, req: ProxyRequest, handler: ResponseHandler, coldStart = false): void {
+  let h = handler;
+  if (req.trace !== undefined) {
+    const fn = endpoint.function ?? endpoint.revision;
+    const span = req.trace.child(`invoke ${fn}`, 'internal', fn);
+    span.attributes = {
+      'faas.name': fn,
+      'faas.version': endpoint.revision,
+      'faas.trigger': 'http',
+      'faas.invocation_id': req.id,
+      'faas.coldstart': coldStart,
+    };
+    req.headers.traceparent = span.traceparent;
+    if (req.headers.b3 !== undefined) req.headers.b3 = `${span.traceId}-${span.spanId}-${span.sampled ? '1' : '0'}`;
+    h = new Invocation(handler, span);
+  }
+  const res = new SandboxAnswer(req, h);
   endpoint.dispatch(sandboxRequest(req), res, { requestId: req.id, scheme: req.conn.scheme }).then(
     () => res.settle(),
     (err: unknown) => res.fail(err),
   );
+}
+
+/** Ends the execution span with the function's answer. */
+class Invocation implements ResponseHandler {
+  readonly #inner: ResponseHandler;
+  readonly #span: Span;
+
+  constructor(inner: ResponseHandler, span: Span) {
+    this.#inner = inner;
+    this.#span = span;
+  }
+
+  onHeaders(status: number, headers: string[], contentLength: number, ctl: ResponseControl): void {
+    this.#span.attributes['http.response.status_code'] = status;
+    if (status >= 500) this.#span.fail();
+    this.#inner.onHeaders(status, headers, contentLength, ctl);
+  }
+
+  onData(chunk: Buffer): boolean {
+    return this.#inner.onData(chunk);
+  }
+
+  onEnd(): void {
+    this.#span.finish();
+    this.#inner.onEnd();
+  }
+
+  onError(err: TideError): void {
+    this.#span.attributes['error.type'] = err.code;
+    this.#span.fail(err.message);
+    this.#span.finish();
+    this.#inner.onError(err);
+  }
 }
 
 function sandboxRequest(req: ProxyRequest): SandboxRequest {

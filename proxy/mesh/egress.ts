@@ -18,6 +18,7 @@ import type { PeerCertificate } from 'node:tls';
 import { TideError } from '../../lib/errors.ts';
 import type { Logger } from '../../lib/log.ts';
 import { functionId, idOfCertificate, meshHost, parseId, parseMeshHost } from '../../lib/spiffe.ts';
+import type { Tracer } from '../../lib/trace/tracer.ts';
 import type { CompiledRoute, ProxySnapshot } from '../config/compile.ts';
 import type { Dispatch, ProxyRequest, ResponseHandler } from '../http/types.ts';
 import type { MtlsMode } from '../layers/authz.ts';
@@ -38,6 +39,8 @@ export interface EgressOptions {
   /** The destination's mTLS mode (DISABLE: plaintext). */
   mode(namespace: string, name: string): MtlsMode;
   log: Logger;
+  /** Traces calls (a client span per call, child of the function's span) when set. */
+  tracer?: Tracer;
 }
 
 const EMPTY = { listeners: [], virtualHosts: [], clusters: [] };
@@ -51,7 +54,7 @@ export class Egress {
 
   constructor(opts: EgressOptions) {
     this.#opts = opts;
-    this.#plane = new DataPlane({ metrics: this.metrics, log: opts.log });
+    this.#plane = new DataPlane({ metrics: this.metrics, log: opts.log, tracer: opts.tracer, spanKind: 'client' });
     const route: CompiledRoute = {
       virtualHost: 'mesh',
       name: 'egress',

@@ -68,6 +68,9 @@ export interface InstanceUsage extends SandboxUsage {
 /** What the gateway dispatches to: all ready instances of one revision. */
 export interface RevisionEndpoint {
   readonly revision: string;
+  readonly function: string;
+  /** The latest instance start (performance.now() times), for cold-start spans. */
+  readonly lastStart: { instance: string; sandbox: string; startedAt: number; readyAt: number } | undefined;
   /** True when a request sent now starts at once (a ready instance under its concurrency limit). */
   hasCapacity(): boolean;
   /** Calls `cb` whenever capacity may have appeared (an instance became ready, a request ended); returns the unsubscribe. */
@@ -81,6 +84,8 @@ interface Slot {
   instance: Instance;
   status: InstanceStatus;
   prober?: Prober;
+  /** performance.now() when its start began (0 once it has served: only the first readiness is a cold start). */
+  startedAt?: number;
 }
 
 /** Restart back-off resets after this long without a restart (the kubelet's 10 min). */
@@ -127,6 +132,8 @@ class RevisionSet implements RevisionEndpoint {
   /** Set while the scheduler cannot place some of its instances. */
   pendingReason: string | undefined;
   stopped = false;
+  /** The latest instance start (performance.now() times), for cold-start spans. */
+  lastStart: { instance: string; sandbox: string; startedAt: number; readyAt: number } | undefined;
   readonly #limit: number;
   readonly #listeners = new Set<() => void>();
   #next = 0;
@@ -136,6 +143,10 @@ class RevisionSet implements RevisionEndpoint {
     this.record = record;
     this.desired = desired;
     this.#limit = record.config.scaling.containerConcurrency;
+  }
+
+  get function(): string {
+    return this.record.function;
   }
 
   hasCapacity(): boolean {
@@ -444,7 +455,7 @@ export class NodeAgent {
       return;
     }
     set.attempts = 0;
-    const slot: Slot = { instance, status: { id, phase: 'starting', since: new Date().toISOString() } };
+    const slot: Slot = { instance, status: { id, phase: 'starting', since: new Date().toISOString() }, startedAt };
     const probes = rev.config.probes;
     if (!probes.startup && !probes.readiness && !probes.liveness) {
       this.#serve(set, slot);
@@ -469,6 +480,10 @@ export class NodeAgent {
     if (!set.unready.delete(slot.status.id) && slot.status.phase !== 'starting') return;
     slot.status = { ...slot.status, phase: 'ready', since: new Date().toISOString() };
     set.ready.push(slot);
+    if (slot.startedAt !== undefined) {
+      set.lastStart = { instance: slot.status.id, sandbox: set.record.sandbox, startedAt: slot.startedAt, readyAt: performance.now() };
+      slot.startedAt = undefined;
+    }
     const first = set.phase !== 'ready';
     this.#becomeReady(set);
     set.notify();

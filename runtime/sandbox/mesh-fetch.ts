@@ -4,6 +4,9 @@
  * instance (its function's way out: the egress proxy there calls the destination over mutual
  * TLS under the function's identity); every other URL goes to the real fetch unchanged.
  *
+ * A mesh call continues the caller's trace: when the request carries no traceparent of its
+ * own, `inject` adds the current one (the function's span, or its own span that is active).
+ *
  * It imports only Node's own modules, so a container can load it as it is.
  */
 import { Agent, request as httpRequest, type IncomingMessage } from 'node:http';
@@ -25,8 +28,11 @@ function isMesh(url: string): boolean {
   }
 }
 
+/** Writes trace headers (traceparent, tracestate) for the code running now into `carrier`. */
+export type TraceInjector = (carrier: Record<string, string>) => void;
+
 /** Replaces globalThis.fetch; `socket()` says where the mesh is (read per call: a warm thread learns it later). */
-export function installMeshFetch(socket: () => string | undefined): void {
+export function installMeshFetch(socket: () => string | undefined, inject?: TraceInjector): void {
   const original = globalThis.fetch;
   const agent = new Agent({ keepAlive: true, maxSockets: 256 });
   const meshFetch = (input: RequestInfo | URL, init?: RequestInit): Promise<Response> => {
@@ -34,17 +40,22 @@ export function installMeshFetch(socket: () => string | undefined): void {
     if (!isMesh(url)) return original(input, init);
     const path = socket();
     if (!path) return original(input, init);
-    return viaMesh(new Request(input, init), path, agent);
+    return viaMesh(new Request(input, init), path, agent, inject);
   };
   globalThis.fetch = meshFetch as typeof fetch;
 }
 
-function viaMesh(request: Request, socketPath: string, agent: Agent): Promise<Response> {
+function viaMesh(request: Request, socketPath: string, agent: Agent, inject: TraceInjector | undefined): Promise<Response> {
   const url = new URL(request.url);
   if (url.protocol !== 'http:')
     return Promise.reject(new TypeError(`mesh calls use http://${url.host}/ (the mesh encrypts them with mutual TLS); got ${url.protocol}//`));
   const headers: string[] = ['host', url.host];
   for (const [k, v] of request.headers) if (!HOP.has(k) && k !== 'host') headers.push(k, v);
+  if (inject && !request.headers.has('traceparent')) {
+    const carrier: Record<string, string> = {};
+    inject(carrier);
+    for (const k in carrier) if (!request.headers.has(k)) headers.push(k, carrier[k] as string);
+  }
   return new Promise<Response>((resolve, reject) => {
     const signal = request.signal;
     if (signal.aborted) {

@@ -31,7 +31,7 @@ export interface TideProcess {
   exited: Promise<number | string>;
 }
 
-export async function startTide(options: { dataDir?: string; args?: string[]; timeoutMs?: number } = {}): Promise<TideProcess> {
+export async function startTide(options: { dataDir?: string; args?: string[]; timeoutMs?: number; env?: Record<string, string> } = {}): Promise<TideProcess> {
   const dataDir = options.dataDir ?? tempDir();
   const child = spawn(
     process.execPath,
@@ -39,6 +39,7 @@ export async function startTide(options: { dataDir?: string; args?: string[]; ti
     {
       cwd: ROOT,
       stdio: ['ignore', 'pipe', 'pipe'],
+      ...(options.env ? { env: { ...process.env, ...options.env } } : {}),
     },
   );
   let out = '';

@@ -12,6 +12,7 @@
  * `GET /.tide/health` answers 200 once it can serve. A function that throws gets 500 with
  * `tide-function-error`; console output goes to stdout/stderr, which Tide keeps as the logs.
  */
+import { AsyncLocalStorage } from 'node:async_hooks';
 import { spawn } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { createServer, request as httpRequest, type IncomingMessage, type ServerResponse } from 'node:http';
@@ -30,10 +31,22 @@ const HOP = new Set(['connection', 'keep-alive', 'transfer-encoding', 'upgrade',
 // Calls to NAME.NAMESPACE.svc.tide go to the mesh through the socket Tide opens here once the
 // container has a function (a pre-started one gets it later).
 const MESH_SOCKET = '/run/tide/mesh.sock';
+// Mesh calls made while serving a request continue its trace (the traceparent Tide sent).
+const traceOf = new AsyncLocalStorage<{ traceparent: string; tracestate?: string }>();
 if (MODE === 'function') {
   const where = '/tide/mesh-fetch.ts';
-  const { installMeshFetch } = (await import(where)) as { installMeshFetch(socket: () => string | undefined): void };
-  installMeshFetch(() => (existsSync(MESH_SOCKET) ? MESH_SOCKET : undefined));
+  const { installMeshFetch } = (await import(where)) as {
+    installMeshFetch(socket: () => string | undefined, inject: (carrier: Record<string, string>) => void): void;
+  };
+  installMeshFetch(
+    () => (existsSync(MESH_SOCKET) ? MESH_SOCKET : undefined),
+    (carrier) => {
+      const t = traceOf.getStore();
+      if (!t) return;
+      carrier.traceparent = t.traceparent;
+      if (t.tracestate !== undefined) carrier.tracestate = t.tracestate;
+    },
+  );
 }
 
 let handler: FetchHandler | undefined;
@@ -80,13 +93,17 @@ async function serveFunction(req: IncomingMessage, res: ServerResponse): Promise
     duplex: 'half',
   } as RequestInit);
   let response: unknown;
-  try {
-    response = await fn.fetch(request, env, {
+  const tp = req.headers.traceparent;
+  const ts = req.headers.tracestate;
+  const call = () =>
+    fn.fetch(request, env, {
       waitUntil: (p) => {
         Promise.resolve(p).catch((err: unknown) => console.error('waitUntil promise rejected:', err));
       },
       passThroughOnException() {},
     });
+  try {
+    response = await (typeof tp === 'string' ? traceOf.run({ traceparent: tp, ...(typeof ts === 'string' ? { tracestate: ts } : {}) }, call) : call());
   } catch (err) {
     console.error(`request failed:`, err);
     fail(res, 500, 'ERR_FUNCTION_THREW', err instanceof Error ? `${err.name}: ${err.message}` : String(err));

@@ -12,6 +12,7 @@ import { MessageChannel, type MessagePort } from 'node:worker_threads';
 import { move, transferableSymbol, valueSymbol, workerData } from 'piscina';
 import { installMeshFetch } from '../mesh-fetch.ts';
 import { type HostData, type HostMessage, LOG_CHANNEL, type MainMessage, type RequestTask, type Task, type TaskResult } from './protocol.ts';
+import type { FunctionTracing } from './tracing.ts';
 
 interface FetchHandler {
   fetch(request: Request, env: Record<string, string>, ctx: ExecutionContext): unknown;
@@ -31,11 +32,11 @@ let data: HostData = seed ?? { bundleUrl: '', env: {}, function: '', revision: '
 let env: Readonly<Record<string, string>> = Object.freeze({ ...data.env });
 const logs = new BroadcastChannel(LOG_CHANNEL);
 
-/** The request a piece of function code runs for (console output carries its id). */
-const current = new AsyncLocalStorage<string>();
+/** The request a piece of function code runs for (console output carries its ids). */
+const current = new AsyncLocalStorage<{ requestId: string; traceId: string | undefined }>();
 
 function emit(level: string, args: unknown[]): void {
-  const requestId = current.getStore();
+  const req = current.getStore();
   logs.postMessage({
     time: new Date().toISOString(),
     function: data.function,
@@ -43,7 +44,7 @@ function emit(level: string, args: unknown[]): void {
     instance: data.instance,
     level,
     message: format(...args),
-    ...(requestId ? { requestId } : {}),
+    ...(req ? { requestId: req.requestId, ...(req.traceId ? { traceId: req.traceId } : {}) } : {}),
   });
 }
 
@@ -57,8 +58,22 @@ for (const [method, level] of [
 ] as const) {
   console[method] = (...args: unknown[]) => emit(level, args);
 }
-// Calls to NAME.NAMESPACE.svc.tide go through the mesh, under this function's identity.
-installMeshFetch(() => data.meshSocket);
+// The OpenTelemetry API for functions' own spans; loaded while the thread warms up, before
+// any function is (a function's module may ask for a tracer when it loads).
+let tracing: FunctionTracing | undefined;
+const tracingReady = import('./tracing.ts').then(
+  (m) => {
+    tracing = m.installTracing(() => data.function);
+  },
+  (err: unknown) => emit('warn', ['tracing is not available in this thread:', err]),
+);
+
+// Calls to NAME.NAMESPACE.svc.tide go through the mesh, under this function's identity, and
+// continue the trace of the request being served.
+installMeshFetch(
+  () => data.meshSocket,
+  (carrier) => tracing?.inject(carrier),
+);
 
 process.on('unhandledRejection', (reason) => emit('error', ['unhandled rejection:', reason]));
 process.on('uncaughtException', (err) => emit('error', ['uncaught exception:', err]));
@@ -67,13 +82,15 @@ let loading: Promise<FetchHandler> | undefined;
 
 function load(): Promise<FetchHandler> {
   if (!loading && data.bundleUrl === '') return Promise.reject(new Error('this thread was given no function to load'));
-  loading ??= import(data.bundleUrl).then((mod: { default?: unknown }) => {
-    const handler = mod.default as FetchHandler | undefined;
-    if (!handler || typeof handler.fetch !== 'function') {
-      throw new Error('the module has no `export default { fetch(request, env, ctx) { … } }`');
-    }
-    return handler;
-  });
+  loading ??= tracingReady
+    .then(() => import(data.bundleUrl))
+    .then((mod: { default?: unknown }) => {
+      const handler = mod.default as FetchHandler | undefined;
+      if (!handler || typeof handler.fetch !== 'function') {
+        throw new Error('the module has no `export default { fetch(request, env, ctx) { … } }`');
+      }
+      return handler;
+    });
   return loading;
 }
 
@@ -162,9 +179,16 @@ class Exchange {
     };
 
     let response: unknown;
+    let traceparent: string | undefined;
+    for (let i = 0; i + 1 < task.headers.length; i += 2) if (task.headers[i] === 'traceparent') traceparent = task.headers[i + 1];
+    const t = tracing;
+    const ids = { requestId: task.requestId, traceId: traceparent?.slice(3, 35) };
     try {
-      // Everything the handler does for this request, waitUntil work included, logs with its id.
-      response = await current.run(task.requestId, () => handler.fetch(request, env, ctx));
+      // Everything the handler does for this request, waitUntil work included, logs with its
+      // ids and runs in the context of its execution span.
+      response = await current.run(ids, () =>
+        t ? t.run(t.contextFor(traceparent), () => handler.fetch(request, env, ctx)) : handler.fetch(request, env, ctx),
+      );
     } catch (err) {
       emit('error', [`request ${task.requestId} failed:`, err]);
       this.#after();

@@ -21,6 +21,9 @@ import type { MessagePort } from 'node:worker_threads';
 
 export const LOG_CHANNEL = 'tide:function-logs';
 
+/** Where worker threads send the spans a function made itself (SpanData[] per message). */
+export const SPAN_CHANNEL = 'tide:function-spans';
+
 /** Response chunks the host may have in flight before it waits for credit. */
 export const RESPONSE_WINDOW = 8;
 
