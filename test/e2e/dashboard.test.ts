@@ -193,6 +193,40 @@ describe('tide dashboard', () => {
     await expect.poll(() => page.locator('#waterfall').textContent(), { timeout: 5000 }).toContain('not found');
   });
 
+  it('shows one request through gateway → A → (mesh) → B as one trace, every span under its parent', async () => {
+    for (const f of ['traced-back', 'traced-front']) {
+      const d = await tide(['deploy', join(FIXTURES, 'functions', `${f}.ts`)], { dataDir: t.dataDir });
+      expect(d.code, d.stderr).toBe(0);
+    }
+    const id = 'd1a5b0a4d6c94e0fb1e2a3c4d5e6f708';
+    const r = await http(t.gatewayPort, 'traced-front.localhost', '/', { headers: { traceparent: `00-${id}-b7ad6b7169203331-01` } });
+    expect(r.status, r.text).toBe(200);
+    await page.goto(`${relayUrl}#trace=${id}`);
+    const rows = page.locator('#waterfall .span-row');
+    await expect.poll(() => rows.count(), { timeout: 10_000 }).toBe(6);
+    const names = await rows.locator('.wf-label').allTextContents();
+    const levels = await rows.evaluateAll((els) => els.map((e) => Number(e.getAttribute('aria-level'))));
+    expect(names.map((n) => n.replace(/!$/, ''))).toEqual([
+      'GET traced-front',
+      'invoke traced-front',
+      'prepare order',
+      'GET traced-back.default.svc.tide',
+      'GET mesh:traced-back',
+      'invoke traced-back',
+    ]);
+    // A chain: each span one level under the one before.
+    expect(levels).toEqual([1, 2, 3, 4, 5, 6]);
+    expect(await rows.evaluateAll((els) => els.map((e) => e.getAttribute('data-service')))).toEqual([
+      'tide',
+      'traced-front',
+      'traced-front',
+      'tide',
+      'tide',
+      'traced-back',
+    ]);
+    await page.screenshot({ path: join(ARTIFACTS, 'dashboard-mesh-trace.png'), fullPage: true });
+  });
+
   it('loaded only its own files, under a strict content security policy, without errors', async () => {
     const origin = new URL(relayUrl).origin;
     expect(loaded.length).toBeGreaterThan(3);
