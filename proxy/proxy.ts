@@ -350,6 +350,9 @@ function relayOne(head: string, first: Buffer, up: Socket, client: Socket): void
  * span fails on 5xx (the client's own 4xx is not the server's error); a client span on 4xx too.
  */
 function endSpan(req: ProxyRequest, span: Span, route: CompiledRoute | undefined, status: number, error: string | undefined): void {
+  const failed = status >= 500 || (span.kind === 'client' && status >= 400);
+  // Most requests at a low sampling ratio: nothing to fill in.
+  if (span.segment.tracer.dropIfUnkept(span, failed)) return;
   const q = req.path.indexOf('?');
   const colon = req.host.lastIndexOf(':');
   const hasPort = colon > req.host.lastIndexOf(']') && colon !== -1;
@@ -377,7 +380,7 @@ function endSpan(req: ProxyRequest, span: Span, route: CompiledRoute | undefined
   a['tide.listener'] = req.conn.listener;
   if (req.conn.peer !== undefined) a['tide.source'] = req.conn.peer;
   if (req.attempts > 1) a['tide.attempts'] = req.attempts;
-  if (status >= 500 || (span.kind === 'client' && status >= 400)) {
+  if (failed) {
     a['error.type'] = error ?? String(status);
     span.fail(error);
   } else if (error !== undefined) {

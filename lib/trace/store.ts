@@ -71,18 +71,24 @@ export class TraceStore implements TraceSink {
   }
 
   add(spans: SpanData[], kept: KeptReason): void {
+    let e: Entry | undefined;
+    let id = '';
     for (const span of spans) {
-      let e = this.#traces.get(span.traceId);
-      if (e) {
-        // Most recently updated last: Map order is the eviction order.
-        this.#traces.delete(span.traceId);
-      } else {
-        e = { spans: [], kept, dropped: 0, summary: undefined };
-        if (this.#traces.size >= this.#maxTraces) this.#traces.delete(this.#traces.keys().next().value as string);
+      // The spans of one segment share their trace: one lookup for all of them.
+      if (e === undefined || span.traceId !== id) {
+        id = span.traceId;
+        e = this.#traces.get(id);
+        if (e) {
+          // Most recently updated last: Map order is the eviction order.
+          this.#traces.delete(id);
+        } else {
+          e = { spans: [], kept, dropped: 0, summary: undefined };
+          if (this.#traces.size >= this.#maxTraces) this.#traces.delete(this.#traces.keys().next().value as string);
+        }
+        this.#traces.set(id, e);
+        if (KEEP_RANK[kept] > KEEP_RANK[e.kept]) e.kept = kept;
+        e.summary = undefined;
       }
-      this.#traces.set(span.traceId, e);
-      if (KEEP_RANK[kept] > KEEP_RANK[e.kept]) e.kept = kept;
-      e.summary = undefined;
       if (e.spans.length >= this.#maxSpans) e.dropped++;
       else e.spans.push(span);
     }

@@ -162,21 +162,22 @@ export class Span {
   }
 
   data(): SpanData {
-    return {
+    const d: SpanData = {
       traceId: this.traceId,
       spanId: this.spanId,
-      ...(this.parentSpanId === undefined ? {} : { parentSpanId: this.parentSpanId }),
       name: this.name,
       kind: this.kind,
       startMs: ORIGIN + this.start,
       durationMs: Math.max(0, this.end - this.start),
       attributes: this.attributes,
       status: this.status,
-      ...(this.statusMessage === undefined ? {} : { statusMessage: this.statusMessage }),
-      ...(this.events ? { events: this.events } : {}),
       service: this.service,
       sampled: this.sampled,
     };
+    if (this.parentSpanId !== undefined) d.parentSpanId = this.parentSpanId;
+    if (this.statusMessage !== undefined) d.statusMessage = this.statusMessage;
+    if (this.events !== undefined) d.events = this.events;
+    return d;
   }
 }
 
@@ -255,13 +256,32 @@ export class Tracer {
     this.#exporter?.export(kept);
   }
 
+  /** Why a segment would be kept: sampled, or (not sampled) failed or slow; undefined: dropped. */
+  keeps(sampled: boolean, failed: boolean, durationMs: number): KeptReason | undefined {
+    if (sampled) return 'sampled';
+    if (failed && this.sampling.keepErrors) return 'error';
+    if (this.sampling.slowMs > 0 && durationMs >= this.sampling.slowMs) return 'slow';
+    return undefined;
+  }
+
+  /**
+   * Ends a root span that will not be kept (not sampled, fine and fast) without filling it in:
+   * the common case at low sampling ratios, so it costs a check. Returns false (and does
+   * nothing) when the segment is to be kept; then fill in the attributes and `finish()` it.
+   */
+  dropIfUnkept(root: Span, failed: boolean, at = performance.now()): boolean {
+    const segment = root.segment;
+    if (root !== segment.root || this.keeps(segment.sampled, failed || segment.error, at - root.start) !== undefined) return false;
+    root.end = at;
+    this.counts.segments++;
+    this.counts.dropped++;
+    return true;
+  }
+
   /** @internal The segment's root ended: keep it (and why) or drop it. */
   decide(segment: Segment): void {
     this.counts.segments++;
-    let kept: KeptReason | undefined;
-    if (segment.sampled) kept = 'sampled';
-    else if (segment.error && this.sampling.keepErrors) kept = 'error';
-    else if (this.sampling.slowMs > 0 && segment.root.end - segment.root.start >= this.sampling.slowMs) kept = 'slow';
+    const kept = this.keeps(segment.sampled, segment.error, segment.root.end - segment.root.start);
     if (kept === undefined) {
       this.counts.dropped++;
       return;

@@ -233,6 +233,9 @@ describe('sampling', () => {
     const ok = await http(t.gatewayPort, 'traced-back.localhost', '/', { headers: { traceparent: `00-${okTrace}-${CLIENT_SPAN}-00` } });
     expect(ok.status).toBe(200);
     expect(ok.text).toMatch(new RegExp(`^back 00-${okTrace}-[0-9a-f]{16}-00`));
+    // Through the mesh too: the unsampled trace goes on (with no function span to parent it).
+    const hop = await http(t.gatewayPort, 'traced-front.localhost', '/', { headers: { traceparent: `00-${okTrace}-${CLIENT_SPAN}-00` } });
+    expect(hop.text).toMatch(new RegExp(`^front saw 200: back 00-${okTrace}-[0-9a-f]{16}-00`));
     const failed = await http(t.gatewayPort, 'traced-back.localhost', '/?fail=1', { headers: { traceparent: `00-${failTrace}-${CLIENT_SPAN}-00` } });
     expect(failed.status).toBe(500);
     const spans = await eventually(() => trace(t, failTrace));

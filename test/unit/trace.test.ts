@@ -136,6 +136,24 @@ describe('Tracer', () => {
     expect(c.stored).toHaveLength(0);
   });
 
+  it('drops an unsampled, fine, fast root without filling it in, and keeps the others', () => {
+    const c = collect();
+    const tracer = new Tracer({ sampling: { ratio: 0, slowMs: 50 }, store: c.sink });
+    const fine = tracer.startRequest({}, 'server', 'GET', 'tide');
+    expect(tracer.dropIfUnkept(fine, false)).toBe(true);
+    const failed = tracer.startRequest({}, 'server', 'GET', 'tide');
+    expect(tracer.dropIfUnkept(failed, true)).toBe(false);
+    const childFailed = tracer.startRequest({}, 'server', 'GET', 'tide');
+    childFailed.child('invoke f').fail();
+    expect(tracer.dropIfUnkept(childFailed, false)).toBe(false);
+    const slow = tracer.startRequest({}, 'server', 'GET', 'tide');
+    expect(tracer.dropIfUnkept(slow, false, slow.start + 60)).toBe(false);
+    const sampled = tracer.startRequest({ traceparent: `00-${TID}-${SID}-01` }, 'server', 'GET', 'tide');
+    expect(tracer.dropIfUnkept(sampled, false)).toBe(false);
+    expect(tracer.counts.dropped).toBe(1);
+    expect(c.stored).toHaveLength(0);
+  });
+
   it('refuses a ratio outside 0..1', () => {
     expect(() => new Tracer({ sampling: { ratio: 2 } })).toThrow(/from 0 to 1/);
   });

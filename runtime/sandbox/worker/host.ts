@@ -33,7 +33,7 @@ let env: Readonly<Record<string, string>> = Object.freeze({ ...data.env });
 const logs = new BroadcastChannel(LOG_CHANNEL);
 
 /** The request a piece of function code runs for (console output carries its ids). */
-const current = new AsyncLocalStorage<{ requestId: string; traceId: string | undefined }>();
+const current = new AsyncLocalStorage<{ requestId: string; traceId: string | undefined; traceparent: string | undefined }>();
 
 function emit(level: string, args: unknown[]): void {
   const req = current.getStore();
@@ -72,7 +72,12 @@ const tracingReady = import('./tracing.ts').then(
 // continue the trace of the request being served.
 installMeshFetch(
   () => data.meshSocket,
-  (carrier) => tracing?.inject(carrier),
+  (carrier) => {
+    // The function's own active span (sampled requests), else the execution span Tide sent.
+    if (tracing?.inject(carrier)) return;
+    const tp = current.getStore()?.traceparent;
+    if (tp !== undefined) carrier.traceparent = tp;
+  },
 );
 
 process.on('unhandledRejection', (reason) => emit('error', ['unhandled rejection:', reason]));
@@ -181,11 +186,13 @@ class Exchange {
     let response: unknown;
     let traceparent: string | undefined;
     for (let i = 0; i + 1 < task.headers.length; i += 2) if (task.headers[i] === 'traceparent') traceparent = task.headers[i + 1];
-    const t = tracing;
-    const ids = { requestId: task.requestId, traceId: traceparent?.slice(3, 35) };
+    // Only a sampled request records the function's own spans: it alone needs the
+    // OpenTelemetry context (traceparent flags "01").
+    const t = traceparent?.endsWith('1') ? tracing : undefined;
+    const ids = { requestId: task.requestId, traceId: traceparent?.slice(3, 35), traceparent };
     try {
       // Everything the handler does for this request, waitUntil work included, logs with its
-      // ids and runs in the context of its execution span.
+      // ids and, when sampled, runs in the context of its execution span.
       response = await current.run(ids, () =>
         t ? t.run(t.contextFor(traceparent), () => handler.fetch(request, env, ctx)) : handler.fetch(request, env, ctx),
       );

@@ -42,8 +42,8 @@ function attributes(from: Record<string, unknown>): Attributes {
 export interface FunctionTracing {
   /** The context a request runs in: its execution span as the (remote) parent; ROOT_CONTEXT without one. */
   contextFor(traceparent: string | undefined): Context;
-  /** Writes the active span's traceparent into `carrier` (for mesh calls). */
-  inject(carrier: Record<string, string>): void;
+  /** Writes the active span's traceparent into `carrier` (for mesh calls); false when no recording span is active. */
+  inject(carrier: Record<string, string>): boolean;
   run<T>(ctx: Context, fn: () => T): T;
 }
 
@@ -90,7 +90,12 @@ export function installTracing(service: () => string): FunctionTracing {
       return trace.setSpanContext(ROOT_CONTEXT, { traceId: p.traceId, spanId: p.spanId, traceFlags: p.sampled ? 1 : 0, isRemote: true });
     },
     inject(carrier) {
-      propagation.inject(context.active(), carrier);
+      // Only a recording span (a sampled request's) is one the trace will have; an unsampled
+      // request's spans are not recorded, so its calls hang off the execution span instead.
+      const active = context.active();
+      if (!trace.getSpan(active)?.isRecording()) return false;
+      propagation.inject(active, carrier);
+      return true;
     },
     run(ctx, fn) {
       return context.with(ctx, fn);
