@@ -1,7 +1,7 @@
 /**
  * `tide dashboard`: a small relay on 127.0.0.1 between a browser and the control API, so the
  * dashboard opens with one command and the browser never sees the API token or has to trust
- * Tide's CA. It forwards GET and HEAD of /dashboard… and /v1/… to the API, adding the CLI's
+ * Tide's CA. It forwards GET and HEAD of /dashboard…, /v1/dashboard and /v1/traces… to the API, adding the CLI's
  * bearer token and verifying the API's certificate as every other command does (cli/client.ts:
  * --cacert, $TIDE_CA_CERT, <data-dir>/ca/bundle.pem), and refuses everything else:
  *
@@ -26,6 +26,9 @@ import { listen } from '../lib/net.ts';
 import { ApiClient, type ConnectOptions, locate, type Target } from './client.ts';
 
 /** Request headers passed on to the API (the relay adds authorization itself). */
+
+/** The API paths the page reads. */
+const RELAYED = /^\/v1\/(dashboard|traces(\/[0-9a-f]{1,32})?)$/;
 const FORWARDED = ['accept', 'accept-language', 'if-none-match', 'if-modified-since', 'cache-control'];
 /** Response headers that belong to one connection, not to the answer. */
 const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'transfer-encoding', 'te', 'trailer', 'upgrade', 'proxy-authenticate', 'proxy-connection']);
@@ -72,8 +75,10 @@ export async function startRelay(opts: RelayOptions): Promise<Relay> {
       res.end();
       return;
     }
-    if (url.pathname !== '/dashboard' && !url.pathname.startsWith('/dashboard/') && !url.pathname.startsWith('/v1/'))
-      return reply(res, 404, 'ERR_NOT_FOUND', `the dashboard relay serves /dashboard and /v1/ only (not ${url.pathname})`);
+    // Only what the page reads: its own files, /v1/dashboard and the traces. Not tokens, logs
+    // or function details, whatever the CLI's token may read.
+    if (url.pathname !== '/dashboard' && !url.pathname.startsWith('/dashboard/') && !RELAYED.test(url.pathname))
+      return reply(res, 404, 'ERR_NOT_FOUND', `the dashboard relay serves the dashboard, /v1/dashboard and /v1/traces only (not ${url.pathname})`);
     const headers: Record<string, string> = { authorization: `Bearer ${target.token}` };
     for (const h of FORWARDED) {
       const v = req.headers[h];
@@ -141,10 +146,10 @@ export function registerDashboard(prog: Command, connectionOptions: (c: Command)
       .command('dashboard')
       .description(
         "open Tide's dashboard: functions, revisions and traffic splits, instances and the autoscaler's decisions, requests/s, errors and latency, recent traces.\n\n" +
-          "It starts a relay on 127.0.0.1 that forwards the browser's GET requests for /dashboard and /v1/ to the control API with this CLI's token, " +
+          "It starts a relay on 127.0.0.1 that forwards the browser's GET requests for the page and what it reads (/v1/dashboard, /v1/traces) to the control API with this CLI's token, " +
           "checking the API's certificate the way every tide command does (--cacert). So the browser never sees the token and never has to trust Tide's CA. " +
           'The relay refuses other methods (405), requests whose Host is not its own 127.0.0.1:PORT or localhost:PORT (403, against DNS rebinding), ' +
-          "and requests made by other sites' pages. While it runs, any program on this machine that can reach 127.0.0.1:PORT can read the API " +
+          "and requests made by other sites' pages. While it runs, any program on this machine that can reach 127.0.0.1:PORT can read functions, traffic and traces " +
           'through it (not change anything): stop it with Ctrl+C when done.\n\n' +
           'Without the relay, the API serves the same page at https://API/dashboard; it asks for a token.',
       )

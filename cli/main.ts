@@ -428,10 +428,16 @@ export function program(): Command {
       const access = o.accessLog ? createLogger({ level: 'info', destination: o.accessLog === '-' ? 1 : o.accessLog }) : undefined;
       // Traced only when spans have somewhere to go: an OTLP endpoint in the OTEL_* environment.
       const { otlpExporter, samplingFromEnv, Tracer } = await import('../lib/trace/index.ts');
-      const sampling = samplingFromEnv();
-      const exporter = await otlpExporter(process.env, VERSION);
+      const exporter = await otlpExporter(process.env, VERSION, (err, failures) =>
+        log.warn({ err: errorMessage(err), failures }, 'exporting spans failed; they were dropped'),
+      );
+      if (!exporter && o.traceSample !== undefined)
+        process.stderr.write('tide proxy: --trace-sample has no effect: tracing is on only when OTEL_EXPORTER_OTLP_ENDPOINT (or _TRACES_ENDPOINT) is set\n');
       const tracer = exporter
-        ? new Tracer({ sampling: { ...sampling, ...(o.traceSample === undefined ? {} : { ratio: o.traceSample }), keepErrors: false, slowMs: 0 }, exporter })
+        ? new Tracer({
+            sampling: { ...samplingFromEnv(), ...(o.traceSample === undefined ? {} : { ratio: o.traceSample }), keepErrors: false, slowMs: 0 },
+            exporter,
+          })
         : undefined;
       const server = new ProxyServer({
         file: o.config,
@@ -451,7 +457,7 @@ export function program(): Command {
         const host = a.family === 'IPv6' ? `[${a.address}]` : a.address;
         out(`tide proxy: ${name} listening on ${host}:${a.port}`);
       }
-      if (tracer) out(`tide proxy: tracing ${tracer.sampling.ratio * 100}% of new traces to ${exporter?.settings.endpoint}`);
+      if (tracer) out(`tide proxy: tracing ${Math.round(tracer.sampling.ratio * 10_000) / 100}% of new traces to ${exporter?.settings.endpoint}`);
       process.on('SIGHUP', () => server.scheduleReload(true));
       await waitForSignal(async () => {
         await server.close(parseDuration(o.drain, '--drain'));

@@ -40,7 +40,7 @@ export function registerTraces(prog: Command, connectionOptions: (c: Command) =>
           'Sampled traces also go to an OTLP collector when OTEL_EXPORTER_OTLP_ENDPOINT is set on `tide up`.',
       )
       .argument('[trace-id]', 'show this trace (the whole ID, or enough of its start to be unique)')
-      .option('-f, --function <name>', 'only traces that went through this function')
+      .option('--function <name>', 'only traces that went through this function')
       .option('--status <status>', 'error, ok, or an HTTP status of the first request, e.g. 503')
       .option('--min-duration <duration>', 'only traces at least this long, e.g. 200ms')
       .option('--max-duration <duration>', 'only traces at most this long')
@@ -50,7 +50,14 @@ export function registerTraces(prog: Command, connectionOptions: (c: Command) =>
   ).action(async (id: string | undefined, o: Record<string, unknown> & ConnectOptions) => {
     const q = new URLSearchParams();
     if (o.function) q.set('function', o.function as string);
-    if (o.status) q.set('status', o.status as string);
+    if (o.status) {
+      if (!/^(error|ok|[1-5]\d\d)$/.test(o.status as string))
+        throw new TideError('ERR_INVALID_ARGUMENT', `--status must be error, ok or an HTTP status such as 503 (got "${o.status as string}")`);
+      q.set('status', o.status as string);
+    }
+    const limit = Number(o.limit);
+    if (!Number.isInteger(limit) || limit < 1 || limit > 1000)
+      throw new TideError('ERR_INVALID_ARGUMENT', `--limit must be an integer from 1 to 1000 (got "${o.limit as string}")`);
     if (o.minDuration) q.set('minMs', String(parseDuration(o.minDuration as string, '--min-duration', { allowZero: true })));
     if (o.maxDuration) q.set('maxMs', String(parseDuration(o.maxDuration as string, '--max-duration', { allowZero: true })));
     if (id !== undefined) {
@@ -74,6 +81,12 @@ export function registerTraces(prog: Command, connectionOptions: (c: Command) =>
   });
 }
 
+/** Span names and attributes come from functions: no control characters reach the terminal. */
+function clean(v: unknown): string {
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: removing them is the point
+  return String(v).replace(/[\u0000-\u001f\u007f-\u009f]/g, '?');
+}
+
 function ms(n: number): string {
   return n >= 1000 ? `${(n / 1000).toFixed(2)}s` : n >= 10 ? `${n.toFixed(0)}ms` : `${n.toFixed(2)}ms`;
 }
@@ -88,8 +101,8 @@ function listing(items: TraceSummary[]): string {
       String(t.spans),
       `${t.status ?? '-'}${t.error ? ' error' : ''}`,
       t.kept,
-      t.functions.join(',') || '-',
-      t.name,
+      clean(t.functions.join(',') || '-'),
+      clean(t.name),
     ]),
   );
 }
@@ -118,8 +131,8 @@ export function treeOrder(spans: SpanData[]): { span: SpanData; depth: number }[
 function waterfall(t: TraceView, all: boolean): string {
   const s = t.summary;
   const lines = [
-    `Trace ${t.traceId}: ${s.name}, ${ms(s.durationMs)}, ${s.spans} spans, ${s.status ?? '-'}${s.error ? ' (error)' : ''}, kept: ${s.kept}`,
-    `Started ${new Date(s.startMs).toISOString()}; functions: ${s.functions.join(', ') || '-'}`,
+    `Trace ${t.traceId}: ${clean(s.name)}, ${ms(s.durationMs)}, ${s.spans} spans, ${s.status ?? '-'}${s.error ? ' (error)' : ''}, kept: ${s.kept}`,
+    `Started ${new Date(s.startMs).toISOString()}; functions: ${clean(s.functions.join(', ') || '-')}`,
     '',
   ];
   const width = 30;
@@ -130,11 +143,12 @@ function waterfall(t: TraceView, all: boolean): string {
     const len = Math.max(1, Math.min(width - from, Math.round((span.durationMs / total) * width)));
     const bar = `${' '.repeat(from)}${(span.status === 'error' ? 'x' : '█').repeat(len)}`.padEnd(width);
     const attrs = Object.entries(span.attributes).filter(([k]) => all || SHOWN.includes(k));
-    const detail = attrs.map(([k, v]) => `${k}=${v}`).join(' ');
+    const detail = attrs.map(([k, v]) => `${clean(k)}=${clean(v)}`).join(' ');
     lines.push(
-      `|${bar}| ${'  '.repeat(depth)}${span.name} [${span.service}, ${span.kind}] +${ms(offset)} ${ms(span.durationMs)}${span.status === 'error' ? ` ERROR${span.statusMessage ? `: ${span.statusMessage}` : ''}` : ''}${detail ? `  ${detail}` : ''}`,
+      `|${bar}| ${'  '.repeat(depth)}${clean(span.name)} [${clean(span.service)}, ${span.kind}] +${ms(offset)} ${ms(span.durationMs)}${span.status === 'error' ? ` ERROR${span.statusMessage ? `: ${clean(span.statusMessage)}` : ''}` : ''}${detail ? `  ${detail}` : ''}`,
     );
-    if (all) for (const e of span.events ?? []) lines.push(`${' '.repeat(width + 3)}${'  '.repeat(depth + 1)}event ${e.name} +${ms(e.timeMs - s.startMs)}`);
+    if (all)
+      for (const e of span.events ?? []) lines.push(`${' '.repeat(width + 3)}${'  '.repeat(depth + 1)}event ${clean(e.name)} +${ms(e.timeMs - s.startMs)}`);
   }
   if (t.droppedSpans) lines.push(`(${t.droppedSpans} more spans were dropped: the store keeps 500 per trace)`);
   return lines.join('\n');

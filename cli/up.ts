@@ -97,7 +97,10 @@ export async function up(options: UpOptions = {}, log: Logger = createLogger({ l
   if (config.tracing) {
     try {
       const fromEnv = samplingFromEnv();
-      const exporter = await otlpExporter(process.env, VERSION);
+      const otlpLog = log.child({ component: 'trace.otlp' });
+      const exporter = await otlpExporter(process.env, VERSION, (err, failures) =>
+        otlpLog.warn({ err: errorMessage(err), failures }, 'exporting spans failed; they were dropped'),
+      );
       traces = new TraceStore();
       tracer = new Tracer({
         sampling: {
@@ -120,7 +123,7 @@ export async function up(options: UpOptions = {}, log: Logger = createLogger({ l
 
   const blobs = new BlobStore(dataDir);
   const logs = new FunctionLogs(join(dataDir, 'logs'));
-  const driver = new WorkerDriver({ onEvent: (e) => agent.recordEvent(e), warmThreads: config.warmThreads });
+  const driver = new WorkerDriver({ onEvent: (e) => agent.recordEvent(e), warmThreads: config.warmThreads, tracing: config.tracing });
   const containers = new ContainerDriver({
     dataDir,
     warmContainers: config.warmContainers,

@@ -98,8 +98,12 @@ export class DataPlane {
     return `${this.#idPrefix}-${(++this.#seq).toString(36)}`;
   }
 
-  /** Builds the ProxyRequest for a parsed head and adds the forwarding headers. */
-  request(head: RequestHead, body: Readable | null, conn: ConnectionInfo, httpVersion: string): ProxyRequest {
+  /**
+   * Builds the ProxyRequest for a parsed head and adds the forwarding headers (and, while
+   * tracing, its span and trace headers; `traced` false: none, for a request that is not
+   * answered through `handle`).
+   */
+  request(head: RequestHead, body: Readable | null, conn: ConnectionInfo, httpVersion: string, traced = true): ProxyRequest {
     const h = head.headers;
     const id = this.#requestId(h['x-request-id']);
     h['x-request-id'] = id;
@@ -116,10 +120,12 @@ export class DataPlane {
     h.via = h.via === undefined ? `${httpVersion} tide` : `${h.via}, ${httpVersion} tide`;
     let trace: Span | undefined;
     const tracer = this.#opts.tracer;
-    if (tracer !== undefined) {
+    if (tracer !== undefined && traced) {
       trace = tracer.startRequest(h, this.#opts.spanKind ?? 'server', head.method, 'tide');
       h.traceparent = trace.traceparent;
-      if (trace.segment.parent?.format === 'b3') {
+      // tracestate belongs to the W3C parent it came with; without one it is dropped.
+      if (h.tracestate !== undefined && trace.segment.parent?.format !== 'w3c') delete h.tracestate;
+      if (h.b3 !== undefined || h['x-b3-traceid'] !== undefined || h['x-b3-sampled'] !== undefined) {
         // A B3 caller's next hops get one current b3 header instead of its stale ones.
         for (const n of B3_HEADERS) delete h[n];
         h.b3 = `${trace.traceId}-${trace.spanId}-${trace.sampled ? '1' : '0'}`;
@@ -216,7 +222,8 @@ export class DataPlane {
    * connections close. Upgrade requests may not carry a body.
    */
   upgrade(head: RequestHead, socket: Socket, rest: Buffer, conn: ConnectionInfo): void {
-    const req = this.request(head, null, conn, head.minor === 0 ? '1.0' : '1.1');
+    // Not traced: the answer does not come back through `handle`, so a span would never end.
+    const req = this.request(head, null, conn, head.minor === 0 ? '1.0' : '1.1', false);
     let failed = false;
     const fail = (err: TideError) => {
       failed = true;
@@ -349,6 +356,9 @@ function relayOne(head: string, first: Buffer, up: Socket, client: Socket): void
  * Ends a request's root span with the stable HTTP semantic-convention attributes. A server
  * span fails on 5xx (the client's own 4xx is not the server's error); a client span on 4xx too.
  */
+/** Longest attribute value taken from a request (paths, user agents), characters. */
+const MAX_ATTRIBUTE = 1024;
+
 function endSpan(req: ProxyRequest, span: Span, route: CompiledRoute | undefined, status: number, error: string | undefined): void {
   const failed = status >= 500 || (span.kind === 'client' && status >= 400);
   // Most requests at a low sampling ratio: nothing to fill in.
@@ -363,15 +373,17 @@ function endSpan(req: ProxyRequest, span: Span, route: CompiledRoute | undefined
   if (hasPort) a['server.port'] = Number(req.host.slice(colon + 1));
   a['network.protocol.version'] = req.httpVersion;
   a['tide.request_id'] = req.id;
+  // Paths and user agents may be kilobytes: the store keeps at most MAX_ATTRIBUTE of each.
+  const path = (q === -1 ? req.path : req.path.slice(0, q)).slice(0, MAX_ATTRIBUTE);
   if (span.kind === 'client') {
-    a['url.full'] = `http://${req.host}${q === -1 ? req.path : req.path.slice(0, q)}`;
+    a['url.full'] = `http://${req.host}${path}`;
     span.name = `${req.method} ${req.host}`;
   } else {
-    a['url.path'] = q === -1 ? req.path : req.path.slice(0, q);
+    a['url.path'] = path;
     a['url.scheme'] = req.conn.scheme;
     if (req.conn.remoteAddress !== '') a['client.address'] = req.conn.remoteAddress;
     const ua = req.headers['user-agent'];
-    if (ua !== undefined) a['user_agent.original'] = ua;
+    if (ua !== undefined) a['user_agent.original'] = ua.slice(0, MAX_ATTRIBUTE);
     if (route !== undefined) {
       a['tide.route'] = route.virtualHost;
       span.name = `${req.method} ${route.virtualHost}`;

@@ -337,12 +337,13 @@ export class ControlApi {
     }
   }
 
-  /** Registers an endpoint and the scope a token needs to call it. */
+  /** The trace store; 404 when this Tide traces nothing. */
   #traceStore(): TraceSource {
     if (!this.#opts.traces) throw new TideError('ERR_NOT_FOUND', 'tracing is off here (tide up --no-tracing)', { status: 404 });
     return this.#opts.traces;
   }
 
+  /** Registers an endpoint and the scope a token needs to call it. */
   #route(method: string, path: string, scope: Scope, handler: Handler): void {
     if (!isScope(scope)) throw new TideError('ERR_INVALID_ARGUMENT', `route ${method} ${path} needs a scope: read, deploy or admin (got ${String(scope)})`);
     const names: string[] = [];

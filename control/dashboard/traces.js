@@ -246,7 +246,10 @@ export function createTraces() {
     }
     $('waterfall').replaceChildren(...out);
     const again = open?.selected && rows.find((x) => x.span.spanId === open.selected);
-    if (again) $('waterfall').querySelector(`[data-span-id="${again.span.spanId}"]`)?.classList.add('selected');
+    if (again)
+      $('waterfall')
+        .querySelector(`[data-span-id="${CSS.escape(again.span.spanId)}"]`)
+        ?.classList.add('selected');
     if (again) detail(again.span, t0);
     else $('span-detail').hidden = true;
   }

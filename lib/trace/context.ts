@@ -13,7 +13,8 @@ import { randomFillSync } from 'node:crypto';
 export interface RemoteParent {
   traceId: string;
   spanId: string;
-  sampled: boolean;
+  /** The caller's decision; undefined when it left it to us (a B3 header without one). */
+  sampled: boolean | undefined;
   /** Which header it came from: B3 callers get a `b3` header back. */
   format: 'w3c' | 'b3';
 }
@@ -24,13 +25,14 @@ const ZERO32 = '0'.repeat(32);
 const ZERO16 = '0'.repeat(16);
 
 /**
- * Parses a traceparent header: `VERSION-TRACEID-SPANID-FLAGS`. Version 00 must be exactly that
- * long; a later version may carry more after another dash. Anything malformed is ignored (the
- * request starts a new trace), as the W3C recommendation says.
+ * Parses a traceparent header: `VERSION-TRACEID-SPANID-FLAGS`, lower-case hex as the W3C
+ * grammar has it. Version 00 must be exactly that long; a later version may carry more after
+ * another dash. Anything malformed is ignored (the request starts a new trace), as the W3C
+ * recommendation says.
  */
 export function parseTraceparent(value: string | undefined): RemoteParent | undefined {
   if (value === undefined || value.length < 55) return undefined;
-  const v = value.trim().toLowerCase();
+  const v = value.trim();
   if (v.charCodeAt(2) !== 45 || v.charCodeAt(35) !== 45 || v.charCodeAt(52) !== 45) return undefined;
   const version = v.slice(0, 2);
   if (!/^[0-9a-f]{2}$/.test(version) || version === 'ff') return undefined;
@@ -53,8 +55,19 @@ function b3TraceId(v: string): string | undefined {
   return HEX32.test(id) && id !== ZERO32 ? id : undefined;
 }
 
-function b3Sampled(flag: string | undefined, debug?: string): boolean {
-  return flag === '1' || flag === 'd' || flag === 'true' || debug === '1';
+/** B3's sampling state: 1 or d (debug) accept, 0 denies, absent defers to us. */
+function b3Sampled(flag: string | undefined, debug?: string): boolean | undefined {
+  if (flag === '1' || flag === 'd' || flag === 'true' || debug === '1') return true;
+  if (flag === '0' || flag === 'false') return false;
+  return undefined;
+}
+
+/** True when the caller's B3 headers only say "do not sample" (`b3: 0`, or `x-b3-sampled: 0` alone). */
+export function b3Denies(headers: Record<string, string | undefined>): boolean {
+  const single = headers.b3?.trim();
+  if (single !== undefined) return single === '0';
+  const flag = headers['x-b3-sampled']?.trim();
+  return headers['x-b3-traceid'] === undefined && (flag === '0' || flag === 'false');
 }
 
 /**

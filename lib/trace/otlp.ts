@@ -79,15 +79,40 @@ function envNumber(env: Env, name: string): number | undefined {
   return n;
 }
 
-/** Starts OTLP export as the environment says; undefined when it says nothing. */
-export async function otlpExporter(env: Env = process.env, version = '0.0.0'): Promise<(SpanExporter & { settings: OtlpSettings }) | undefined> {
+/** How long closing waits for the last spans to be sent, ms. */
+const CLOSE_MS = 2000;
+/** At most one export failure is reported per this many ms. */
+const REPORT_EVERY_MS = 30_000;
+
+/**
+ * Starts OTLP export as the environment says; undefined when it says nothing. `onError` hears
+ * about failed exports (a collector that is down), at most once per 30 s, with how many
+ * failed since the last report; spans that could not be sent are dropped, never retried
+ * forever or queued without bound.
+ */
+export async function otlpExporter(
+  env: Env = process.env,
+  version = '0.0.0',
+  onError: (err: unknown, failures: number) => void = () => {},
+): Promise<(SpanExporter & { settings: OtlpSettings }) | undefined> {
   const settings = otlpSettings(env);
   if (!settings) return undefined;
-  const [{ BatchSpanProcessor }, resources, exporterModule] = await Promise.all([
+  const [{ BatchSpanProcessor }, resources, exporterModule, core] = await Promise.all([
     import('@opentelemetry/sdk-trace'),
     import('@opentelemetry/resources'),
     settings.protocol === 'http/json' ? import('@opentelemetry/exporter-trace-otlp-http') : import('@opentelemetry/exporter-trace-otlp-proto'),
+    import('@opentelemetry/core'),
   ]);
+  let failures = 0;
+  let reportedAt = 0;
+  core.setGlobalErrorHandler((err) => {
+    failures++;
+    const now = Date.now();
+    if (now - reportedAt < REPORT_EVERY_MS) return;
+    reportedAt = now;
+    onError(err, failures);
+    failures = 0;
+  });
   // The exporter reads the endpoint itself too; it is passed so both agree on it.
   const exporter = new exporterModule.OTLPTraceExporter({ url: settings.endpoint });
   const processor: SpanProcessor = new BatchSpanProcessor({
@@ -124,7 +149,15 @@ export async function otlpExporter(env: Env = process.env, version = '0.0.0'): P
       for (const s of spans) processor.onEnd(readable(s, resourceOf(s.service), scope));
     },
     async close(): Promise<void> {
-      await processor.shutdown();
+      // The last batch gets CLOSE_MS to go; a collector that is down does not hold up shutdown.
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([
+        processor.shutdown().catch((err: unknown) => onError(err, failures + 1)),
+        new Promise<void>((r) => {
+          timer = setTimeout(r, CLOSE_MS);
+        }),
+      ]);
+      clearTimeout(timer);
     },
   };
 }

@@ -4,6 +4,7 @@
  * each. The spans of one trace arrive in pieces (each proxy hop's segment when it ends, a
  * function's own spans when they end), so a trace's summary is worked out when it is read.
  */
+import { TideError } from '../errors.ts';
 import type { KeptReason, SpanData, TraceSink } from './tracer.ts';
 
 export interface TraceSummary {
@@ -48,6 +49,8 @@ export interface TraceStoreOptions {
 interface Entry {
   spans: SpanData[];
   kept: KeptReason;
+  /** Some span failed: such traces are evicted after the fine ones. */
+  failed: boolean;
   dropped: number;
   summary: TraceSummary | undefined;
 }
@@ -62,8 +65,10 @@ export class TraceStore implements TraceSink {
   constructor(opts: TraceStoreOptions = {}) {
     this.#maxTraces = opts.maxTraces ?? 1000;
     this.#maxSpans = opts.maxSpansPerTrace ?? 500;
-    if (!Number.isInteger(this.#maxTraces) || this.#maxTraces < 1) throw new RangeError(`maxTraces must be an integer ≥ 1 (got ${this.#maxTraces})`);
-    if (!Number.isInteger(this.#maxSpans) || this.#maxSpans < 1) throw new RangeError(`maxSpansPerTrace must be an integer ≥ 1 (got ${this.#maxSpans})`);
+    if (!Number.isInteger(this.#maxTraces) || this.#maxTraces < 1)
+      throw new TideError('ERR_INVALID_ARGUMENT', `maxTraces must be an integer ≥ 1 (got ${this.#maxTraces})`);
+    if (!Number.isInteger(this.#maxSpans) || this.#maxSpans < 1)
+      throw new TideError('ERR_INVALID_ARGUMENT', `maxSpansPerTrace must be an integer ≥ 1 (got ${this.#maxSpans})`);
   }
 
   get size(): number {
@@ -82,16 +87,34 @@ export class TraceStore implements TraceSink {
           // Most recently updated last: Map order is the eviction order.
           this.#traces.delete(id);
         } else {
-          e = { spans: [], kept, dropped: 0, summary: undefined };
-          if (this.#traces.size >= this.#maxTraces) this.#traces.delete(this.#traces.keys().next().value as string);
+          e = { spans: [], kept, failed: false, dropped: 0, summary: undefined };
+          if (this.#traces.size >= this.#maxTraces) this.#evict();
         }
         this.#traces.set(id, e);
         if (KEEP_RANK[kept] > KEEP_RANK[e.kept]) e.kept = kept;
         e.summary = undefined;
       }
+      if (span.status === 'error') e.failed = true;
       if (e.spans.length >= this.#maxSpans) e.dropped++;
       else e.spans.push(span);
     }
+  }
+
+  /**
+   * Makes room: the least recently updated trace that was kept only because it was sampled
+   * and did not fail goes first (among the oldest 64), so failed and slow traces outlive a
+   * stream of fine ones; failing that, the least recently updated.
+   */
+  #evict(): void {
+    let n = 0;
+    for (const [id, e] of this.#traces) {
+      if (e.kept === 'sampled' && !e.failed) {
+        this.#traces.delete(id);
+        return;
+      }
+      if (++n >= 64) break;
+    }
+    this.#traces.delete(this.#traces.keys().next().value as string);
   }
 
   get(traceId: string): { traceId: string; summary: TraceSummary; spans: SpanData[]; droppedSpans: number } | undefined {
@@ -136,7 +159,8 @@ export class TraceStore implements TraceSink {
       const fn = s.attributes['faas.name'];
       if (typeof fn === 'string') functions.add(fn);
     }
-    const r = root as SpanData;
+    // Every span has a parent in the trace (a cycle): the earliest stands in as its root.
+    const r = root ?? (e.spans.reduce((a, b) => (b.startMs < a.startMs ? b : a)) as SpanData);
     const status = r.attributes['http.response.status_code'];
     e.summary = {
       traceId,

@@ -14,7 +14,7 @@
  * own code (OpenTelemetry API inside the sandbox) arrive finished through `record()`.
  */
 import { TideError } from '../errors.ts';
-import { extract, formatTraceparent, newSpanId, newTraceId, type RemoteParent, underRatio } from './context.ts';
+import { b3Denies, extract, formatTraceparent, newSpanId, newTraceId, type RemoteParent, underRatio } from './context.ts';
 
 export type SpanKind = 'server' | 'client' | 'internal';
 export type AttributeValue = string | number | boolean;
@@ -142,6 +142,15 @@ export class Span {
     return s;
   }
 
+  /**
+   * Marks this span failed without deciding the trace failed: an attempt that a retry made
+   * good, a call whose failure the caller handled. Whether the trace failed is its root's say.
+   */
+  markError(message?: string): void {
+    this.status = 'error';
+    if (message !== undefined) this.statusMessage = message;
+  }
+
   /** Marks it failed; the segment then counts as an error for the tail decision. */
   fail(message?: string): void {
     this.status = 'error';
@@ -188,6 +197,8 @@ export class Segment {
   readonly spans: Span[] = [];
   root!: Span;
   error = false;
+  /** Set once kept or dropped: later writes to its spans change nothing stored. */
+  decided = false;
   /** The caller's span, when the request came with one. */
   readonly parent: RemoteParent | undefined;
 
@@ -198,6 +209,7 @@ export class Segment {
   }
 
   complete(): void {
+    this.decided = true;
     const end = this.root.end;
     // A child still open when its root ends (a response cut short) ends with it.
     for (const s of this.spans) {
@@ -226,8 +238,8 @@ export class Tracer {
 
   constructor(opts: TracerOptions = {}) {
     const s = { ...SAMPLING_DEFAULTS, ...opts.sampling };
-    if (!(s.ratio >= 0 && s.ratio <= 1)) throw new RangeError(`the trace sampling ratio must be from 0 to 1 (got ${s.ratio})`);
-    if (!(s.slowMs >= 0)) throw new RangeError(`slowMs must be ≥ 0 (got ${s.slowMs})`);
+    if (!(s.ratio >= 0 && s.ratio <= 1)) throw new TideError('ERR_INVALID_ARGUMENT', `the trace sampling ratio must be from 0 to 1 (got ${s.ratio})`);
+    if (!(s.slowMs >= 0)) throw new TideError('ERR_INVALID_ARGUMENT', `slowMs must be ≥ 0 (got ${s.slowMs})`);
     this.sampling = Object.freeze(s);
     this.#store = opts.store;
     this.#exporter = opts.exporter;
@@ -240,7 +252,12 @@ export class Tracer {
   startRequest(headers: Record<string, string | undefined>, kind: SpanKind, name: string, service: string): Span {
     const parent = extract(headers);
     const traceId = parent?.traceId ?? newTraceId();
-    const sampled = parent !== undefined && this.sampling.parentBased ? parent.sampled : underRatio(traceId, this.sampling.ratio);
+    const sampled =
+      parent !== undefined && this.sampling.parentBased && parent.sampled !== undefined
+        ? parent.sampled
+        : parent === undefined && this.sampling.parentBased && b3Denies(headers)
+          ? false
+          : underRatio(traceId, this.sampling.ratio);
     const segment = new Segment(this, sampled, parent);
     const root = new Span(segment, traceId, parent?.spanId, kind, name, service, performance.now());
     segment.root = root;
@@ -273,6 +290,7 @@ export class Tracer {
     const segment = root.segment;
     if (root !== segment.root || this.keeps(segment.sampled, failed || segment.error, at - root.start) !== undefined) return false;
     root.end = at;
+    segment.decided = true;
     this.counts.segments++;
     this.counts.dropped++;
     return true;

@@ -75,8 +75,15 @@ function waitSpan(held: Held, endpoint: ActivatableEndpoint, revision: string): 
   const s = endpoint.lastStart;
   if (s !== undefined && s.readyAt >= held.since) {
     wait.attributes['faas.coldstart'] = true;
-    const cold = wait.child(`cold start ${s.sandbox}`, 'internal', 'tide', s.startedAt);
-    cold.attributes = { 'tide.instance': s.instance, 'tide.sandbox': s.sandbox, 'tide.revision': revision };
+    // An instance started before this request came (for an earlier one) shows from the
+    // request's arrival; how long the whole start took is an attribute.
+    const cold = wait.child(`cold start ${s.sandbox}`, 'internal', 'tide', Math.max(s.startedAt, held.since));
+    cold.attributes = {
+      'tide.instance': s.instance,
+      'tide.sandbox': s.sandbox,
+      'tide.revision': revision,
+      'tide.start_ms': Math.round((s.readyAt - s.startedAt) * 100) / 100,
+    };
     cold.finish(s.readyAt);
   }
   wait.finish();

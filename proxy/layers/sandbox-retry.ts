@@ -29,7 +29,8 @@ export function sandboxRetry(r: RetryConfig): (next: Dispatch) => Dispatch {
       return;
     }
     const attempt = (n: number) => {
-      req.attempts = n;
+      // Attempts made so far, this one included (as the cluster retry layer counts).
+      req.attempts = n + 1;
       next(
         req,
         new Try(handler, n < r.attempts ? (status) => retriable(status, r) : () => false, () => {
@@ -91,7 +92,7 @@ export function avoidTried(backends: { name: string; weight: number; dispatch: D
   return (req, handler) => {
     req.tried ??= [];
     const tried = req.tried;
-    const fresh = req.attempts > 0 ? byWeight.find((b) => !tried.includes(b.name)) : undefined;
+    const fresh = req.attempts > 1 ? byWeight.find((b) => !tried.includes(b.name)) : undefined;
     if (fresh) {
       req.cluster = fresh.name;
       tried.push(fresh.name);
@@ -116,6 +117,8 @@ export function mirrorLayer(percent: number, shadow: Dispatch): (next: Dispatch)
         attempts: 0,
         trace: undefined,
       };
+      // The shadow is not part of the client's trace: it gets none to continue.
+      for (const h of ['traceparent', 'tracestate', 'b3']) delete copy.headers[h];
       shadow(copy, DISCARD);
     }
     next(req, handler);

@@ -60,8 +60,11 @@ class Invocation implements ResponseHandler {
   }
 
   onHeaders(status: number, headers: string[], contentLength: number, ctl: ResponseControl): void {
-    this.#span.attributes['http.response.status_code'] = status;
-    if (status >= 500) this.#span.fail();
+    if (!this.#span.segment.decided) {
+      this.#span.attributes['http.response.status_code'] = status;
+      // This attempt failed; whether the request did (a retry may still make it good) is the root's say.
+      if (status >= 500) this.#span.markError();
+    }
     this.#inner.onHeaders(status, headers, contentLength, ctl);
   }
 
@@ -75,9 +78,12 @@ class Invocation implements ResponseHandler {
   }
 
   onError(err: TideError): void {
-    this.#span.attributes['error.type'] = err.code;
-    this.#span.fail(err.message);
-    this.#span.finish();
+    // A late error (the client left after the trace was decided) changes nothing stored.
+    if (!this.#span.segment.decided) {
+      this.#span.attributes['error.type'] = err.code;
+      this.#span.markError(err.message);
+      this.#span.finish();
+    }
     this.#inner.onError(err);
   }
 }

@@ -8,6 +8,7 @@ import { writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startProxy, startUpstream, twoClusterConfig } from '../helpers/proxy.ts';
 import { apiFetch, eventually, FIXTURES, http, startTide, stopProcess, stopTide, type TideProcess, tempDir, tide } from '../helpers/tide.ts';
 
 let t: TideProcess;
@@ -62,6 +63,23 @@ describe('/metrics', () => {
     expect(value(m, 'tide_proxy_requests_total{virtual_host="*",route="unknown",cluster="",code="404"}')).toBe(1);
     // Without a token: refused like the rest of the API.
     expect((await apiFetch(t, '/metrics', { token: false })).status).toBe(401);
+  });
+
+  it('is served by `tide proxy` too (its admin listener), and passes promtool there', async () => {
+    const a = await startUpstream('a');
+    const b = await startUpstream('b');
+    const p = await startProxy(twoClusterConfig(a, b, 'a'));
+    try {
+      for (let i = 0; i < 3; i++) expect((await http(p.port, 'anything.test', '/')).status).toBe(200);
+      const text = await (await fetch(`http://127.0.0.1:${p.ports.admin}/metrics`)).text();
+      expect(value(text, 'tide_proxy_requests_total{virtual_host="all",route="main",cluster="a",code="200"}')).toBe(3);
+      const r = spawnSync('promtool', ['check', 'metrics'], { input: text, encoding: 'utf8', timeout: 15_000 });
+      expect(r.status, `${r.stdout}${r.stderr}`).toBe(0);
+    } finally {
+      await p.close();
+      await a.close();
+      await b.close();
+    }
   });
 
   it('reports the memory and CPU of each instance: a worker thread, and a runc container', async () => {

@@ -266,6 +266,21 @@ describe('sampling', () => {
   });
 });
 
+describe('spans from functions', () => {
+  it('drops malformed spans a function posts, and keeps running', async () => {
+    const d = await tide(['deploy', join(FIXTURES, 'functions', 'span-spammer.ts')], { dataDir: t.dataDir });
+    expect(d.code, d.stderr).toBe(0);
+    expect((await http(t.gatewayPort, 'span-spammer.localhost', '/')).text).toBe('posted\n');
+    await new Promise((r) => setTimeout(r, 200));
+    // Still up, and the store still answers; the well-formed one (no attributes) was taken with none.
+    expect((await http(t.gatewayPort, 'traced-back.localhost', '/')).status).toBe(200);
+    expect((await apiFetch(t, '/v1/traces')).status).toBe(200);
+    expect((await apiFetch(t, `/v1/traces/${'f'.repeat(32)}`)).status).toBe(404);
+    const taken = (await (await apiFetch(t, `/v1/traces/${'e'.repeat(32)}`)).json()) as { spans: Span[] };
+    expect(taken.spans[0]?.attributes).toEqual({});
+  });
+});
+
 describe('cold start', () => {
   it("shows the activator's wait and the instance start it waited for", async () => {
     const d = await tide(['deploy', join(FIXTURES, 'functions', 'traced-back.ts'), '--name', 'coldone', '--initial-scale', '0'], { dataDir: t.dataDir });

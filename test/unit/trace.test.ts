@@ -12,6 +12,7 @@ import {
   TraceStore,
   underRatio,
 } from '../../lib/trace/index.ts';
+import { checkSpan } from '../../runtime/sandbox/worker/spans.ts';
 
 const TID = '4bf92f3577b34da6a3ce929d0e0e4736';
 const SID = '00f067aa0ba902b7';
@@ -22,8 +23,7 @@ describe('traceparent', () => {
     expect(p).toEqual({ traceId: TID, spanId: SID, sampled: true, format: 'w3c' });
     expect(formatTraceparent(TID, SID, true)).toBe(`00-${TID}-${SID}-01`);
     expect(parseTraceparent(`00-${TID}-${SID}-00`)?.sampled).toBe(false);
-    // Upper case is read; a later version may carry more fields.
-    expect(parseTraceparent(`00-${TID.toUpperCase()}-${SID}-01`)?.traceId).toBe(TID);
+    // A later version may carry more fields.
     expect(parseTraceparent(`01-${TID}-${SID}-01-extra`)?.spanId).toBe(SID);
   });
 
@@ -37,6 +37,7 @@ describe('traceparent', () => {
     ['bad flags', `00-${TID}-${SID}-0x`],
     ['wrong separators', `00_${TID}_${SID}_01`],
     ['empty', ''],
+    ['upper-case hex (the grammar is lower case)', `00-${TID.toUpperCase()}-${SID}-01`],
   ])('ignores a malformed header: %s', (_name, value) => {
     expect(parseTraceparent(value)).toBeUndefined();
   });
@@ -50,6 +51,10 @@ describe('traceparent', () => {
       format: 'b3',
     });
     expect(extract({ b3: '0' })).toBeUndefined();
+    // No sampling flag: the caller defers the decision.
+    expect(extract({ b3: `${TID}-${SID}` })?.sampled).toBeUndefined();
+    expect(extract({ 'x-b3-traceid': TID, 'x-b3-spanid': SID })?.sampled).toBeUndefined();
+    expect(extract({ 'x-b3-traceid': TID, 'x-b3-spanid': SID, 'x-b3-sampled': '0' })?.sampled).toBe(false);
     expect(extract({ 'x-b3-traceid': TID, 'x-b3-spanid': SID, 'x-b3-sampled': '1' })?.sampled).toBe(true);
     expect(extract({ 'x-b3-traceid': TID, 'x-b3-spanid': SID, 'x-b3-flags': '1' })?.sampled).toBe(true);
     expect(extract({ 'x-b3-traceid': TID })).toBeUndefined();
@@ -154,6 +159,28 @@ describe('Tracer', () => {
     expect(c.stored).toHaveLength(0);
   });
 
+  it('decides by the ratio when a B3 caller defers, and samples nothing a B3 caller denies', () => {
+    const all = new Tracer({ sampling: { ratio: 1 } });
+    expect(all.startRequest({ b3: `${TID}-${SID}` }, 'server', 'GET', 'tide').sampled).toBe(true);
+    expect(all.startRequest({ b3: '0' }, 'server', 'GET', 'tide').sampled).toBe(false);
+    expect(all.startRequest({ 'x-b3-sampled': '0' }, 'server', 'GET', 'tide').sampled).toBe(false);
+    const none = new Tracer({ sampling: { ratio: 0 } });
+    expect(none.startRequest({ b3: `${TID}-${SID}` }, 'server', 'GET', 'tide').sampled).toBe(false);
+    expect(none.startRequest({ b3: `${TID}-${SID}-1` }, 'server', 'GET', 'tide').sampled).toBe(true);
+  });
+
+  it('keeps a trace whose attempt failed but whose request succeeded out of the error tail', () => {
+    const c = collect();
+    const tracer = new Tracer({ sampling: { ratio: 0, slowMs: 0 }, store: c.sink });
+    const root = tracer.startRequest({}, 'server', 'GET', 'tide');
+    const attempt = root.child('invoke f');
+    attempt.markError('503');
+    attempt.finish();
+    root.child('invoke f').finish();
+    expect(tracer.dropIfUnkept(root, false)).toBe(true);
+    expect(c.stored).toHaveLength(0);
+  });
+
   it('refuses a ratio outside 0..1', () => {
     expect(() => new Tracer({ sampling: { ratio: 2 } })).toThrow(/from 0 to 1/);
   });
@@ -211,6 +238,27 @@ describe('TraceStore', () => {
     expect(store.list({ traceId: 'aaaaa' }).length).toBe(10);
   });
 
+  it('evicts fine sampled traces before failed or tail-kept ones', () => {
+    const store = new TraceStore({ maxTraces: 3 });
+    store.add([span('1'.repeat(32), 'r', undefined, 1, 1, { status: 'error' })], 'sampled');
+    store.add([span('2'.repeat(32), 'r', undefined, 1, 1)], 'slow');
+    store.add([span('3'.repeat(32), 'r', undefined, 1, 1)], 'sampled');
+    store.add([span('4'.repeat(32), 'r', undefined, 1, 1)], 'sampled');
+    store.add([span('5'.repeat(32), 'r', undefined, 1, 1)], 'sampled');
+    expect(store.get('1'.repeat(32))).toBeDefined();
+    expect(store.get('2'.repeat(32))).toBeDefined();
+    expect(store.get('3'.repeat(32))).toBeUndefined();
+    expect(store.get('4'.repeat(32))).toBeUndefined();
+    expect(store.get('5'.repeat(32))).toBeDefined();
+  });
+
+  it('summarises a trace whose spans all name a parent in it (no root) from its earliest span', () => {
+    const store = new TraceStore();
+    const t = '6'.repeat(32);
+    store.add([span(t, 'a', 'b', 10, 5, { name: 'A' }), span(t, 'b', 'a', 12, 5, { name: 'B' })], 'sampled');
+    expect(store.list()[0]?.name).toBe('A');
+  });
+
   it('is bounded in traces (least recently updated go) and spans per trace', () => {
     const store = new TraceStore({ maxTraces: 3, maxSpansPerTrace: 2 });
     for (const id of ['1', '2', '3']) store.add([span(id.repeat(32), 'r', undefined, 1, 1)], 'sampled');
@@ -251,5 +299,39 @@ describe('OTEL_* environment', () => {
     expect(samplingFromEnv({ OTEL_TRACES_SAMPLER: 'traceidratio' })).toEqual({ ratio: 1, parentBased: false });
     expect(() => samplingFromEnv({ OTEL_TRACES_SAMPLER: 'traceidratio', OTEL_TRACES_SAMPLER_ARG: '2' })).toThrow(/OTEL_TRACES_SAMPLER_ARG/);
     expect(() => samplingFromEnv({ OTEL_TRACES_SAMPLER: 'jaeger_remote' })).toThrow(/not supported/);
+  });
+});
+
+describe('spans a function posts (checkSpan)', () => {
+  const good = { ...span(TID, SID, undefined, Date.now(), 3), service: 'f', attributes: { a: 1 } };
+
+  it('takes a well-formed sampled span', () => {
+    expect(checkSpan(good)).toEqual(good);
+  });
+
+  it.each([
+    ['null', null],
+    ['a string', 'x'],
+    ['a bad trace id', { ...good, traceId: 'zz' }],
+    ['an all-zero span id', { ...good, spanId: '0'.repeat(16) }],
+    ['its own parent', { ...good, parentSpanId: SID }],
+    ['no name', { ...good, name: '' }],
+    ['a negative duration', { ...good, durationMs: -1 }],
+    ['a start that is not a number', { ...good, startMs: 'soon' }],
+    ['not sampled', { ...good, sampled: false }],
+  ])('drops %s', (_n, v) => {
+    expect(checkSpan(v)).toBeUndefined();
+  });
+
+  it('caps sizes and drops attribute values that are not scalars', () => {
+    const attrs: Record<string, unknown> = { nested: { a: 1 }, nan: Number.NaN, long: 'x'.repeat(5000) };
+    for (let i = 0; i < 100; i++) attrs[`k${i}`] = i;
+    const s = checkSpan({ ...good, name: 'n'.repeat(1000), attributes: attrs, events: Array.from({ length: 50 }, () => ({ name: 'e', timeMs: 1 })) });
+    expect(s?.name.length).toBe(256);
+    expect(Object.keys(s?.attributes ?? {}).length).toBe(64);
+    expect(s?.attributes.nested).toBeUndefined();
+    expect(s?.attributes.nan).toBeUndefined();
+    expect(String(s?.attributes.long).length).toBe(1024);
+    expect(s?.events).toHaveLength(32);
   });
 });

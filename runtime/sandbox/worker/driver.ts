@@ -34,6 +34,8 @@ export interface WorkerDriverOptions {
   warmThreads?: number;
   /** Heap limit of the warm threads, MiB; a revision with another memoryMb starts a thread of its own. Default 128. */
   warmMemoryMb?: number;
+  /** Threads load the OpenTelemetry SDK so functions' own spans are recorded. Default true; false when tracing is off. */
+  tracing?: boolean;
 }
 
 /**
@@ -52,11 +54,11 @@ const REFILL_DELAY_MS = 200;
  */
 interface ThreadPool {
   pool: Piscina<Task, TaskResult>;
-  seed: { host?: HostData };
+  seed: { host?: HostData; tracing: boolean };
 }
 
-function startThread(memoryMb: number): ThreadPool {
-  const seed: { host?: HostData } = {};
+function startThread(memoryMb: number, tracing: boolean): ThreadPool {
+  const seed: { host?: HostData; tracing: boolean } = { tracing };
   const pool = new Piscina<Task, TaskResult>({
     filename: HOST_URL,
     name: 'default',
@@ -83,7 +85,7 @@ export class WorkerDriver implements SandboxDriver {
   #refillTimer: NodeJS.Timeout | undefined;
 
   constructor(options: WorkerDriverOptions = {}) {
-    this.#opts = { onEvent: () => {}, killGraceMs: 1000, startTimeoutMs: 10_000, warmThreads: 2, warmMemoryMb: 128, ...options };
+    this.#opts = { onEvent: () => {}, killGraceMs: 1000, startTimeoutMs: 10_000, warmThreads: 2, warmMemoryMb: 128, tracing: true, ...options };
     this.#refill();
   }
 
@@ -115,7 +117,7 @@ export class WorkerDriver implements SandboxDriver {
         void w.thread.pool.destroy().catch(() => {});
       }
     }
-    return startThread(memoryMb);
+    return startThread(memoryMb, this.#opts.tracing);
   }
 
   /**
@@ -133,7 +135,7 @@ export class WorkerDriver implements SandboxDriver {
 
   #refill(): void {
     while (!this.#closed && this.#warm.length < this.#opts.warmThreads) {
-      const thread = startThread(this.#opts.warmMemoryMb);
+      const thread = startThread(this.#opts.warmMemoryMb, this.#opts.tracing);
       thread.pool.on('error', () => {}); // a warm thread that dies is found out by `up` and dropped
       const up = thread.pool.run({ kind: 'ping' }).then(
         () => true,

@@ -28,6 +28,8 @@ interface ExecutionContext {
  * thread started later for the same instance (after one was killed) knows from its workerData.
  */
 const seed = (workerData as { host?: HostData } | undefined)?.host;
+/** False when Tide traces nothing (`--no-tracing`): the OpenTelemetry SDK is not even loaded. */
+const tracingOn = (workerData as { tracing?: boolean } | undefined)?.tracing !== false;
 let data: HostData = seed ?? { bundleUrl: '', env: {}, function: '', revision: '', instance: '', waitUntilMs: 0 };
 let env: Readonly<Record<string, string>> = Object.freeze({ ...data.env });
 const logs = new BroadcastChannel(LOG_CHANNEL);
@@ -61,12 +63,14 @@ for (const [method, level] of [
 // The OpenTelemetry API for functions' own spans; loaded while the thread warms up, before
 // any function is (a function's module may ask for a tracer when it loads).
 let tracing: FunctionTracing | undefined;
-const tracingReady = import('./tracing.ts').then(
-  (m) => {
-    tracing = m.installTracing(() => data.function);
-  },
-  (err: unknown) => emit('warn', ['tracing is not available in this thread:', err]),
-);
+const tracingReady = tracingOn
+  ? import('./tracing.ts').then(
+      (m) => {
+        tracing = m.installTracing(() => data.function);
+      },
+      (err: unknown) => emit('warn', ['tracing is not available in this thread:', err]),
+    )
+  : Promise.resolve();
 
 // Calls to NAME.NAMESPACE.svc.tide go through the mesh, under this function's identity, and
 // continue the trace of the request being served.
