@@ -6,8 +6,8 @@
  */
 import { mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { chromium } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { launchChromium } from '../helpers/browser.ts';
 import { apiFetch, FIXTURES, http, ROOT, startTide, stopTide, type TideProcess, tempDir, tide } from '../helpers/tide.ts';
 
 let t: TideProcess;
@@ -183,18 +183,7 @@ describe('tide bench', () => {
   });
 
   it('writes an HTML report whose charts a browser draws (headless Chromium, screenshot kept)', async () => {
-    const browser = await chromium.launch({
-      executablePath: '/usr/bin/chromium',
-      args: [
-        '--no-sandbox',
-        '--disable-gpu',
-        '--disable-quic',
-        '--no-first-run',
-        '--disable-background-networking',
-        '--disable-component-update',
-        '--disable-sync',
-      ],
-    });
+    const browser = await launchChromium();
     try {
       const page = await browser.newPage({ viewport: { width: 800, height: 1200 } });
       const requests: string[] = [];

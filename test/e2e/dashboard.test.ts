@@ -9,8 +9,9 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { type Browser, chromium, type Page } from 'playwright-core';
+import type { Browser, Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { launchChromium } from '../helpers/browser.ts';
 import { apiFetch, FIXTURES, http, ROOT, sleep, startTide, stopProcess, stopTide, TIDE_BIN, type TideProcess, tide } from '../helpers/tide.ts';
 
 let t: TideProcess;
@@ -76,18 +77,7 @@ beforeAll(async () => {
   // Every trace kept, whatever OTEL_TRACES_SAMPLER says here.
   t = await startTide({ args: ['--trace-sample', '1'] });
   await startRelay(t.dataDir);
-  browser = await chromium.launch({
-    executablePath: '/usr/bin/chromium',
-    args: [
-      '--no-sandbox',
-      '--disable-gpu',
-      '--disable-quic',
-      '--no-first-run',
-      '--disable-background-networking',
-      '--disable-component-update',
-      '--disable-sync',
-    ],
-  });
+  browser = await launchChromium();
   page = await browser.newPage({ viewport: { width: 1280, height: 1400 } });
   page.on('console', (m) => {
     // Chromium logs every 4xx answer to fetch; the unknown trace's 404 is expected (and shown).
