@@ -12,6 +12,7 @@ import { join } from 'node:path';
 import type { Browser, Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { launchChromium } from '../helpers/browser.ts';
+import { otlpSpans, receiver } from '../helpers/otlp.ts';
 import { apiFetch, FIXTURES, http, ROOT, sleep, startTide, stopProcess, stopTide, TIDE_BIN, type TideProcess, tide } from '../helpers/tide.ts';
 
 let t: TideProcess;
@@ -19,6 +20,8 @@ let relay: { child: ChildProcess; pid: number; exited: Promise<number | string>;
 let relayUrl: string;
 let relayPort: number;
 let browser: Browser;
+/** The OTLP receiver the Tide under test exports its spans to. */
+let otlp: Awaited<ReturnType<typeof receiver>>;
 let page: Page;
 /** Errors the page reported: console errors (a CSP violation is one), uncaught exceptions. */
 const pageErrors: string[] = [];
@@ -75,7 +78,11 @@ function traffic(fn: string, conns = 4): { stop(): Promise<number> } {
 
 beforeAll(async () => {
   // Every trace kept, whatever OTEL_TRACES_SAMPLER says here.
-  t = await startTide({ args: ['--trace-sample', '1'] });
+  otlp = await receiver();
+  t = await startTide({
+    args: ['--trace-sample', '1'],
+    env: { OTEL_EXPORTER_OTLP_ENDPOINT: otlp.url, OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json', OTEL_BSP_SCHEDULE_DELAY: '100' },
+  });
   await startRelay(t.dataDir);
   browser = await launchChromium();
   page = await browser.newPage({ viewport: { width: 1280, height: 1400 } });
@@ -91,6 +98,7 @@ afterAll(async () => {
   await browser?.close();
   if (relay) await stopProcess(relay);
   await stopTide(t);
+  if (otlp) await new Promise((r) => otlp.server.close(r));
 });
 
 describe('tide dashboard', () => {
@@ -215,6 +223,15 @@ describe('tide dashboard', () => {
       'traced-back',
     ]);
     await page.screenshot({ path: join(ARTIFACTS, 'dashboard-mesh-trace.png'), fullPage: true });
+    // The same trace, the same six spans, went out over OTLP/HTTP.
+    const shown = await rows.evaluateAll((els) => els.map((e) => e.getAttribute('data-span-id')));
+    await expect.poll(() => otlpSpans(otlp.got).filter((x) => x.traceId === id).length, { timeout: 10_000 }).toBe(6);
+    expect(
+      otlpSpans(otlp.got)
+        .filter((x) => x.traceId === id)
+        .map((x) => x.spanId)
+        .sort(),
+    ).toEqual([...shown].sort());
   });
 
   it('loaded only its own files, under a strict content security policy, without errors', async () => {
