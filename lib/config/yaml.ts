@@ -5,7 +5,7 @@
  * are filled in (Ajv `useDefaults`), so the schema stays the one place they live.
  */
 import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv';
-import { isMap, isSeq, LineCounter, type Node, parseAllDocuments } from 'yaml';
+import { type Document, isMap, isSeq, LineCounter, type Node, parseAllDocuments, visit } from 'yaml';
 import { TideError } from '../errors.ts';
 
 export interface ConfigIssue {
@@ -35,6 +35,38 @@ function fail(issues: ConfigIssue[]): never {
   throw new TideError('ERR_CONFIG_INVALID', sorted.map(formatIssue).join('\n'), { status: 400, details: { issues: sorted } });
 }
 
+/**
+ * A document's plain value. An alias whose anchor is not defined before it (`*name`; a bare
+ * `*` in a flow list is one too) or too many aliases fail here, not in the parser: each is
+ * reported at its position like any other problem.
+ */
+function toJS(doc: Document.Parsed, source: string, lines: LineCounter, issues: ConfigIssue[]): unknown {
+  try {
+    return doc.toJS({ maxAliasCount: 100 }) as unknown;
+  } catch (err) {
+    let found = false;
+    visit(doc, {
+      Alias(_key, node) {
+        if (node.resolve(doc) !== undefined) return;
+        const pos = lines.linePos(node.range?.[0] ?? 0);
+        issues.push({
+          source,
+          line: pos.line,
+          column: pos.col,
+          path: '',
+          message: `the alias *${node.source} names no anchor defined before it (quote the value if * is meant literally)`,
+        });
+        found = true;
+      },
+    });
+    if (!found) {
+      const pos = lines.linePos(doc.range[0]);
+      issues.push({ source, line: pos.line, column: pos.col, path: '', message: err instanceof Error ? err.message : String(err) });
+    }
+    return undefined;
+  }
+}
+
 /** Parses every document of a YAML file; throws ERR_CONFIG_INVALID listing all syntax errors. */
 export function parseYaml(text: string, source: string): YamlDocument[] {
   const lines = new LineCounter();
@@ -48,35 +80,35 @@ export function parseYaml(text: string, source: string): YamlDocument[] {
     }
   }
   if (issues.length > 0) fail(issues);
-  return list
-    .filter((doc) => doc.contents !== null)
-    .map((doc, index) => ({
-      index,
-      source,
-      value: doc.toJS({ maxAliasCount: 100 }) as unknown,
-      positionOf(path, key = false) {
-        let node: unknown = doc.contents;
-        let at: Node | undefined = doc.contents ?? undefined;
-        for (const seg of path) {
-          if (isMap(node)) {
-            const pair = node.items.find((p) => String((p.key as { value?: unknown } | null)?.value) === String(seg));
-            if (!pair) break;
-            if (key && seg === path[path.length - 1]) {
-              at = pair.key as Node;
-              break;
-            }
-            node = pair.value;
-          } else if (isSeq(node)) {
-            node = node.items[Number(seg)];
-          } else break;
-          if (!node) break;
-          at = node as Node;
-        }
-        const offset = at?.range?.[0] ?? 0;
-        const pos = lines.linePos(offset);
-        return { line: pos.line, column: pos.col };
-      },
-    }));
+  const values = list.filter((doc) => doc.contents !== null).map((doc) => ({ doc, value: toJS(doc, source, lines, issues) }));
+  if (issues.length > 0) fail(issues);
+  return values.map(({ doc, value }, index) => ({
+    index,
+    source,
+    value,
+    positionOf(path, key = false) {
+      let node: unknown = doc.contents;
+      let at: Node | undefined = doc.contents ?? undefined;
+      for (const seg of path) {
+        if (isMap(node)) {
+          const pair = node.items.find((p) => String((p.key as { value?: unknown } | null)?.value) === String(seg));
+          if (!pair) break;
+          if (key && seg === path[path.length - 1]) {
+            at = pair.key as Node;
+            break;
+          }
+          node = pair.value;
+        } else if (isSeq(node)) {
+          node = node.items[Number(seg)];
+        } else break;
+        if (!node) break;
+        at = node as Node;
+      }
+      const offset = at?.range?.[0] ?? 0;
+      const pos = lines.linePos(offset);
+      return { line: pos.line, column: pos.col };
+    },
+  }));
 }
 
 /**

@@ -94,6 +94,25 @@ export const REPLAY_BODY_LIMIT = 64 * 1024;
  * Throws ERR_CONFIG_INVALID with `details.problems` ({path, message}) when the config cannot
  * run. `previous` lends its unchanged clusters.
  */
+/**
+ * What is wrong with an endpoint address the schema's pattern let through: a host that is not
+ * a DNS name or an IP address (`ffff127.0.0.1`, a label over 63 characters), or a port out of
+ * range. Caught here, it is a config error at its field instead of a failure when the
+ * cluster starts.
+ */
+function addressProblem(address: string): string | undefined {
+  const colon = address.lastIndexOf(':');
+  const port = Number(address.slice(colon + 1));
+  if (!Number.isInteger(port) || port < 1 || port > 65535) return `the port of "${address}" must be from 1 to 65535`;
+  try {
+    const u = new URL(`http://${address}/`);
+    if (u.port !== '' && Number(u.port) !== port) return `"${address}" is not a valid host:port`;
+  } catch {
+    return `"${address}" is not a valid host:port (a DNS name, an IPv4 address or [an IPv6 address], then :port)`;
+  }
+  return undefined;
+}
+
 export function compileSnapshot(config: ProxyConfig, version: number, metrics: ProxyMetrics, previous?: ProxySnapshot): ProxySnapshot {
   const problems: Problem[] = [];
   const listeners = compileListeners(config, problems);
@@ -101,6 +120,10 @@ export function compileSnapshot(config: ProxyConfig, version: number, metrics: P
   config.clusters.forEach((c, i) => {
     if (clusterConfigs.has(c.name)) problems.push({ path: `clusters[${i}].name`, message: `cluster "${c.name}" is defined twice` });
     clusterConfigs.set(c.name, c);
+    c.endpoints.forEach((address, j) => {
+      const problem = addressProblem(address);
+      if (problem) problems.push({ path: `clusters[${i}].endpoints[${j}]`, message: problem });
+    });
   });
 
   const vhNames = new Set<string>();

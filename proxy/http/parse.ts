@@ -3,6 +3,8 @@
  * only what every upstream parses the same way, so a request cannot mean one thing to Tide and
  * another to the server behind it (request smuggling):
  *
+ * - the method is one Node's HTTP parser knows (node:http METHODS: GET, POST, … WebDAV's,
+ *   QUERY); another token is 501, since the function or server behind would refuse it anyway;
  * - lines end in CRLF; a bare CR or LF, any other control character, or obs-fold is 400;
  * - header names are tokens with no space before the colon; values are visible ASCII, obs-text,
  *   SP and HTAB, trimmed of surrounding whitespace;
@@ -17,6 +19,7 @@
  * Transfer-Encoding, Upgrade, Proxy-Connection) are removed from the forwarded set; what they
  * said is kept in the parsed fields.
  */
+import { METHODS } from 'node:http';
 import { TideError } from '../../lib/errors.ts';
 import { CONTENT_LENGTH, CTL, HOP_BY_HOP, TOKEN } from './grammar.ts';
 
@@ -48,6 +51,9 @@ export interface HeadLimits {
 
 const REQUEST_LINE = /^([!#$%&'*+.^_`|~0-9A-Za-z-]+) ([\x21-\x7e]+) HTTP\/(\d)\.(\d)$/;
 
+/** What llhttp (Node's parser, and so most upstreams here) accepts; found by fuzzing: another token reached an upstream that refused it. */
+const KNOWN_METHODS = new Set(METHODS);
+
 function bad(message: string): TideError {
   return new TideError('ERR_BAD_REQUEST', message, { status: 400 });
 }
@@ -68,6 +74,11 @@ export function parseRequestHead(text: string, limits: HeadLimits): RequestHead 
     throw bad('the request line is not "METHOD target HTTP/1.x"');
   }
   const method = m[1] as string;
+  if (!KNOWN_METHODS.has(method)) {
+    throw new TideError('ERR_NOT_IMPLEMENTED', `the method "${printable(method)}" is not supported (methods are case-sensitive: GET, POST, PUT, …)`, {
+      status: 501,
+    });
+  }
   let target = m[2] as string;
   if (m[3] !== '1') throw new TideError('ERR_VERSION_NOT_SUPPORTED', `HTTP/${m[3]}.${m[4]} is not supported here`, { status: 505 });
   const minor = m[4] === '0' ? 0 : 1;
@@ -119,7 +130,10 @@ export function parseRequestHead(text: string, limits: HeadLimits): RequestHead 
         continue;
     }
     const prev = headers[name];
-    headers[name] = prev === undefined ? value : `${prev}${name === 'cookie' ? '; ' : ', '}${value}`;
+    // An empty field adds nothing to a list (RFC 9110 §5.6.1): joining it would leave a
+    // trailing separator that the next hop trims, so it would see another value than Tide.
+    if (prev === undefined) headers[name] = value;
+    else if (value !== '') headers[name] = prev === '' ? value : `${prev}${name === 'cookie' ? '; ' : ', '}${value}`;
   }
 
   let chunked = false;

@@ -34,6 +34,13 @@ describe('YAML config files', () => {
   it('reports syntax errors with line and column', () => {
     expect(problems('listeners:\n  - port: 8080\n routes: [\n')[0]).toMatch(/^proxy\.yaml:3:\d+: \/: /);
   });
+  it('reports an alias with no anchor (a bare * in a flow list) at its position instead of throwing (found by fuzzing)', () => {
+    expect(problems('listeners: []\nroutes:\n  - { name: [*backend] }\n')).toEqual([
+      'proxy.yaml:3:14: /: the alias *backend names no anchor defined before it (quote the value if * is meant literally)',
+    ]);
+    // An anchor defined before its alias still works.
+    expect(problems('listeners: []\nroutes:\n  - &r { name: a }\n  - *r\n')).toEqual([]);
+  });
   it('refuses duplicate keys', () => {
     expect(problems('listeners: []\nroutes: []\nroutes: []\n')[0]).toMatch(/^proxy\.yaml:3:1: \/: .*[Mm]ap keys must be unique/);
   });
