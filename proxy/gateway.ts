@@ -30,6 +30,7 @@ import { splitDispatch } from './layers/split.ts';
 import { timeoutLayer } from './layers/timeout.ts';
 import { Listener } from './listener/listener.ts';
 import { ProxyMetrics } from './metrics.ts';
+import { Overload } from './overload.ts';
 import { DataPlane } from './proxy.ts';
 import { normalizeHost, TableRouter } from './router/index.ts';
 import type { RouteMatch } from './router/router.ts';
@@ -70,7 +71,12 @@ export interface GatewayOptions {
   tracer?: Tracer;
 }
 
-const EMPTY_CONFIG: ProxyConfig = { listeners: [], virtualHosts: [], clusters: [] };
+const EMPTY_CONFIG: ProxyConfig = {
+  listeners: [],
+  virtualHosts: [],
+  clusters: [],
+  overload: { maxHeapMb: 0, maxEventLoopDelay: '0s', maxConnections: 0, retryAfter: '1s' },
+};
 
 export class Gateway {
   readonly #opts: GatewayOptions;
@@ -90,6 +96,7 @@ export class Gateway {
   /** The caller, as policies see it, of every request that comes in through the gateway's own listener. */
   readonly identity: string;
   readonly #limiter = new RateLimiter();
+  readonly #overload = new Overload();
   #authz: Authorizer;
   /** Functions in the current snapshot: namespace/name. */
   #functions = new Set<string>();
@@ -98,6 +105,9 @@ export class Gateway {
     this.#opts = opts;
     this.#suffix = `.${(opts.domain ?? 'localhost').toLowerCase()}`;
     this.#plane = new DataPlane({ metrics: this.metrics, log: opts.log, access: opts.access, tracer: opts.tracer });
+    // The overload policy with its defaults: shed with 503 while the heap is over 90% of its limit.
+    this.#plane.overload = this.#overload;
+    this.metrics.overload = this.#overload;
     this.#demand = opts.demand ?? { begin() {}, end() {}, activate() {} };
     this.#activator = new Activator({
       activate: (rev) => this.#demand.activate(rev),
@@ -388,6 +398,7 @@ export class Gateway {
     if (l || m) await Promise.all([l?.close(drainMs), m?.close(drainMs)]);
     this.#activator.close();
     await this.#plane.close();
+    await this.#overload.close();
   }
 }
 

@@ -12,6 +12,7 @@
  *   tide_proxy_connections (gauge)
  */
 import { BUCKETS_S, esc, Histogram } from '../lib/prom.ts';
+import type { Overload } from './overload.ts';
 
 export { BUCKETS_S, esc, Histogram };
 
@@ -42,6 +43,8 @@ export class ProxyMetrics {
   readonly #handshakes = new Map<string, number>();
   configVersion = 0;
   connections = 0;
+  /** The overload policy, when the process runs one (its readings and what it shed go on /metrics). */
+  overload: Overload | undefined;
 
   /** The counters of one route, looked up once when a snapshot is compiled. */
   route(virtualHost: string, route: string): RouteMetrics {
@@ -129,6 +132,22 @@ export class ProxyMetrics {
       `tide_proxy_config_version ${this.configVersion}`,
     );
     out.push('# HELP tide_proxy_connections Open client connections.', '# TYPE tide_proxy_connections gauge', `tide_proxy_connections ${this.connections}`);
+    const o = this.overload;
+    if (o) {
+      out.push(
+        '# HELP tide_proxy_overload_shed_total Requests and connections answered 503 by the overload policy, by reason.',
+        '# TYPE tide_proxy_overload_shed_total counter',
+      );
+      for (const [reason, n] of o.shed) out.push(`tide_proxy_overload_shed_total{reason="${reason}"} ${n}`);
+      out.push(
+        '# HELP tide_proxy_overloaded 1 while the overload policy sheds requests.',
+        '# TYPE tide_proxy_overloaded gauge',
+        `tide_proxy_overloaded ${o.reason === undefined ? 0 : 1}`,
+        '# HELP tide_proxy_event_loop_delay_seconds The worst event-loop delay in the last sampling interval.',
+        '# TYPE tide_proxy_event_loop_delay_seconds gauge',
+        `tide_proxy_event_loop_delay_seconds ${o.eventLoopDelayMs / 1000}`,
+      );
+    }
     return `${out.join('\n')}\n`;
   }
 }

@@ -20,6 +20,7 @@ import { TOKEN } from './http/grammar.ts';
 import type { RequestHead } from './http/parse.ts';
 import { abortRequest, type ConnectionInfo, type Downstream, type ProxyRequest, type ResponseControl, type ResponseHandler } from './http/types.ts';
 import type { ProxyMetrics, RouteMetrics } from './metrics.ts';
+import type { Overload } from './overload.ts';
 import { errorResponse } from './rescue.ts';
 import type { Cluster } from './upstream/cluster.ts';
 import { splitHostPort } from './upstream/endpoint.ts';
@@ -43,6 +44,8 @@ export class DataPlane {
   readonly #idPrefix = randomBytes(4).toString('hex');
   #seq = 0;
   inflight = 0;
+  /** The process's overload policy: while it sheds, requests get 503 before routing. */
+  overload: Overload | undefined;
 
   readonly #unrouted: RouteMetrics;
 
@@ -161,6 +164,11 @@ export class DataPlane {
       abortRequest(req, new TideError('ERR_PROXY_RESET', 'the client went away', { status: 499 }));
       out.finish(499);
     });
+    const shed = this.overload?.refusal();
+    if (shed !== undefined) {
+      out.onError(shed);
+      return;
+    }
     const snapshot = this.#snapshot;
     if (snapshot) {
       snapshot.inflight++;

@@ -15,6 +15,7 @@ import type { AddressInfo } from 'node:net';
 import { basename, dirname, resolve } from 'node:path';
 import { type ProxyConfig, ProxyConfigSchema } from '../lib/config/proxy.ts';
 import { failAt, parseYaml, validateDocument } from '../lib/config/yaml.ts';
+import { parseDuration } from '../lib/duration.ts';
 import { TideError } from '../lib/errors.ts';
 import type { Logger } from '../lib/log.ts';
 import { listen } from '../lib/net.ts';
@@ -22,6 +23,7 @@ import type { Tracer } from '../lib/trace/tracer.ts';
 import { compileSnapshot, type Problem, type ProxySnapshot } from './config/compile.ts';
 import { Listener } from './listener/listener.ts';
 import { ProxyMetrics } from './metrics.ts';
+import { Overload, type OverloadSettings } from './overload.ts';
 import { DataPlane } from './proxy.ts';
 
 export interface ProxyServerOptions {
@@ -58,10 +60,21 @@ export function loadConfig(file: string, version: number, metrics: ProxyMetrics,
   }
 }
 
+/** The config's overload section as the policy takes it (durations in ms and s). */
+function overloadSettings(o: ProxyConfig['overload']): OverloadSettings {
+  return {
+    maxHeapMb: o.maxHeapMb,
+    maxEventLoopDelayMs: parseDuration(o.maxEventLoopDelay, 'overload.maxEventLoopDelay', { allowZero: true }),
+    maxConnections: o.maxConnections,
+    retryAfterS: Math.max(1, Math.ceil(parseDuration(o.retryAfter, 'overload.retryAfter') / 1000)),
+  };
+}
+
 export class ProxyServer {
   readonly #opts: ProxyServerOptions;
   readonly metrics = new ProxyMetrics();
   readonly proxy: DataPlane;
+  readonly #overload = new Overload();
   readonly #listeners = new Map<string, Listener>();
   #admin: Server | undefined;
   #watcher: FSWatcher | undefined;
@@ -77,6 +90,8 @@ export class ProxyServer {
   constructor(opts: ProxyServerOptions) {
     this.#opts = opts;
     this.proxy = new DataPlane({ metrics: this.metrics, log: opts.log, access: opts.access, tracer: opts.tracer });
+    this.proxy.overload = this.#overload;
+    this.metrics.overload = this.#overload;
   }
 
   get version(): number {
@@ -208,6 +223,7 @@ export class ProxyServer {
       throw err;
     }
     this.proxy.apply(snapshot);
+    this.#overload.update(overloadSettings(snapshot.config.overload));
     for (const l of snapshot.listeners) keep.get(l.config.name)?.update(l);
     const next = new Map<string, Listener>([...keep, ...started.map((l) => [l.name, l] as const)]);
     for (const [name, l] of this.#listeners) if (next.get(name) !== l && !closedFirst.includes(l)) void l.close();
@@ -246,6 +262,7 @@ export class ProxyServer {
     await this.#reloading.catch(() => {});
     await Promise.all([...this.#listeners.values()].map((l) => l.close(drainMs)));
     await this.proxy.close();
+    await this.#overload.close();
     if (this.#admin) {
       this.#admin.closeAllConnections();
       await new Promise<void>((r) => this.#admin?.close(() => r()));

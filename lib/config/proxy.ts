@@ -240,6 +240,16 @@ export const ProxyConfigSchema = Type.Object(
       ),
     ),
     clusters: Type.Array(ClusterSchema, { default: [] }),
+    /** The process-wide overload policy: shed new requests with 503 and retry-after instead of falling over. */
+    overload: Type.Object(
+      {
+        maxHeapMb: Type.Integer({ minimum: 0, default: 0, description: 'shed while the JavaScript heap in use is over this, MiB; 0 = 90% of the heap limit' }),
+        maxEventLoopDelay: Duration('0s'),
+        maxConnections: Type.Integer({ minimum: 0, default: 0, description: 'open connections over all listeners; 0 = no limit beyond each listener' }),
+        retryAfter: Duration('1s'),
+      },
+      { ...Strict, default: {} },
+    ),
   },
   Strict,
 );

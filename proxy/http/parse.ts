@@ -54,6 +54,14 @@ const REQUEST_LINE = /^([!#$%&'*+.^_`|~0-9A-Za-z-]+) ([\x21-\x7e]+) HTTP\/(\d)\.
 /** What llhttp (Node's parser, and so most upstreams here) accepts; found by fuzzing: another token reached an upstream that refused it. */
 const KNOWN_METHODS = new Set(METHODS);
 
+/** The refusal (501) for a method Node's parser does not know; undefined for a known one. Shared with the HTTP/2 listener. */
+export function unknownMethod(method: string): TideError | undefined {
+  if (KNOWN_METHODS.has(method)) return undefined;
+  return new TideError('ERR_NOT_IMPLEMENTED', `the method "${printable(method)}" is not supported (methods are case-sensitive: GET, POST, PUT, …)`, {
+    status: 501,
+  });
+}
+
 function bad(message: string): TideError {
   return new TideError('ERR_BAD_REQUEST', message, { status: 400 });
 }
@@ -74,11 +82,8 @@ export function parseRequestHead(text: string, limits: HeadLimits): RequestHead 
     throw bad('the request line is not "METHOD target HTTP/1.x"');
   }
   const method = m[1] as string;
-  if (!KNOWN_METHODS.has(method)) {
-    throw new TideError('ERR_NOT_IMPLEMENTED', `the method "${printable(method)}" is not supported (methods are case-sensitive: GET, POST, PUT, …)`, {
-      status: 501,
-    });
-  }
+  const unknown = unknownMethod(method);
+  if (unknown) throw unknown;
   let target = m[2] as string;
   if (m[3] !== '1') throw new TideError('ERR_VERSION_NOT_SUPPORTED', `HTTP/${m[3]}.${m[4]} is not supported here`, { status: 505 });
   const minor = m[4] === '0' ? 0 : 1;

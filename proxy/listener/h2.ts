@@ -7,7 +7,7 @@ import type { Http2ServerRequest, Http2ServerResponse } from 'node:http2';
 import { type Readable, Transform } from 'node:stream';
 import { TideError } from '../../lib/errors.ts';
 import { CONTENT_LENGTH, HOP_BY_HOP } from '../http/grammar.ts';
-import { normalizePath, type RequestHead } from '../http/parse.ts';
+import { normalizePath, type RequestHead, unknownMethod } from '../http/parse.ts';
 import type { ConnectionInfo, Downstream } from '../http/types.ts';
 import type { DataPlane } from '../proxy.ts';
 import { errorResponse } from '../rescue.ts';
@@ -70,6 +70,8 @@ function headOf(req: Http2ServerRequest, maxBodyBytes: number): RequestHead {
   if (!(url.startsWith('/') || (url === '*' && req.method === 'OPTIONS')))
     throw new TideError('ERR_BAD_REQUEST', `the :path "${url.slice(0, 60)}" is not a path`, { status: 400 });
   if (req.method === 'CONNECT') throw new TideError('ERR_METHOD_NOT_ALLOWED', 'CONNECT is not supported by this proxy', { status: 405 });
+  const unknown = unknownMethod(req.method);
+  if (unknown) throw unknown;
   const headers: Record<string, string> = Object.create(null);
   for (const [name, value] of Object.entries(req.headers)) {
     // content-length travels as contentLength; the upstream pool frames the body itself.

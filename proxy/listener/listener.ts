@@ -249,11 +249,13 @@ export class Listener {
     return this.#contexts[0]?.ctx;
   }
 
-  #accept(socket: Socket, scheme: 'http' | 'https', peer?: string, refused?: TideError): void {
+  #accept(socket: Socket, scheme: 'http' | 'https', peer?: string, refusedFirst?: TideError): void {
     if (this.#closing) {
       socket.destroy();
       return;
     }
+    // Past the process-wide connection limit: the first request gets 503 and the connection closes.
+    const refused = refusedFirst ?? this.#proxy.overload?.connectionRefusal(this.#metrics.connections);
     socket.setNoDelay(true);
     const info: ConnectionInfo = { remoteAddress: socket.remoteAddress ?? '', remotePort: socket.remotePort ?? 0, scheme, listener: this.name, peer };
     const hooks: H1Hooks = {

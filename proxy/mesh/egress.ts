@@ -43,7 +43,7 @@ export interface EgressOptions {
   tracer?: Tracer;
 }
 
-const EMPTY = { listeners: [], virtualHosts: [], clusters: [] };
+const EMPTY = { listeners: [], virtualHosts: [], clusters: [], overload: { maxHeapMb: 0, maxEventLoopDelay: '0s', maxConnections: 0, retryAfter: '1s' } };
 
 export class Egress {
   readonly #opts: EgressOptions;

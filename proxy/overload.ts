@@ -1,0 +1,149 @@
+/**
+ * The overload policy: what the proxy does when the process itself runs short, before it falls
+ * over. It samples the JavaScript heap and the event-loop delay every `intervalMs`; while one
+ * is over its watermark, every new request is answered 503 `ERR_OVERLOADED` with
+ * `retry-after` before routing (nothing reaches a function or an upstream), and past
+ * `maxConnections` open connections (over all listeners) a new connection gets that answer
+ * to its first request and is closed. Leaving the shedding state needs the readings to stay
+ * below 90% of the watermark for two samples in a row, so it does not flap on the edge.
+ *
+ * Per-listener limits (maxConnections, header and body sizes, timeouts) stay in the listener.
+ * Costs the hot path one field read per request.
+ */
+import { monitorEventLoopDelay } from 'node:perf_hooks';
+import { getHeapStatistics } from 'node:v8';
+import { TideError } from '../lib/errors.ts';
+import type { Closable } from '../lib/lifecycle.ts';
+
+export interface OverloadSettings {
+  /** Shed while the JavaScript heap in use is over this, MiB. 0 = 90% of V8's heap limit. */
+  maxHeapMb: number;
+  /** Shed while the event loop's delay (the worst in the last interval) is over this, ms; 0 = never. */
+  maxEventLoopDelayMs: number;
+  /** Most open client connections over all listeners; 0 = no limit beyond each listener's. */
+  maxConnections: number;
+  /** The `retry-after` shed requests get, seconds. */
+  retryAfterS: number;
+}
+
+export const OVERLOAD_DEFAULTS: Readonly<OverloadSettings> = Object.freeze({ maxHeapMb: 0, maxEventLoopDelayMs: 0, maxConnections: 0, retryAfterS: 1 });
+
+export type OverloadReason = 'memory' | 'event-loop';
+
+const MIB = 1024 * 1024;
+const LEAVE = 0.9;
+
+export class Overload implements Closable {
+  #settings: OverloadSettings;
+  readonly #intervalMs: number;
+  readonly #delay: ReturnType<typeof monitorEventLoopDelay>;
+  readonly #timer: NodeJS.Timeout;
+  readonly #readHeap: () => number;
+  #reason: OverloadReason | undefined;
+  #refusal: TideError | undefined;
+  /** Quiet samples in a row while shedding. */
+  #quiet = 0;
+  /** Requests and connections shed, by reason (memory, event-loop, connections). */
+  readonly shed = new Map<string, number>();
+  /** The last readings, for /metrics. */
+  heapMb = 0;
+  eventLoopDelayMs = 0;
+
+  constructor(settings: Partial<OverloadSettings> = {}, opts: { intervalMs?: number; heapUsedBytes?: () => number } = {}) {
+    this.#settings = check({ ...OVERLOAD_DEFAULTS, ...settings });
+    this.#intervalMs = opts.intervalMs ?? 250;
+    this.#readHeap = opts.heapUsedBytes ?? (() => process.memoryUsage().heapUsed);
+    this.#delay = monitorEventLoopDelay({ resolution: 10 });
+    this.#delay.enable();
+    this.#timer = setInterval(() => this.sample(), this.#intervalMs);
+    this.#timer.unref();
+  }
+
+  get settings(): Readonly<OverloadSettings> {
+    return this.#settings;
+  }
+
+  /** New settings (a config reload); the state is decided again at once. */
+  update(settings: Partial<OverloadSettings>): void {
+    this.#settings = check({ ...OVERLOAD_DEFAULTS, ...settings });
+    // A new watermark applies now: one quiet reading is enough to stop shedding.
+    this.#quiet = 1;
+    this.#decide();
+  }
+
+  /** Why the process sheds now, or undefined. */
+  get reason(): OverloadReason | undefined {
+    return this.#reason;
+  }
+
+  /** The answer for a request that arrives now: undefined unless shedding. Counts it. */
+  refusal(): TideError | undefined {
+    const r = this.#refusal;
+    if (r !== undefined) this.shed.set(this.#reason as string, (this.shed.get(this.#reason as string) ?? 0) + 1);
+    return r;
+  }
+
+  /** The answer for a new connection when `open` connections are already open, or undefined. */
+  connectionRefusal(open: number): TideError | undefined {
+    const max = this.#settings.maxConnections;
+    if (max === 0 || open < max) return this.refusal();
+    this.shed.set('connections', (this.shed.get('connections') ?? 0) + 1);
+    return new TideError('ERR_OVERLOADED', `the proxy is overloaded: ${open} connections are open (maxConnections ${max})`, {
+      status: 503,
+      details: { retryAfterSeconds: this.#settings.retryAfterS },
+    });
+  }
+
+  /** Takes a reading (the timer does this every interval). */
+  sample(): void {
+    this.heapMb = this.#readHeap() / MIB;
+    this.eventLoopDelayMs = this.#delay.max / 1e6;
+    this.#delay.reset();
+    this.#decide();
+  }
+
+  #heapLimitMb(): number {
+    return this.#settings.maxHeapMb > 0 ? this.#settings.maxHeapMb : (getHeapStatistics().heap_size_limit / MIB) * 0.9;
+  }
+
+  #decide(): void {
+    const heapMax = this.#heapLimitMb();
+    const delayMax = this.#settings.maxEventLoopDelayMs;
+    const over = (value: number, max: number, was: boolean) => max > 0 && value > (was ? max * LEAVE : max);
+    let reason: OverloadReason | undefined;
+    if (over(this.heapMb, heapMax, this.#reason === 'memory')) reason = 'memory';
+    else if (over(this.eventLoopDelayMs, delayMax, this.#reason === 'event-loop')) reason = 'event-loop';
+    if (reason === undefined && this.#reason !== undefined && ++this.#quiet < 2) return;
+    if (reason !== undefined) this.#quiet = 0;
+    if (reason === this.#reason && (reason === undefined || this.#refusal !== undefined)) return;
+    this.#reason = reason;
+    this.#refusal =
+      reason === undefined
+        ? undefined
+        : new TideError(
+            'ERR_OVERLOADED',
+            reason === 'memory'
+              ? `the proxy is overloaded: its heap is ${Math.round(this.heapMb)} MiB (limit ${Math.round(heapMax)} MiB)`
+              : `the proxy is overloaded: its event loop is ${Math.round(this.eventLoopDelayMs)} ms behind (limit ${delayMax} ms)`,
+            { status: 503, details: { retryAfterSeconds: this.#settings.retryAfterS } },
+          );
+  }
+
+  async close(): Promise<void> {
+    clearInterval(this.#timer);
+    this.#delay.disable();
+  }
+
+  destroy(): Promise<void> {
+    return this.close();
+  }
+}
+
+function check(s: OverloadSettings): OverloadSettings {
+  for (const [name, v] of Object.entries(s)) {
+    if (!Number.isFinite(v) || v < 0) throw new TideError('ERR_INVALID_ARGUMENT', `overload.${name} must be a number ≥ 0 (got ${v})`);
+  }
+  if (s.retryAfterS < 1 || !Number.isInteger(s.retryAfterS))
+    throw new TideError('ERR_INVALID_ARGUMENT', `overload.retryAfter must be a whole number of seconds ≥ 1 (got ${s.retryAfterS})`);
+  return s;
+}
