@@ -21,8 +21,15 @@
  */
 import { type Static, Type } from '@sinclair/typebox';
 
+/** A duration above zero (every one the proxy parses but maxEventLoopDelay, where 0s means off). */
 const Duration = (def?: string) =>
-  Type.String({ pattern: '^\\d+(\\.\\d+)?(ms|s|m|h)$', description: 'a duration like 250ms, 15s, 2m', ...(def ? { default: def } : {}) });
+  Type.String({
+    pattern: '^(?=[^1-9]*[1-9])\\d+(\\.\\d+)?(ms|s|m|h)$',
+    description: 'a duration above zero like 250ms, 15s, 2m',
+    ...(def ? { default: def } : {}),
+  });
+const DurationOrZero = (def: string) =>
+  Type.String({ pattern: '^\\d+(\\.\\d+)?(ms|s|m|h)$', description: 'a duration like 250ms, 15s, 2m; 0s turns it off', default: def });
 const Name = Type.String({ pattern: '^[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}$', description: 'letters, digits, ".", "_" and "-"' });
 const HeaderName = Type.String({ pattern: "^[!#$%&'*+.^_`|~0-9A-Za-z-]+$", description: 'an HTTP header name' });
 const HeaderValue = Type.String({ pattern: '^[\\t\\x20-\\x7e\\x80-\\xff]*$', description: 'no control characters' });
@@ -244,7 +251,7 @@ export const ProxyConfigSchema = Type.Object(
     overload: Type.Object(
       {
         maxHeapMb: Type.Integer({ minimum: 0, default: 0, description: 'shed while the JavaScript heap in use is over this, MiB; 0 = 90% of the heap limit' }),
-        maxEventLoopDelay: Duration('0s'),
+        maxEventLoopDelay: DurationOrZero('0s'),
         maxConnections: Type.Integer({ minimum: 0, default: 0, description: 'open connections over all listeners; 0 = no limit beyond each listener' }),
         retryAfter: Duration('1s'),
       },

@@ -218,6 +218,10 @@ function issuesOf(doc: YamlDocument, errors: ErrorObject[]): ConfigIssue[] {
       message = `must be one of ${(allowed.get(e.instancePath) ?? []).map((v) => JSON.stringify(v)).join(', ')}`;
     } else if (e.keyword === 'enum') {
       message = `must be one of ${((e.params as { allowedValues: unknown[] }).allowedValues ?? []).map((v) => JSON.stringify(v)).join(', ')}`;
+    } else if (e.keyword === 'pattern') {
+      // A schema that says what its pattern means says it instead of the regular expression.
+      const described = (e.parentSchema as { description?: string } | undefined)?.description;
+      if (described) message = `must be ${described} (got ${JSON.stringify(e.data)})`;
     }
     const k = `${path}|${message}`;
     if (seen.has(k)) continue;

@@ -38,4 +38,15 @@ describe('tide proxy config: endpoint addresses', () => {
     expect(load('backend.internal:8080')).toBe('ok');
     expect(load('[::1]:8080')).toBe('ok');
   });
+
+  it('refuses a zero duration where the proxy needs one above zero, at its field (found by fuzzing)', () => {
+    const file = join(tempDir('tide-proxy-config-'), 'proxy.yaml');
+    writeFileSync(
+      file,
+      `listeners:\n  - { name: main, port: 0 }\nvirtualHosts:\n  - name: all\n    domains: ['*']\n    routes: [{ name: r, backends: [{ cluster: c }] }]\nclusters:\n  - name: c\n    endpoints: ['127.0.0.1:9001']\n    outlierDetection: { baseEjectionTime: 0s }\n`,
+    );
+    expect(() => loadConfig(file, 1, new ProxyMetrics())).toThrow(
+      /proxy\.yaml:10:43: \/clusters\/0\/outlierDetection\/baseEjectionTime: must be a duration above zero like 250ms, 15s, 2m \(got "0s"\)/,
+    );
+  });
 });
