@@ -11,6 +11,7 @@ import { connect } from 'node:net';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type RunningProxy, simpleConfig, startProxy, startUpstream, type Upstream } from '../helpers/proxy.ts';
+import { eventually } from '../helpers/tide.ts';
 import { budget, corpus } from './budget.ts';
 import { mutated } from './mutate.ts';
 
@@ -90,6 +91,8 @@ describe('fuzz: tide proxy over sockets', () => {
     );
     expect(runs).toBeGreaterThan(0);
     console.info(`fuzz sockets: ${runs} mutated inputs`);
+    // Nothing leaked: every connection and every request it took is gone again.
+    await eventually(() => proxy.server.metrics.connections === 0 && proxy.server.proxy.inflight === 0, 10_000);
     // Still serving.
     const ok = await exchange(proxy.port, Buffer.from('GET /after HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n', 'latin1'), 5000, false);
     expect(ok.data.toString('latin1')).toMatch(/^HTTP\/1\.1 200 /);
