@@ -12,7 +12,10 @@ export function parseDuration(input: string, what: string, options: { allowZero?
   if (!Number.isFinite(value) || value < 0 || (value === 0 && !options.allowZero)) {
     throw new TideError('ERR_INVALID_ARGUMENT', `${what} must be greater than zero (got "${input}")`);
   }
-  return Math.round(value);
+  const ms = Math.round(value);
+  // Milliseconds are the unit everything runs on: 0.4ms would silently become 0.
+  if (ms === 0 && value > 0) throw new TideError('ERR_INVALID_ARGUMENT', `${what} must be at least 1ms (got "${input}")`);
+  return ms;
 }
 
 /** "3s", "5m", "2h", "4d": the AGE column style of kubectl. */

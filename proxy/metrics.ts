@@ -9,7 +9,8 @@
  *   tide_proxy_circuit_open_total{cluster}
  *   tide_proxy_refused_total{listener,code} (refused by the listener: 400, 408, 413, 431…)
  *   tide_proxy_config_reloads_total{result}, tide_proxy_config_version
- *   tide_proxy_connections (gauge)
+ *   tide_proxy_connections (gauge: HTTP/1.1, HTTP/2 and upgraded connections)
+ *   tide_proxy_overload_shed_total{reason}, tide_proxy_overloaded, tide_proxy_event_loop_delay_seconds
  */
 import { BUCKETS_S, esc, Histogram } from '../lib/prom.ts';
 import type { Overload } from './overload.ts';
@@ -43,6 +44,8 @@ export class ProxyMetrics {
   readonly #handshakes = new Map<string, number>();
   configVersion = 0;
   connections = 0;
+  /** Open connections that left HTTP/1.1: HTTP/2 sessions and upgraded (WebSocket) sockets. */
+  rawConnections = 0;
   /** The overload policy, when the process runs one (its readings and what it shed go on /metrics). */
   overload: Overload | undefined;
 
@@ -131,7 +134,11 @@ export class ProxyMetrics {
       '# TYPE tide_proxy_config_version gauge',
       `tide_proxy_config_version ${this.configVersion}`,
     );
-    out.push('# HELP tide_proxy_connections Open client connections.', '# TYPE tide_proxy_connections gauge', `tide_proxy_connections ${this.connections}`);
+    out.push(
+      '# HELP tide_proxy_connections Open client connections.',
+      '# TYPE tide_proxy_connections gauge',
+      `tide_proxy_connections ${this.connections + this.rawConnections}`,
+    );
     const o = this.overload;
     if (o) {
       out.push(

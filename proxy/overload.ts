@@ -5,7 +5,8 @@
  * `retry-after` before routing (nothing reaches a function or an upstream), and past
  * `maxConnections` open connections (over all listeners) a new connection gets that answer
  * to its first request and is closed. Leaving the shedding state needs the readings to stay
- * below 90% of the watermark for two samples in a row, so it does not flap on the edge.
+ * below 90% of the watermark for two samples in a row, so it does not flap on the edge. It
+ * covers every way in: HTTP/1.1 requests, Upgrade requests and HTTP/2 connections.
  *
  * Per-listener limits (maxConnections, header and body sizes, timeouts) stay in the listener.
  * Costs the hot path one field read per request.
@@ -32,6 +33,10 @@ export type OverloadReason = 'memory' | 'event-loop';
 
 const MIB = 1024 * 1024;
 const LEAVE = 0.9;
+/** The delay monitor's timer period: its readings include it, so it is taken off. */
+const RESOLUTION_MS = 10;
+/** The smallest event-loop watermark that means something above the monitor's own noise. */
+const MIN_DELAY_MS = 20;
 
 export class Overload implements Closable {
   #settings: OverloadSettings;
@@ -49,11 +54,14 @@ export class Overload implements Closable {
   heapMb = 0;
   eventLoopDelayMs = 0;
 
-  constructor(settings: Partial<OverloadSettings> = {}, opts: { intervalMs?: number; heapUsedBytes?: () => number } = {}) {
+  readonly #readDelay: (() => number) | undefined;
+
+  constructor(settings: Partial<OverloadSettings> = {}, opts: { intervalMs?: number; heapUsedBytes?: () => number; eventLoopDelayMs?: () => number } = {}) {
     this.#settings = check({ ...OVERLOAD_DEFAULTS, ...settings });
     this.#intervalMs = opts.intervalMs ?? 250;
     this.#readHeap = opts.heapUsedBytes ?? (() => process.memoryUsage().heapUsed);
-    this.#delay = monitorEventLoopDelay({ resolution: 10 });
+    this.#readDelay = opts.eventLoopDelayMs;
+    this.#delay = monitorEventLoopDelay({ resolution: RESOLUTION_MS });
     this.#delay.enable();
     this.#timer = setInterval(() => this.sample(), this.#intervalMs);
     this.#timer.unref();
@@ -63,11 +71,15 @@ export class Overload implements Closable {
     return this.#settings;
   }
 
-  /** New settings (a config reload); the state is decided again at once. */
+  /**
+   * New settings (a config reload): decided afresh against them at once, from the last
+   * readings (the refusal says the new limits and retry-after).
+   */
   update(settings: Partial<OverloadSettings>): void {
     this.#settings = check({ ...OVERLOAD_DEFAULTS, ...settings });
-    // A new watermark applies now: one quiet reading is enough to stop shedding.
-    this.#quiet = 1;
+    this.#reason = undefined;
+    this.#refusal = undefined;
+    this.#quiet = 0;
     this.#decide();
   }
 
@@ -97,7 +109,8 @@ export class Overload implements Closable {
   /** Takes a reading (the timer does this every interval). */
   sample(): void {
     this.heapMb = this.#readHeap() / MIB;
-    this.eventLoopDelayMs = this.#delay.max / 1e6;
+    // The monitor records the whole gap between its ticks (10 ms on an idle loop): the delay is what is over that.
+    this.eventLoopDelayMs = this.#readDelay ? this.#readDelay() : Math.max(0, this.#delay.max / 1e6 - RESOLUTION_MS);
     this.#delay.reset();
     this.#decide();
   }
@@ -143,6 +156,8 @@ function check(s: OverloadSettings): OverloadSettings {
   for (const [name, v] of Object.entries(s)) {
     if (!Number.isFinite(v) || v < 0) throw new TideError('ERR_INVALID_ARGUMENT', `overload.${name} must be a number ≥ 0 (got ${v})`);
   }
+  if (s.maxEventLoopDelayMs > 0 && s.maxEventLoopDelayMs < MIN_DELAY_MS)
+    throw new TideError('ERR_INVALID_ARGUMENT', `overload.maxEventLoopDelay must be 0 (off) or at least ${MIN_DELAY_MS}ms (got ${s.maxEventLoopDelayMs}ms)`);
   if (s.retryAfterS < 1 || !Number.isInteger(s.retryAfterS))
     throw new TideError('ERR_INVALID_ARGUMENT', `overload.retryAfter must be a whole number of seconds ≥ 1 (got ${s.retryAfterS})`);
   return s;

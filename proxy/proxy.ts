@@ -242,6 +242,11 @@ export class DataPlane {
       socket.resume(); // read and drop what the client still sends while our answer goes out
       setTimeout(() => socket.destroy(), 2000).unref();
     };
+    const shed = this.overload?.refusal();
+    if (shed !== undefined) {
+      fail(shed);
+      return;
+    }
     if (head.contentLength !== 0) {
       fail(new TideError('ERR_BAD_REQUEST', 'an Upgrade request cannot carry a body', { status: 400 }));
       return;

@@ -21,18 +21,18 @@
  */
 import { type Static, Type } from '@sinclair/typebox';
 
-/** A duration above zero (every one the proxy parses but maxEventLoopDelay, where 0s means off). */
+/**
+ * A duration of at least 1ms (every one the proxy parses but maxEventLoopDelay, where 0s
+ * means off): everything runs on whole milliseconds, so 0s or 0.4ms would become 0.
+ */
+export const POSITIVE_DURATION = '^(?:\\d*[1-9]\\d*(?:\\.\\d+)?(?:ms|s|m|h)|0?\\.0{0,2}[1-9]\\d*s|0?\\.0{0,4}[1-9]\\d*(?:m|h))$';
 const Duration = (def?: string) =>
-  Type.String({
-    pattern: '^(?=[^1-9]*[1-9])\\d+(\\.\\d+)?(ms|s|m|h)$',
-    description: 'a duration above zero like 250ms, 15s, 2m',
-    ...(def ? { default: def } : {}),
-  });
+  Type.String({ pattern: POSITIVE_DURATION, description: 'a duration of at least 1ms like 250ms, 15s, 2m', ...(def ? { default: def } : {}) });
 const DurationOrZero = (def: string) =>
   Type.String({ pattern: '^\\d+(\\.\\d+)?(ms|s|m|h)$', description: 'a duration like 250ms, 15s, 2m; 0s turns it off', default: def });
 const Name = Type.String({ pattern: '^[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}$', description: 'letters, digits, ".", "_" and "-"' });
-const HeaderName = Type.String({ pattern: "^[!#$%&'*+.^_`|~0-9A-Za-z-]+$", description: 'an HTTP header name' });
-const HeaderValue = Type.String({ pattern: '^[\\t\\x20-\\x7e\\x80-\\xff]*$', description: 'no control characters' });
+const HeaderName = Type.String({ pattern: "^[!#$%&'*+.^_`|~0-9A-Za-z-]+$", description: 'an HTTP header name (a token)' });
+const HeaderValue = Type.String({ pattern: '^[\\t\\x20-\\x7e\\x80-\\xff]*$', description: 'free of control characters' });
 const Percent = Type.Number({ minimum: 0, maximum: 100 });
 const Strict = { additionalProperties: false } as const;
 

@@ -6,10 +6,12 @@
  * (`memory: 128Mi`, `timeout: 30s`, `cpu: 250m`).
  */
 import { type Static, Type } from '@sinclair/typebox';
-import { FaultSchema, HeaderEdits, RetrySchema, RouteMatchSchema } from './proxy.ts';
+import { FaultSchema, HeaderEdits, POSITIVE_DURATION, RetrySchema, RouteMatchSchema } from './proxy.ts';
 
 const Name = Type.String({ pattern: '^[a-z]([-a-z0-9]*[a-z0-9])?$', maxLength: 57, description: 'a DNS label: lowercase letters, digits and -' });
 const Duration = Type.String({ pattern: '^\\d+(\\.\\d+)?(ms|s|m|h)$', description: 'like 500ms, 30s, 2m' });
+/** For what must take some time (timeouts): at least 1ms. */
+const PositiveDuration = Type.String({ pattern: POSITIVE_DURATION, description: 'a duration of at least 1ms like 500ms, 30s, 2m' });
 const Quantity = Type.String({ pattern: '^\\d+(\\.\\d+)?(Ki|Mi|Gi|K|M|G|kb|mb|gb)?$', description: 'like 128Mi, 1Gi, 512kb' });
 const Cpu = Type.Union([
   Type.String({ pattern: '^(\\d+m|\\d+(\\.\\d+)?)$', description: 'millicores like 250m, or cores like 0.5' }),
@@ -73,7 +75,7 @@ export const FunctionSpecSchema = Type.Object(
     resources: Type.Optional(
       Type.Object({ memory: Type.Optional(Quantity), cpu: Type.Optional(Cpu), cpuLimit: Type.Optional(Cpu) }, { additionalProperties: false }),
     ),
-    timeout: Type.Optional(Duration),
+    timeout: Type.Optional(PositiveDuration),
     maxBody: Type.Optional(Quantity),
     scaling: Type.Optional(
       Type.Object(
@@ -188,7 +190,7 @@ export const RouteSchema = Type.Object(
             {
               match: Type.Optional(RouteMatchSchema),
               split: Type.Array(Backend, { minItems: 1 }),
-              timeout: Type.Optional(Duration),
+              timeout: Type.Optional(PositiveDuration),
               retries: Type.Optional(RetrySchema),
               mirror: Type.Optional(
                 Type.Object(

@@ -221,7 +221,9 @@ function issuesOf(doc: YamlDocument, errors: ErrorObject[]): ConfigIssue[] {
     } else if (e.keyword === 'pattern') {
       // A schema that says what its pattern means says it instead of the regular expression.
       const described = (e.parentSchema as { description?: string } | undefined)?.description;
-      if (described) message = `must be ${described} (got ${JSON.stringify(e.data)})`;
+      // The value is echoed shortened: a header value may be a secret.
+      const got = String(e.data);
+      if (described) message = `must be ${described} (got ${JSON.stringify(got.length > 24 ? `${got.slice(0, 20)}…` : got)})`;
     }
     const k = `${path}|${message}`;
     if (seen.has(k)) continue;

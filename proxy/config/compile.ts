@@ -91,19 +91,22 @@ export interface Problem {
 export const REPLAY_BODY_LIMIT = 64 * 1024;
 
 /**
- * Throws ERR_CONFIG_INVALID with `details.problems` ({path, message}) when the config cannot
- * run. `previous` lends its unchanged clusters.
- */
-/**
- * What is wrong with an endpoint address the schema's pattern let through: a host that is not
- * a DNS name or an IP address (`ffff127.0.0.1`, a label over 63 characters), or a port out of
- * range. Caught here, it is a config error at its field instead of a failure when the
- * cluster starts.
+ * What is wrong with an endpoint address the schema's pattern let through: a port out of
+ * range, a host the URL parser refuses (`ffff127.0.0.1`), or a name with an empty label or a
+ * label over 63 characters. Caught here, it is a config error at its field instead of a
+ * failure when the cluster starts. (Numeric shorthands such as `1.2.3` are taken as the
+ * addresses they stand for, as every resolver does.)
  */
 function addressProblem(address: string): string | undefined {
   const colon = address.lastIndexOf(':');
   const port = Number(address.slice(colon + 1));
   if (!Number.isInteger(port) || port < 1 || port > 65535) return `the port of "${address}" must be from 1 to 65535`;
+  const host = address.slice(0, colon);
+  if (!host.startsWith('[')) {
+    const labels = (host.endsWith('.') ? host.slice(0, -1) : host).split('.');
+    if (labels.some((l) => l === '' || l.length > 63 || l.startsWith('-') || l.endsWith('-')))
+      return `"${address}" is not a valid host:port (a DNS label is 1 to 63 letters, digits and inner dashes)`;
+  }
   try {
     const u = new URL(`http://${address}/`);
     if (u.port !== '' && Number(u.port) !== port) return `"${address}" is not a valid host:port`;
@@ -113,6 +116,10 @@ function addressProblem(address: string): string | undefined {
   return undefined;
 }
 
+/**
+ * Throws ERR_CONFIG_INVALID with `details.problems` ({path, message}) when the config cannot
+ * run. `previous` lends its unchanged clusters.
+ */
 export function compileSnapshot(config: ProxyConfig, version: number, metrics: ProxyMetrics, previous?: ProxySnapshot): ProxySnapshot {
   const problems: Problem[] = [];
   const listeners = compileListeners(config, problems);

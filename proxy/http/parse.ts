@@ -3,8 +3,8 @@
  * only what every upstream parses the same way, so a request cannot mean one thing to Tide and
  * another to the server behind it (request smuggling):
  *
- * - the method is one Node's HTTP parser knows (node:http METHODS: GET, POST, … WebDAV's,
- *   QUERY); another token is 501, since the function or server behind would refuse it anyway;
+ * - the method is any token (RFC 9110 §9: extension methods such as BAN or CHECKIN are
+ *   forwarded; an upstream that does not know one answers it itself);
  * - lines end in CRLF; a bare CR or LF, any other control character, or obs-fold is 400;
  * - header names are tokens with no space before the colon; values are visible ASCII, obs-text,
  *   SP and HTAB, trimmed of surrounding whitespace;
@@ -19,7 +19,6 @@
  * Transfer-Encoding, Upgrade, Proxy-Connection) are removed from the forwarded set; what they
  * said is kept in the parsed fields.
  */
-import { METHODS } from 'node:http';
 import { TideError } from '../../lib/errors.ts';
 import { CONTENT_LENGTH, CTL, HOP_BY_HOP, TOKEN } from './grammar.ts';
 
@@ -51,15 +50,15 @@ export interface HeadLimits {
 
 const REQUEST_LINE = /^([!#$%&'*+.^_`|~0-9A-Za-z-]+) ([\x21-\x7e]+) HTTP\/(\d)\.(\d)$/;
 
-/** What llhttp (Node's parser, and so most upstreams here) accepts; found by fuzzing: another token reached an upstream that refused it. */
-const KNOWN_METHODS = new Set(METHODS);
-
-/** The refusal (501) for a method Node's parser does not know; undefined for a known one. Shared with the HTTP/2 listener. */
-export function unknownMethod(method: string): TideError | undefined {
-  if (KNOWN_METHODS.has(method)) return undefined;
-  return new TideError('ERR_NOT_IMPLEMENTED', `the method "${printable(method)}" is not supported (methods are case-sensitive: GET, POST, PUT, …)`, {
-    status: 501,
-  });
+/**
+ * Adds a field to `headers`, joining a repeated one with ", " (cookie with "; "). An empty
+ * field adds nothing to a list (RFC 9110 §5.6.1): joining it would leave a separator that the
+ * next hop trims, so it would see another value than Tide. Shared with the HTTP/2 listener.
+ */
+export function joinField(headers: Record<string, string>, name: string, value: string): void {
+  const prev = headers[name];
+  if (prev === undefined) headers[name] = value;
+  else if (value !== '') headers[name] = prev === '' ? value : `${prev}${name === 'cookie' ? '; ' : ', '}${value}`;
 }
 
 function bad(message: string): TideError {
@@ -82,8 +81,6 @@ export function parseRequestHead(text: string, limits: HeadLimits): RequestHead 
     throw bad('the request line is not "METHOD target HTTP/1.x"');
   }
   const method = m[1] as string;
-  const unknown = unknownMethod(method);
-  if (unknown) throw unknown;
   let target = m[2] as string;
   if (m[3] !== '1') throw new TideError('ERR_VERSION_NOT_SUPPORTED', `HTTP/${m[3]}.${m[4]} is not supported here`, { status: 505 });
   const minor = m[4] === '0' ? 0 : 1;
@@ -134,11 +131,7 @@ export function parseRequestHead(text: string, limits: HeadLimits): RequestHead 
         headers[name] = value;
         continue;
     }
-    const prev = headers[name];
-    // An empty field adds nothing to a list (RFC 9110 §5.6.1): joining it would leave a
-    // trailing separator that the next hop trims, so it would see another value than Tide.
-    if (prev === undefined) headers[name] = value;
-    else if (value !== '') headers[name] = prev === '' ? value : `${prev}${name === 'cookie' ? '; ' : ', '}${value}`;
+    joinField(headers, name, value);
   }
 
   let chunked = false;

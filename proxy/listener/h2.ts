@@ -7,7 +7,7 @@ import type { Http2ServerRequest, Http2ServerResponse } from 'node:http2';
 import { type Readable, Transform } from 'node:stream';
 import { TideError } from '../../lib/errors.ts';
 import { CONTENT_LENGTH, HOP_BY_HOP } from '../http/grammar.ts';
-import { normalizePath, type RequestHead, unknownMethod } from '../http/parse.ts';
+import { joinField, normalizePath, type RequestHead } from '../http/parse.ts';
 import type { ConnectionInfo, Downstream } from '../http/types.ts';
 import type { DataPlane } from '../proxy.ts';
 import { errorResponse } from '../rescue.ts';
@@ -70,13 +70,14 @@ function headOf(req: Http2ServerRequest, maxBodyBytes: number): RequestHead {
   if (!(url.startsWith('/') || (url === '*' && req.method === 'OPTIONS')))
     throw new TideError('ERR_BAD_REQUEST', `the :path "${url.slice(0, 60)}" is not a path`, { status: 400 });
   if (req.method === 'CONNECT') throw new TideError('ERR_METHOD_NOT_ALLOWED', 'CONNECT is not supported by this proxy', { status: 405 });
-  const unknown = unknownMethod(req.method);
-  if (unknown) throw unknown;
   const headers: Record<string, string> = Object.create(null);
-  for (const [name, value] of Object.entries(req.headers)) {
+  // From the raw fields, joined as HTTP/1.1's are (node's own join keeps empty ones).
+  const raw = req.rawHeaders;
+  for (let i = 0; i + 1 < raw.length; i += 2) {
+    const name = (raw[i] as string).toLowerCase();
     // content-length travels as contentLength; the upstream pool frames the body itself.
-    if (name.startsWith(':') || CONNECTION_SPECIFIC.has(name) || name === 'content-length' || value === undefined) continue;
-    headers[name] = Array.isArray(value) ? value.join(name === 'cookie' ? '; ' : ', ') : value;
+    if (name.startsWith(':') || CONNECTION_SPECIFIC.has(name) || name === 'content-length') continue;
+    joinField(headers, name, (raw[i + 1] as string).trim());
   }
   const declared = req.headers['content-length'] as string | undefined;
   let contentLength = -1;

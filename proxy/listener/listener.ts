@@ -71,8 +71,9 @@ export class Listener {
           minVersion: 'TLSv1.2',
         },
         (socket: TLSSocket) => {
-          if (socket.alpnProtocol === 'h2') this.#toH2(socket, Buffer.alloc(0));
-          else this.#accept(socket, 'https');
+          if (socket.alpnProtocol !== 'h2') this.#accept(socket, 'https');
+          else if (this.#overloaded()) socket.destroy();
+          else this.#toH2(socket, Buffer.alloc(0));
         },
       );
       this.#server.on('tlsClientError', () => {});
@@ -255,7 +256,7 @@ export class Listener {
       return;
     }
     // Past the process-wide connection limit: the first request gets 503 and the connection closes.
-    const refused = refusedFirst ?? this.#proxy.overload?.connectionRefusal(this.#metrics.connections);
+    const refused = refusedFirst ?? this.#overloaded();
     socket.setNoDelay(true);
     const info: ConnectionInfo = { remoteAddress: socket.remoteAddress ?? '', remotePort: socket.remotePort ?? 0, scheme, listener: this.name, peer };
     const hooks: H1Hooks = {
@@ -271,13 +272,21 @@ export class Listener {
         : (head, body, res, conn) => this.#proxy.handle(this.#proxy.request(head, body, conn, head.minor === 0 ? '1.0' : '1.1'), res),
       onUpgrade: (head, s, rest, conn) => {
         if (this.#conns.delete(conn1)) this.#metrics.connections--;
-        this.#raw.add(s);
-        s.once('close', () => this.#raw.delete(s));
+        if (refused) {
+          // A connection refused for its first request is refused for an upgrade too.
+          const e = errorResponse(refused, head.headers['x-request-id'] ?? 'none');
+          let text = `HTTP/1.1 ${e.status} ${refused.code}\r\ncontent-length: ${e.body.length}\r\nconnection: close\r\n`;
+          for (let i = 0; i < e.headers.length; i += 2) text += `${e.headers[i]}: ${e.headers[i + 1]}\r\n`;
+          s.end(Buffer.concat([Buffer.from(`${text}\r\n`, 'latin1'), e.body]));
+          return;
+        }
+        this.#addRaw(s);
         this.#proxy.upgrade(head, s, rest, conn);
       },
       onH2Preface: (s, rest) => {
         if (this.#conns.delete(conn1)) this.#metrics.connections--;
-        if (this.#compiled.config.http2) this.#toH2(s, rest);
+        // HTTP/2 has no first request to answer: a refused connection is closed.
+        if (this.#compiled.config.http2 && !refused) this.#toH2(s, rest);
         else s.destroy();
       },
       onRefused: (_status, err) => this.#metrics.refused(this.name, err.code),
@@ -293,9 +302,22 @@ export class Listener {
 
   #toH2(socket: Socket, rest: Buffer): void {
     if (rest.length > 0) socket.unshift(rest);
-    this.#raw.add(socket);
-    socket.once('close', () => this.#raw.delete(socket));
+    this.#addRaw(socket);
     this.#h2.emit('connection', socket);
+  }
+
+  /** A socket that left HTTP/1.1 (HTTP/2, an upgrade): still an open connection for the limits. */
+  #addRaw(socket: Socket): void {
+    this.#raw.add(socket);
+    this.#metrics.rawConnections++;
+    socket.once('close', () => {
+      if (this.#raw.delete(socket)) this.#metrics.rawConnections--;
+    });
+  }
+
+  /** The overload policy's answer for a new connection, counting every open one (HTTP/1.1, HTTP/2, upgraded). */
+  #overloaded(): TideError | undefined {
+    return this.#proxy.overload?.connectionRefusal(this.#metrics.connections + this.#metrics.rawConnections);
   }
 
   /**

@@ -18,7 +18,7 @@
  */
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { Agent, request } from 'node:http';
 import { createServer } from 'node:net';
 import { join, resolve } from 'node:path';
@@ -158,6 +158,30 @@ function containersOf(dataDir: string): string[] {
   return list.filter((c) => c.status === 'running').map((c) => `${root}\n${c.id}`);
 }
 
+/** How many times the agent replaced an instance of `fn` (its "instance replaced" log lines). */
+function replacements(dataDir: string, fn: string): number {
+  let text = '';
+  try {
+    text = readFileSync(join(dataDir, 'logs', `${fn}.log`), 'utf8');
+  } catch {
+    return 0;
+  }
+  return text.split('\n').filter((l) => l.includes('instance replaced')).length;
+}
+
+/** Cold starts of `fn` so far, from /metrics. */
+async function coldStarts(t: TideProcess, fn: string): Promise<number> {
+  const text = await (await apiFetch(t, '/metrics')).text();
+  let n = 0;
+  for (const line of text.split('\n'))
+    if (line.startsWith(`tide_sandbox_cold_starts_total{function="${fn}",`)) n += Number(line.slice(line.lastIndexOf(' ') + 1));
+  return n;
+}
+
+async function readyInstances(t: TideProcess, fn: string): Promise<number> {
+  return ((await (await apiFetch(t, `/v1/functions/${fn}/instances`)).json()) as { ready: number }).ready;
+}
+
 async function functionsState(t: TideProcess): Promise<string> {
   const r = await apiFetch(t, '/v1/functions');
   const items = ((await r.json()) as { items: { name: string; revision?: string; servingRevision?: string }[] }).items;
@@ -211,15 +235,28 @@ export async function runChaos(opts: ChaosOptions = {}): Promise<StepResult[]> {
       const kind: StepResult['kind'] = step === 'rollout' || step === 'scale-0-N-0' ? 'graceful' : 'sigkill';
       const retry = kind === 'sigkill' ? retryForMs : 0;
       let note = '';
+      /** What shows the chaos really happened; a step whose chaos cannot be seen fails. */
+      let happened = true;
       const fns = step === 'scale-0-N-0' ? ['s1'] : ['w1', 'w2', 'c1'];
+      let coldBefore = 0;
+      if (step === 'scale-0-N-0') {
+        // To zero first, and wait until it is there.
+        await apiFetch(t, '/v1/functions/s1/zero', { method: 'POST' });
+        const deadline = Date.now() + 15_000;
+        while ((await readyInstances(t, 's1')) > 0 && Date.now() < deadline) await sleep(100);
+        if ((await readyInstances(t, 's1')) > 0) throw new Error('s1 did not reach zero instances');
+        coldBefore = await coldStarts(t, 's1');
+      }
       const action = (async () => {
         await sleep(300);
         switch (step) {
           case 'worker-crash': {
             // Outside the probe count: this request itself dies with its thread.
+            const before = replacements(dataDir, 'w1');
             const s = await probe(edgePort, 'w1', '/crash');
-            note = `the crashing request got ${s}`;
             await sleep(1500);
+            happened = replacements(dataDir, 'w1') > before;
+            note = `the crashing request got ${s}; the thread was ${happened ? '' : 'NOT '}replaced`;
             break;
           }
           case 'container-kill': {
@@ -227,9 +264,11 @@ export async function runChaos(opts: ChaosOptions = {}): Promise<StepResult[]> {
             const c1 = ids.find((x) => x.split('\n')[1]?.startsWith('c1-'));
             if (!c1) throw new Error(`no c1 container among ${ids.join(', ')}`);
             const [root, id] = c1.split('\n') as [string, string];
+            const before = replacements(dataDir, 'c1');
             execFileSync('runc', ['--root', root, 'kill', id, 'KILL']);
-            note = `killed container ${id}`;
             await sleep(2000);
+            happened = replacements(dataDir, 'c1') > before;
+            note = `killed container ${id}; it was ${happened ? '' : 'NOT '}replaced`;
             break;
           }
           case 'control-kill': {
@@ -258,24 +297,22 @@ export async function runChaos(opts: ChaosOptions = {}): Promise<StepResult[]> {
             break;
           }
           case 'scale-0-N-0': {
-            // s1 went to zero after its grace period; the probes brought it up (0 → N). Now
-            // to zero again while probes keep coming: each is held and served by a cold start.
+            // s1 was at zero when the probes began (0 → N). Now to zero again while probes
+            // keep coming: they are held and served by a new cold start.
             const z = await apiFetch(t, '/v1/functions/s1/zero', { method: 'POST' });
-            note = `scaled to zero (${z.status}) under load`;
             await sleep(1500);
+            const cold = (await coldStarts(t, 's1')) - coldBefore;
+            happened = cold >= 2;
+            note = `scaled to zero (${z.status}) under load; ${cold} cold starts in the step`;
             break;
           }
         }
       })();
-      if (step === 'scale-0-N-0') {
-        // Let it reach zero first (grace 1 s, ticks every 0.5 s).
-        await apiFetch(t, '/v1/functions/s1/zero', { method: 'POST' });
-      }
       const r = await probeLoad(port, fns, perStep, concurrency, retry, action);
       await action;
       const required = kind === 'graceful' ? 1 : 0.99;
       const successRate = r.probes === 0 ? 0 : r.good / r.probes;
-      const res: StepResult = { step, kind, ...r, successRate, required, passed: successRate >= required, note };
+      const res: StepResult = { step, kind, ...r, successRate, required, passed: successRate >= required && happened, note };
       results.push(res);
       log(`${step} (${kind}): ${r.good}/${r.probes} good (${(successRate * 100).toFixed(2)}%, need ${required * 100}%), ${r.retried} retried; ${note}`);
     }

@@ -101,7 +101,7 @@ spec: {}
     const lines = r.stderr.trim().split('\n');
     expect(lines).toEqual([
       'error: app.yaml:14:5: [doc 2]/spec/resources/memroy: unknown field "memroy" (did you mean "memory"?)',
-      expect.stringMatching(/^app\.yaml:15:12: \[doc 2\]\/spec\/timeout: must be like 500ms, 30s, 2m \(got "/),
+      expect.stringMatching(/^app\.yaml:15:12: \[doc 2\]\/spec\/timeout: must be a duration of at least 1ms like 500ms, 30s, 2m \(got "soon"\)$/),
       'app.yaml:17:15: [doc 2]/spec/scaling/minScale: must be >= 0',
       'app.yaml:19:13: [doc 3]/apiVersion: must be one of "tide.dev/v1"',
       '4 problems; nothing was applied',

@@ -197,6 +197,10 @@ describe('known failures: HTTP/2 rapid reset (CVE-2023-44487)', () => {
     const p = await proxyWith(simpleConfig([`127.0.0.1:${(server.address() as AddressInfo).port}`]));
     const session = h2connect(`http://127.0.0.1:${p.port}`);
     session.on('error', () => {});
+    let goaway = false;
+    session.on('goaway', () => {
+      goaway = true;
+    });
     await new Promise<void>((r) => session.once('connect', () => r()));
     const flood = 10_000;
     let opened = 0;
@@ -212,11 +216,14 @@ describe('known failures: HTTP/2 rapid reset (CVE-2023-44487)', () => {
       if (i % 200 === 0) await new Promise((r) => setImmediate(r));
     }
     await new Promise((r) => setTimeout(r, 500));
+    const cutOff = goaway || session.closed || session.destroyed;
     session.destroy();
     expect(opened).toBeGreaterThan(0);
+    // The flood was stopped by the server (GOAWAY / closed session) before the client stopped.
+    expect(cutOff || opened < flood).toBe(true);
     console.info(`rapid reset: ${opened} streams opened and reset, ${seen} reached the upstream`);
-    // Most of the flood never became upstream requests.
-    expect(seen).toBeLessThan(flood / 2);
+    // (Almost) none of the flood became upstream requests.
+    expect(seen).toBeLessThan(50);
     const after = h2connect(`http://127.0.0.1:${p.port}`);
     after.on('error', () => {});
     const body = await new Promise<string>((resolve, reject) => {

@@ -51,3 +51,43 @@ describe('Overload', () => {
     expect(() => new Overload({ retryAfterS: 0 })).toThrow(/overload.retryAfter/);
   });
 });
+
+describe('Overload: event loop, and reloads', () => {
+  it('sheds while the event loop is behind, with the same hysteresis', () => {
+    let delay = 0;
+    o = new Overload({ maxEventLoopDelayMs: 100 }, { intervalMs: 60_000, heapUsedBytes: () => MIB, eventLoopDelayMs: () => delay });
+    o.sample();
+    expect(o.reason).toBeUndefined();
+    delay = 150;
+    o.sample();
+    expect(o.reason).toBe('event-loop');
+    expect(o.refusal()?.message).toContain('its event loop is 150 ms behind (limit 100 ms)');
+    delay = 0;
+    o.sample();
+    expect(o.reason).toBe('event-loop');
+    o.sample();
+    expect(o.reason).toBeUndefined();
+  });
+
+  it('refuses an event-loop watermark under 20ms, which the monitor cannot tell from its own ticks (found in review)', () => {
+    expect(() => new Overload({ maxEventLoopDelayMs: 5 })).toThrow(/must be 0 \(off\) or at least 20ms/);
+    expect(() => new Overload({ maxEventLoopDelayMs: 0 })).not.toThrow();
+  });
+
+  it('reads an idle event loop as (about) no delay, not the monitor’s 10 ms tick (found in review)', async () => {
+    o = new Overload({}, { intervalMs: 60_000 });
+    await new Promise((r) => setTimeout(r, 200));
+    o.sample();
+    expect(o.eventLoopDelayMs).toBeLessThan(8);
+  });
+
+  it('a reload decides afresh: the refusal carries the new limit and retry-after (found in review)', () => {
+    o = new Overload({ maxHeapMb: 10, retryAfterS: 1 }, { intervalMs: 60_000, heapUsedBytes: () => 15 * MIB });
+    o.sample();
+    expect(o.refusal()?.details?.retryAfterSeconds).toBe(1);
+    o.update({ maxHeapMb: 12, retryAfterS: 30 });
+    const r = o.refusal();
+    expect(r?.details?.retryAfterSeconds).toBe(30);
+    expect(r?.message).toContain('limit 12 MiB');
+  });
+});

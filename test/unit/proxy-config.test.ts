@@ -46,7 +46,18 @@ describe('tide proxy config: endpoint addresses', () => {
       `listeners:\n  - { name: main, port: 0 }\nvirtualHosts:\n  - name: all\n    domains: ['*']\n    routes: [{ name: r, backends: [{ cluster: c }] }]\nclusters:\n  - name: c\n    endpoints: ['127.0.0.1:9001']\n    outlierDetection: { baseEjectionTime: 0s }\n`,
     );
     expect(() => loadConfig(file, 1, new ProxyMetrics())).toThrow(
-      /proxy\.yaml:10:43: \/clusters\/0\/outlierDetection\/baseEjectionTime: must be a duration above zero like 250ms, 15s, 2m \(got "0s"\)/,
+      /proxy\.yaml:10:43: \/clusters\/0\/outlierDetection\/baseEjectionTime: must be a duration of at least 1ms like 250ms, 15s, 2m \(got "0s"\)/,
+    );
+  });
+
+  it('refuses durations under 1ms, which would round to 0 (found in review)', () => {
+    const file = join(tempDir('tide-proxy-config-'), 'proxy.yaml');
+    writeFileSync(
+      file,
+      `listeners:\n  - { name: main, port: 0 }\nvirtualHosts:\n  - name: all\n    domains: ['*']\n    routes: [{ name: r, backends: [{ cluster: c }] }]\nclusters:\n  - name: c\n    endpoints: ['127.0.0.1:9001']\n    healthCheck: { path: /, interval: 0.4ms, timeout: 0.0001s }\n`,
+    );
+    expect(() => loadConfig(file, 1, new ProxyMetrics())).toThrow(
+      /healthCheck\/interval: must be a duration of at least 1ms[\s\S]*healthCheck\/timeout: must be a duration of at least 1ms/,
     );
   });
 });
