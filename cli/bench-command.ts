@@ -48,8 +48,9 @@ function percent(what: string) {
   };
 }
 
+/** A latency threshold: fractions of a millisecond count (p50s here are often under 1 ms). */
 function ms(what: string) {
-  return (v: string) => parseDuration(v, what);
+  return (v: string) => parseDuration(v, what, { fraction: true });
 }
 
 export function registerBench(prog: Command, connectionOptions: (c: Command) => Command, out: (s: string) => void): void {

@@ -3,7 +3,11 @@ import { TideError } from './errors.ts';
 
 const UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
 
-export function parseDuration(input: string, what: string, options: { allowZero?: boolean } = {}): number {
+/**
+ * Milliseconds, rounded to whole ones (what timers and config run on), unless `fraction` (a
+ * latency threshold such as 0.25ms keeps its fraction).
+ */
+export function parseDuration(input: string, what: string, options: { allowZero?: boolean; fraction?: boolean } = {}): number {
   const m = /^(\d+(?:\.\d+)?)(ms|s|m|h)?$/.exec(input.trim());
   if (!m) {
     throw new TideError('ERR_INVALID_ARGUMENT', `${what} must be a duration like 500ms, 30s or 2m (got "${input}")`);
@@ -12,6 +16,7 @@ export function parseDuration(input: string, what: string, options: { allowZero?
   if (!Number.isFinite(value) || value < 0 || (value === 0 && !options.allowZero)) {
     throw new TideError('ERR_INVALID_ARGUMENT', `${what} must be greater than zero (got "${input}")`);
   }
+  if (options.fraction) return value;
   const ms = Math.round(value);
   // Milliseconds are the unit everything runs on: 0.4ms would silently become 0.
   if (ms === 0 && value > 0) throw new TideError('ERR_INVALID_ARGUMENT', `${what} must be at least 1ms (got "${input}")`);
