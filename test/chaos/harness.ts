@@ -22,7 +22,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { Agent, request } from 'node:http';
 import { createServer } from 'node:net';
 import { join, resolve } from 'node:path';
-import { apiFetch, FIXTURES, ROOT, sleep, startTide, stopProcess, TIDE_BIN, type TideProcess, tempDir, tide } from '../helpers/tide.ts';
+import { apiFetch, FIXTURES, sleep, spawnTide, startTide, stopProcess, type TideProcess, tempDir, tide } from '../helpers/tide.ts';
 
 export interface ChaosOptions {
   /** Probes (logical requests) each step sends at least. Default 400. */
@@ -70,23 +70,15 @@ interface Proxy {
 }
 
 async function startEdge(file: string, port: number): Promise<Proxy> {
-  const child = spawn(process.execPath, [TIDE_BIN, 'proxy', '-c', file, '--log-level', 'warn', '--no-watch'], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
-  let out = '';
-  child.stdout?.on('data', (d) => {
-    out += d;
-  });
-  child.stderr?.on('data', (d) => {
-    out += d;
-  });
-  const exited = new Promise<number | string>((r) => child.once('exit', (code, signal) => r(code ?? signal ?? -1)));
+  const p = spawnTide(['proxy', '-c', file, '--log-level', 'warn', '--no-watch']);
   const deadline = Date.now() + 15_000;
   while (Date.now() < deadline) {
-    if (out.includes(`listening on 127.0.0.1:${port}`)) return { child, pid: child.pid as number, exited };
-    if (child.exitCode !== null) throw new Error(`tide proxy exited: ${out}`);
+    if (p.output().includes(`listening on 127.0.0.1:${port}`)) return p;
+    if (p.child.exitCode !== null) throw new Error(`tide proxy exited: ${p.output()}`);
     await sleep(25);
   }
-  child.kill('SIGKILL');
-  throw new Error(`tide proxy did not start: ${out}`);
+  p.child.kill('SIGKILL');
+  throw new Error(`tide proxy did not start: ${p.output()}`);
 }
 
 const agent = new Agent({ keepAlive: true, maxSockets: 64 });

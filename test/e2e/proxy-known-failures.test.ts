@@ -16,19 +16,12 @@ import { connect as h2connect } from 'node:http2';
 import { type AddressInfo, connect, createServer, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { type RunningProxy, rawRequest, simpleConfig, startProxy } from '../helpers/proxy.ts';
+import { rawRequest, scope, simpleConfig } from '../helpers/proxy.ts';
 import { eventually, tempDir, tide } from '../helpers/tide.ts';
 
-const cleanups: (() => Promise<void> | void)[] = [];
-afterAll(async () => {
-  for (const c of cleanups.reverse()) await c();
-});
-
-async function proxyWith(yaml: string): Promise<RunningProxy> {
-  const p = await startProxy(yaml);
-  cleanups.push(() => p.close());
-  return p;
-}
+const files = scope();
+afterAll(() => files.closeAll());
+const proxyWith = (yaml: string) => files.proxyWith(yaml);
 
 /** A raw TCP upstream: `onRequest` gets each request head and the socket to answer on. */
 async function rawUpstream(onRequest: (head: string, socket: Socket, n: number) => void): Promise<{ address: string; heads: string[] }> {
@@ -47,7 +40,7 @@ async function rawUpstream(onRequest: (head: string, socket: Socket, n: number) 
     socket.on('error', () => {});
   });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  cleanups.push(() => new Promise<void>((r) => server.close(() => r())));
+  files.defer(() => new Promise<void>((r) => server.close(() => r())));
   return { address: `127.0.0.1:${(server.address() as AddressInfo).port}`, heads };
 }
 
@@ -136,7 +129,7 @@ describe('known failures: a retried body must match its length (undici)', () => 
       socket.on('error', () => {});
     });
     await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-    cleanups.push(() => new Promise<void>((r) => server.close(() => r())));
+    files.defer(() => new Promise<void>((r) => server.close(() => r())));
     const address = `127.0.0.1:${(server.address() as AddressInfo).port}`;
     const p = await proxyWith(simpleConfig([address], '        retries: { attempts: 3, nonIdempotent: true, on: [reset, connect-failure] }\n'));
     const body = Buffer.alloc(200 * 1024, 'x');
@@ -163,7 +156,7 @@ describe('known failures: one reset socket does not take the process down (node-
       res.end('fine');
     });
     await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-    cleanups.push(() => new Promise<void>((r) => server.close(() => r())));
+    files.defer(() => new Promise<void>((r) => server.close(() => r())));
     const p = await proxyWith(simpleConfig([`127.0.0.1:${(server.address() as AddressInfo).port}`]));
     for (let i = 0; i < 20; i++) {
       // The client resets while the upstream is still working on its request.
@@ -193,7 +186,7 @@ describe('known failures: HTTP/2 rapid reset (CVE-2023-44487)', () => {
       setTimeout(() => res.end('ok'), 50);
     });
     await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-    cleanups.push(() => new Promise<void>((r) => server.close(() => r())));
+    files.defer(() => new Promise<void>((r) => server.close(() => r())));
     const p = await proxyWith(simpleConfig([`127.0.0.1:${(server.address() as AddressInfo).port}`]));
     const session = h2connect(`http://127.0.0.1:${p.port}`);
     session.on('error', () => {});

@@ -7,19 +7,12 @@ import { createServer as createHttpServer } from 'node:http';
 import { connect as h2connect } from 'node:http2';
 import { type AddressInfo, connect, createServer } from 'node:net';
 import { afterAll, describe, expect, it } from 'vitest';
-import { type RunningProxy, rawRequest, simpleConfig, startProxy, startUpstream } from '../helpers/proxy.ts';
+import { rawRequest, scope, simpleConfig, startUpstream } from '../helpers/proxy.ts';
 import { eventually } from '../helpers/tide.ts';
 
-const cleanups: (() => Promise<void> | void)[] = [];
-afterAll(async () => {
-  for (const c of cleanups.reverse()) await c();
-});
-
-async function proxyWith(yaml: string): Promise<RunningProxy> {
-  const p = await startProxy(yaml);
-  cleanups.push(() => p.close());
-  return p;
-}
+const files = scope();
+afterAll(() => files.closeAll());
+const proxyWith = (yaml: string) => files.proxyWith(yaml);
 
 describe('proxy regressions', () => {
   it('answers thousands of pipelined requests that are answered synchronously, without growing the stack', async () => {
@@ -39,7 +32,7 @@ virtualHosts:
 
   it('joins an Upgrade only on 101: an upstream that ignores Upgrade does not become a tunnel past routing', async () => {
     const up = await startUpstream('app');
-    cleanups.push(() => up.close());
+    files.defer(() => up.close());
     const p = await proxyWith(`
 listeners: [{ name: main, port: 0 }]
 virtualHosts:
@@ -71,7 +64,7 @@ clusters: [{ name: app, endpoints: ['${up.address}'] }]
     const p = await proxyWith(simpleConfig(['127.0.0.1:9'])); // no upstream needed: the request is refused
     const s = connect({ port: p.port, host: '127.0.0.1', allowHalfOpen: true });
     s.on('error', () => {});
-    cleanups.push(() => void s.destroy());
+    files.defer(() => void s.destroy());
     s.write('GET / HTTP/1.1\r\nHost: x\r\nbad header\r\n\r\n');
     await eventually(() => p.server.metrics.connections === 1, 2000);
     // LINGER_MS is 2 s; the listener's sweeper runs every 250 ms.
@@ -87,12 +80,12 @@ clusters: [{ name: app, endpoints: ['${up.address}'] }]
       req.on('end', () => res.end(`got ${n}`));
     });
     await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-    cleanups.push(() => new Promise<void>((r) => server.close(() => r())));
+    files.defer(() => new Promise<void>((r) => server.close(() => r())));
     const p = await proxyWith(
       simpleConfig([`127.0.0.1:${(server.address() as AddressInfo).port}`]).replace('    port: 0', '    port: 0\n    limits: { maxBodyBytes: 1024 }'),
     );
     const session = h2connect(`http://127.0.0.1:${p.port}`);
-    cleanups.push(() => void session.close());
+    files.defer(() => void session.close());
     const post = (body: Buffer, headers: Record<string, string>) =>
       new Promise<{ status: number; text: string }>((resolve, reject) => {
         const stream = session.request({ ':method': 'POST', ':path': '/', ...headers });
@@ -116,10 +109,10 @@ clusters: [{ name: app, endpoints: ['${up.address}'] }]
 
   it("a reload that cannot bind a listener's new port keeps the old port serving", async () => {
     const up = await startUpstream('app');
-    cleanups.push(() => up.close());
+    files.defer(() => up.close());
     const blocker = createServer();
     await new Promise<void>((r) => blocker.listen(0, '127.0.0.1', r));
-    cleanups.push(() => new Promise<void>((r) => blocker.close(() => r())));
+    files.defer(() => new Promise<void>((r) => blocker.close(() => r())));
     const taken = (blocker.address() as AddressInfo).port;
     const cfg = (port: number) => simpleConfig([up.address]).replace('    port: 0', `    address: 127.0.0.1\n    port: ${port}`);
     const p = await proxyWith(cfg(0));
@@ -143,7 +136,7 @@ clusters: [{ name: app, endpoints: ['${up.address}'] }]
       seen.push(req.url ?? '');
       setTimeout(() => res.end('late'), req.url === '/a' ? 1200 : 10);
     });
-    cleanups.push(() => up.close());
+    files.defer(() => up.close());
     const p = await proxyWith(`
 listeners: [{ name: main, port: 0 }]
 virtualHosts:
@@ -166,7 +159,7 @@ clusters: [{ name: app, client: ${client}, connectionsPerEndpoint: 1, endpoints:
   it('an Upgrade request to an upstream that never answers gets 504 within the route timeout', async () => {
     const silent = createServer((s) => s.on('error', () => {}));
     await new Promise<void>((r) => silent.listen(0, '127.0.0.1', r));
-    cleanups.push(() => {
+    files.defer(() => {
       silent.close();
     });
     const p = await proxyWith(

@@ -171,3 +171,25 @@ clusters:
     endpoints: ['${b.address}']
 `;
 }
+
+/**
+ * What a test file starts and must stop: proxies (`proxyWith`) and anything else (`defer`),
+ * closed in reverse order by `closeAll` (call it from afterAll).
+ */
+export function scope(): { proxyWith(yaml: string): Promise<RunningProxy>; defer(fn: () => Promise<void> | void): void; closeAll(): Promise<void> } {
+  const cleanups: (() => Promise<void> | void)[] = [];
+  return {
+    async proxyWith(yaml) {
+      const p = await startProxy(yaml);
+      cleanups.push(() => p.close());
+      return p;
+    },
+    defer(fn) {
+      cleanups.push(fn);
+    },
+    async closeAll() {
+      for (const c of cleanups.reverse()) await c();
+      cleanups.length = 0;
+    },
+  };
+}

@@ -31,17 +31,16 @@ export interface TideProcess {
   exited: Promise<number | string>;
 }
 
-export async function startTide(options: { dataDir?: string; args?: string[]; timeoutMs?: number; env?: Record<string, string> } = {}): Promise<TideProcess> {
-  const dataDir = options.dataDir ?? tempDir();
-  const child = spawn(
-    process.execPath,
-    [TIDE_BIN, 'up', '--data-dir', dataDir, '--port', '0', '--api-port', '0', '--mesh-port', '0', '--log-level', 'warn', ...(options.args ?? [])],
-    {
-      cwd: ROOT,
-      stdio: ['ignore', 'pipe', 'pipe'],
-      ...(options.env ? { env: { ...process.env, ...options.env } } : {}),
-    },
-  );
+/** Runs `tide ARGS…` as a child process, collecting its stdout and stderr together. */
+export function spawnTide(
+  args: string[],
+  env?: Record<string, string>,
+): { child: ChildProcess; pid: number; output(): string; exited: Promise<number | string> } {
+  const child = spawn(process.execPath, [TIDE_BIN, ...args], {
+    cwd: ROOT,
+    stdio: ['ignore', 'pipe', 'pipe'],
+    ...(env ? { env: { ...process.env, ...env } } : {}),
+  });
   let out = '';
   child.stdout?.on('data', (d) => {
     out += d;
@@ -50,22 +49,42 @@ export async function startTide(options: { dataDir?: string; args?: string[]; ti
     out += d;
   });
   const exited = new Promise<number | string>((r) => child.once('exit', (code, signal) => r(code ?? signal ?? -1)));
+  return { child, pid: child.pid as number, output: () => out, exited };
+}
+
+export async function startTide(options: { dataDir?: string; args?: string[]; timeoutMs?: number; env?: Record<string, string> } = {}): Promise<TideProcess> {
+  const dataDir = options.dataDir ?? tempDir();
+  const spawned = spawnTide(
+    ['up', '--data-dir', dataDir, '--port', '0', '--api-port', '0', '--mesh-port', '0', '--log-level', 'warn', ...(options.args ?? [])],
+    options.env,
+  );
+  const { child, exited } = spawned;
   const deadline = Date.now() + (options.timeoutMs ?? 20_000);
   let exitedEarly: number | string | undefined;
   void exited.then((c) => {
     exitedEarly = c;
   });
   while (Date.now() < deadline) {
-    if (exitedEarly !== undefined) throw new Error(`tide up exited (${exitedEarly}) before it was ready:\n${out}`);
-    if (out.includes('Press Ctrl+C to stop.')) {
+    if (exitedEarly !== undefined) throw new Error(`tide up exited (${exitedEarly}) before it was ready:\n${spawned.output()}`);
+    if (spawned.output().includes('Press Ctrl+C to stop.')) {
       const ep = JSON.parse(readFileSync(join(dataDir, 'endpoint.json'), 'utf8')) as { api: string; gatewayPort: number; meshPort: number };
       const token = readFileSync(join(dataDir, 'token'), 'utf8').trim();
-      return { child, pid: child.pid as number, dataDir, gatewayPort: ep.gatewayPort, meshPort: ep.meshPort, apiUrl: ep.api, token, output: () => out, exited };
+      return {
+        child,
+        pid: child.pid as number,
+        dataDir,
+        gatewayPort: ep.gatewayPort,
+        meshPort: ep.meshPort,
+        apiUrl: ep.api,
+        token,
+        output: spawned.output,
+        exited,
+      };
     }
     await sleep(50);
   }
   child.kill('SIGKILL');
-  throw new Error(`tide up was not ready in time:\n${out}`);
+  throw new Error(`tide up was not ready in time:\n${spawned.output()}`);
 }
 
 /** Stops a process by PID with `signal`, then SIGKILL after `graceMs`. */
