@@ -16,7 +16,7 @@
  * `retryForMs`) and must reach 99%. Everything runs on loopback, every loop is bounded, and
  * every process started is stopped by its PID.
  */
-import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
+import { type ChildProcess, execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { Agent, request } from 'node:http';
