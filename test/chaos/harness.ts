@@ -292,7 +292,10 @@ export async function runChaos(opts: ChaosOptions = {}): Promise<StepResult[]> {
             // s1 was at zero when the probes began (0 → N). Now to zero again while probes
             // keep coming: they are held and served by a new cold start.
             const z = await apiFetch(t, '/v1/functions/s1/zero', { method: 'POST' });
-            await sleep(1500);
+            // The second cold start (N → 0 → N) comes when the instance has gone; wait for it (bounded).
+            const until = Date.now() + 8000;
+            while ((await coldStarts(t, 's1')) - coldBefore < 2 && Date.now() < until) await sleep(100);
+            await sleep(500);
             const cold = (await coldStarts(t, 's1')) - coldBefore;
             happened = cold >= 2;
             note = `scaled to zero (${z.status}) under load; ${cold} cold starts in the step`;
