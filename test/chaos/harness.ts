@@ -229,7 +229,8 @@ export async function runChaos(opts: ChaosOptions = {}): Promise<StepResult[]> {
       let note = '';
       /** What shows the chaos really happened; a step whose chaos cannot be seen fails. */
       let happened = true;
-      const fns = step === 'scale-0-N-0' ? ['s1'] : ['w1', 'w2', 'c1'];
+      // The functions probed now (the scale step takes s1 out of the load and puts it back).
+      const fns = step === 'scale-0-N-0' ? ['s1', 'w1', 'w2'] : ['w1', 'w2', 'c1'];
       let coldBefore = 0;
       if (step === 'scale-0-N-0') {
         // To zero first, and wait until it is there.
@@ -289,16 +290,25 @@ export async function runChaos(opts: ChaosOptions = {}): Promise<StepResult[]> {
             break;
           }
           case 'scale-0-N-0': {
-            // s1 was at zero when the probes began (0 → N). Now to zero again while probes
-            // keep coming: they are held and served by a new cold start.
-            const z = await apiFetch(t, '/v1/functions/s1/zero', { method: 'POST' });
-            // The second cold start (N → 0 → N) comes when the instance has gone; wait for it (bounded).
-            const until = Date.now() + 8000;
-            while ((await coldStarts(t, 's1')) - coldBefore < 2 && Date.now() < until) await sleep(100);
+            // s1 was at zero when the probes began: their load took it 0 → N. Now its load
+            // stops (the other functions keep theirs) and it goes to zero (a function goes to
+            // zero only when idle: the API answers 409 while requests are in flight), then its
+            // load comes back: held by the activator, served by a new cold start.
+            await sleep(700);
+            fns.splice(fns.indexOf('s1'), 1);
+            let zeroed = 0;
+            for (let until = Date.now() + 5000; Date.now() < until; await sleep(100)) {
+              zeroed = (await apiFetch(t, '/v1/functions/s1/zero', { method: 'POST' })).status;
+              if (zeroed === 202) break;
+            }
+            for (let until = Date.now() + 10_000; (await readyInstances(t, 's1')) > 0 && Date.now() < until; ) await sleep(100);
+            const atZero = (await readyInstances(t, 's1')) === 0;
+            fns.push('s1');
+            for (let until = Date.now() + 8000; (await coldStarts(t, 's1')) - coldBefore < 2 && Date.now() < until; ) await sleep(100);
             await sleep(500);
             const cold = (await coldStarts(t, 's1')) - coldBefore;
-            happened = cold >= 2;
-            note = `scaled to zero (${z.status}) under load; ${cold} cold starts in the step`;
+            happened = atZero && cold >= 2;
+            note = `0 → N under load; its load stopped, scaled to zero (${zeroed}), ${atZero ? 'reached' : 'did NOT reach'} 0; load back: ${cold} cold starts in the step`;
             break;
           }
         }
