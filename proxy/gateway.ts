@@ -11,7 +11,7 @@
  */
 import type { AddressInfo } from 'node:net';
 import type { CustomRoute, RouteTarget, Snapshot } from '../control/snapshot/build.ts';
-import type { ProxyConfig, RetryConfig, RouteConfig } from '../lib/config/proxy.ts';
+import { EMPTY_PROXY_CONFIG, type RetryConfig, type RouteConfig } from '../lib/config/proxy.ts';
 import { parseDuration } from '../lib/duration.ts';
 import { TideError } from '../lib/errors.ts';
 import type { Logger } from '../lib/log.ts';
@@ -70,13 +70,6 @@ export interface GatewayOptions {
   /** Traces requests (server spans here; execution, activator wait and cold-start spans inside) when set. */
   tracer?: Tracer;
 }
-
-const EMPTY_CONFIG: ProxyConfig = {
-  listeners: [],
-  virtualHosts: [],
-  clusters: [],
-  overload: { maxHeapMb: 0, maxEventLoopDelay: '0s', maxConnections: 0, retryAfter: '1s' },
-};
 
 export class Gateway {
   readonly #opts: GatewayOptions;
@@ -230,7 +223,7 @@ export class Gateway {
     }
     hosts.push(...meshHosts);
     hosts.push({ name: '*', domains: ['*'], routes: [{ name: 'unknown', match: {}, target: this.#route('*', this.#unknown()) }] });
-    return { version, router: new TableRouter(hosts), clusters: new Map(), listeners: [], config: EMPTY_CONFIG, inflight: 0 };
+    return { version, router: new TableRouter(hosts), clusters: new Map(), listeners: [], config: EMPTY_PROXY_CONFIG, inflight: 0 };
   }
 
   #route(virtualHost: string, dispatch: Dispatch, routeName?: string): CompiledRoute {

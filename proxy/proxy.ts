@@ -21,7 +21,7 @@ import type { RequestHead } from './http/parse.ts';
 import { abortRequest, type ConnectionInfo, type Downstream, type ProxyRequest, type ResponseControl, type ResponseHandler } from './http/types.ts';
 import type { ProxyMetrics, RouteMetrics } from './metrics.ts';
 import type { Overload } from './overload.ts';
-import { errorResponse } from './rescue.ts';
+import { errorResponse, errorResponseBytes } from './rescue.ts';
 import type { Cluster } from './upstream/cluster.ts';
 import { splitHostPort } from './upstream/endpoint.ts';
 
@@ -235,10 +235,7 @@ export class DataPlane {
     let failed = false;
     const fail = (err: TideError) => {
       failed = true;
-      const r = errorResponse(err, req.id);
-      let text = `HTTP/1.1 ${r.status} ${err.code}\r\ncontent-length: ${r.body.length}\r\nconnection: close\r\n`;
-      for (let i = 0; i < r.headers.length; i += 2) text += `${r.headers[i]}: ${r.headers[i + 1]}\r\n`;
-      socket.end(Buffer.concat([Buffer.from(`${text}\r\n`, 'latin1'), r.body]));
+      socket.end(errorResponseBytes(err, req.id));
       socket.resume(); // read and drop what the client still sends while our answer goes out
       setTimeout(() => socket.destroy(), 2000).unref();
     };

@@ -25,3 +25,11 @@ export function errorResponse(err: unknown, requestId: string): ErrorResponse {
   }
   return { status, headers, body, error: e };
 }
+
+/** The same answer as raw HTTP/1.1 bytes that close the connection (for sockets outside a Downstream: upgrades). */
+export function errorResponseBytes(err: unknown, requestId: string): Buffer {
+  const r = errorResponse(err, requestId);
+  let text = `HTTP/1.1 ${r.status} ${r.error.code}\r\ncontent-length: ${r.body.length}\r\nconnection: close\r\n`;
+  for (let i = 0; i < r.headers.length; i += 2) text += `${r.headers[i]}: ${r.headers[i + 1]}\r\n`;
+  return Buffer.concat([Buffer.from(`${text}\r\n`, 'latin1'), r.body]);
+}

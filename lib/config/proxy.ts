@@ -20,6 +20,7 @@
  *     - { name: api-v2, endpoints: ['127.0.0.1:9002'] }
  */
 import { type Static, Type } from '@sinclair/typebox';
+import { Value } from '@sinclair/typebox/value';
 
 /**
  * A duration of at least 1ms (every one the proxy parses but maxEventLoopDelay, where 0s
@@ -235,6 +236,16 @@ export const ListenerSchema = Type.Object(
   Strict,
 );
 
+const OverloadSchema = Type.Object(
+  {
+    maxHeapMb: Type.Integer({ minimum: 0, default: 0, description: 'shed while the JavaScript heap in use is over this, MiB; 0 = 90% of the heap limit' }),
+    maxEventLoopDelay: DurationOrZero('0s'),
+    maxConnections: Type.Integer({ minimum: 0, default: 0, description: 'open connections over all listeners; 0 = no limit beyond each listener' }),
+    retryAfter: Duration('1s'),
+  },
+  { ...Strict, default: {} },
+);
+
 export const ProxyConfigSchema = Type.Object(
   {
     listeners: Type.Array(ListenerSchema, { minItems: 1 }),
@@ -248,15 +259,7 @@ export const ProxyConfigSchema = Type.Object(
     ),
     clusters: Type.Array(ClusterSchema, { default: [] }),
     /** The process-wide overload policy: shed new requests with 503 and retry-after instead of falling over. */
-    overload: Type.Object(
-      {
-        maxHeapMb: Type.Integer({ minimum: 0, default: 0, description: 'shed while the JavaScript heap in use is over this, MiB; 0 = 90% of the heap limit' }),
-        maxEventLoopDelay: DurationOrZero('0s'),
-        maxConnections: Type.Integer({ minimum: 0, default: 0, description: 'open connections over all listeners; 0 = no limit beyond each listener' }),
-        retryAfter: Duration('1s'),
-      },
-      { ...Strict, default: {} },
-    ),
+    overload: OverloadSchema,
   },
   Strict,
 );
@@ -266,3 +269,14 @@ export type ListenerConfig = Static<typeof ListenerSchema>;
 export type RouteConfig = Static<typeof RouteSchema>;
 export type ClusterConfig = Static<typeof ClusterSchema>;
 export type RetryConfig = Static<typeof RetrySchema>;
+
+/**
+ * The config of a data plane that is not built from a file (the gateway's and the egress's
+ * own snapshots): no listeners, hosts or clusters, and the overload section's defaults.
+ */
+export const EMPTY_PROXY_CONFIG: ProxyConfig = Object.freeze({
+  listeners: [],
+  virtualHosts: [],
+  clusters: [],
+  overload: Value.Default(OverloadSchema, {}) as ProxyConfig['overload'],
+}) as ProxyConfig;

@@ -24,6 +24,16 @@ const HEX16 = /^[0-9a-f]{16}$/;
 const ZERO32 = '0'.repeat(32);
 const ZERO16 = '0'.repeat(16);
 
+/** A trace ID: 32 lower-case hex digits, not all zeros. */
+export function isTraceId(v: unknown): v is string {
+  return typeof v === 'string' && HEX32.test(v) && v !== ZERO32;
+}
+
+/** A span ID: 16 lower-case hex digits, not all zeros. */
+export function isSpanId(v: unknown): v is string {
+  return typeof v === 'string' && HEX16.test(v) && v !== ZERO16;
+}
+
 /**
  * Parses a traceparent header: `VERSION-TRACEID-SPANID-FLAGS`, lower-case hex as the W3C
  * grammar has it. Version 00 must be exactly that long; a later version may carry more after
@@ -40,7 +50,7 @@ export function parseTraceparent(value: string | undefined): RemoteParent | unde
   const traceId = v.slice(3, 35);
   const spanId = v.slice(36, 52);
   const flags = v.slice(53, 55);
-  if (!HEX32.test(traceId) || traceId === ZERO32 || !HEX16.test(spanId) || spanId === ZERO16 || !/^[0-9a-f]{2}$/.test(flags)) return undefined;
+  if (!isTraceId(traceId) || !isSpanId(spanId) || !/^[0-9a-f]{2}$/.test(flags)) return undefined;
   return { traceId, spanId, sampled: (Number.parseInt(flags, 16) & 1) === 1, format: 'w3c' };
 }
 
@@ -83,14 +93,14 @@ export function extract(headers: Record<string, string | undefined>): RemotePare
     if (parts.length < 2) return undefined;
     const traceId = b3TraceId(parts[0] as string);
     const spanId = (parts[1] as string).toLowerCase();
-    if (!traceId || !HEX16.test(spanId) || spanId === ZERO16) return undefined;
+    if (!traceId || !isSpanId(spanId)) return undefined;
     return { traceId, spanId, sampled: b3Sampled(parts[2]?.toLowerCase()), format: 'b3' };
   }
   const multi = headers['x-b3-traceid'];
   if (multi !== undefined) {
     const traceId = b3TraceId(multi.trim());
     const spanId = headers['x-b3-spanid']?.trim().toLowerCase();
-    if (!traceId || spanId === undefined || !HEX16.test(spanId) || spanId === ZERO16) return undefined;
+    if (!traceId || !isSpanId(spanId)) return undefined;
     return { traceId, spanId, sampled: b3Sampled(headers['x-b3-sampled']?.trim().toLowerCase(), headers['x-b3-flags']?.trim()), format: 'b3' };
   }
   return undefined;

@@ -1,5 +1,16 @@
 /** Tracing: W3C/B3 context, the tracer with its head and tail decisions, the store of recent traces, OTLP export. */
-export { B3_HEADERS, extract, formatTraceparent, newSpanId, newTraceId, parseTraceparent, type RemoteParent, underRatio } from './context.ts';
+export {
+  B3_HEADERS,
+  extract,
+  formatTraceparent,
+  isSpanId,
+  isTraceId,
+  newSpanId,
+  newTraceId,
+  parseTraceparent,
+  type RemoteParent,
+  underRatio,
+} from './context.ts';
 export { type OtlpSettings, otlpExporter, otlpSettings } from './otlp.ts';
 export { type TraceQuery, TraceStore, type TraceStoreOptions, type TraceSummary } from './store.ts';
 export {

@@ -14,7 +14,7 @@ import type { CompiledListener } from '../config/compile.ts';
 import type { ConnectionInfo } from '../http/types.ts';
 import type { ProxyMetrics } from '../metrics.ts';
 import type { DataPlane } from '../proxy.ts';
-import { errorResponse } from '../rescue.ts';
+import { errorResponse, errorResponseBytes } from '../rescue.ts';
 import { H1Connection, type H1Hooks, type H1Limits } from './h1.ts';
 import { handleH2Request } from './h2.ts';
 
@@ -274,10 +274,7 @@ export class Listener {
         if (this.#conns.delete(conn1)) this.#metrics.connections--;
         if (refused) {
           // A connection refused for its first request is refused for an upgrade too.
-          const e = errorResponse(refused, head.headers['x-request-id'] ?? 'none');
-          let text = `HTTP/1.1 ${e.status} ${refused.code}\r\ncontent-length: ${e.body.length}\r\nconnection: close\r\n`;
-          for (let i = 0; i < e.headers.length; i += 2) text += `${e.headers[i]}: ${e.headers[i + 1]}\r\n`;
-          s.end(Buffer.concat([Buffer.from(`${text}\r\n`, 'latin1'), e.body]));
+          s.end(errorResponseBytes(refused, head.headers['x-request-id'] ?? 'none'));
           return;
         }
         this.#addRaw(s);

@@ -15,6 +15,7 @@
 import { chmod, mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { PeerCertificate } from 'node:tls';
+import { EMPTY_PROXY_CONFIG } from '../../lib/config/proxy.ts';
 import { TideError } from '../../lib/errors.ts';
 import type { Logger } from '../../lib/log.ts';
 import { functionId, idOfCertificate, meshHost, parseId, parseMeshHost } from '../../lib/spiffe.ts';
@@ -43,8 +44,6 @@ export interface EgressOptions {
   tracer?: Tracer;
 }
 
-const EMPTY = { listeners: [], virtualHosts: [], clusters: [], overload: { maxHeapMb: 0, maxEventLoopDelay: '0s', maxConnections: 0, retryAfter: '1s' } };
-
 export class Egress {
   readonly #opts: EgressOptions;
   readonly metrics = new ProxyMetrics();
@@ -70,7 +69,7 @@ export class Egress {
       router: new TableRouter([{ name: 'mesh', domains: ['*'], routes: [{ name: 'egress', match: {}, target: route }] }]),
       clusters: new Map(),
       listeners: [],
-      config: EMPTY,
+      config: EMPTY_PROXY_CONFIG,
       inflight: 0,
     };
     this.#plane.apply(snapshot);

@@ -20,9 +20,8 @@ import { type ChildProcess, execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { Agent, request } from 'node:http';
-import { createServer } from 'node:net';
 import { join, resolve } from 'node:path';
-import { apiFetch, FIXTURES, sleep, spawnTide, startTide, stopProcess, type TideProcess, tempDir, tide } from '../helpers/tide.ts';
+import { apiFetch, FIXTURES, freePort, sleep, spawnTide, startTide, stopProcess, type TideProcess, tempDir, tide } from '../helpers/tide.ts';
 
 export interface ChaosOptions {
   /** Probes (logical requests) each step sends at least. Default 400. */
@@ -53,15 +52,6 @@ export interface StepResult {
 }
 
 const FUNCTIONS = ['w1', 'w2', 'c1', 's1'];
-
-function freePort(): Promise<number> {
-  return new Promise((res) => {
-    const s = createServer().listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as { port: number };
-      s.close(() => res(port));
-    });
-  });
-}
 
 interface Proxy {
   child: ChildProcess;

@@ -5,11 +5,10 @@
  */
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startProxy, startUpstream, twoClusterConfig } from '../helpers/proxy.ts';
-import { apiFetch, eventually, FIXTURES, http, startTide, stopProcess, stopTide, type TideProcess, tempDir, tide } from '../helpers/tide.ts';
+import { apiFetch, eventually, FIXTURES, freePort, http, startTide, stopProcess, stopTide, type TideProcess, tempDir, tide } from '../helpers/tide.ts';
 
 let t: TideProcess;
 
@@ -23,15 +22,6 @@ async function metrics(): Promise<string> {
 function value(text: string, series: string): number | undefined {
   const line = text.split('\n').find((l) => l.startsWith(`${series} `));
   return line === undefined ? undefined : Number(line.slice(series.length + 1));
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const s = createServer().listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as { port: number };
-      s.close(() => resolve(port));
-    });
-  });
 }
 
 beforeAll(async () => {

@@ -5,6 +5,7 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync } from 'node:fs';
 import { request as httpRequest } from 'node:http';
+import { createServer as createNetServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { Agent, fetch as undiciFetch } from 'undici';
@@ -12,6 +13,16 @@ import { Agent, fetch as undiciFetch } from 'undici';
 export const ROOT = resolve(import.meta.dirname, '../..');
 export const TIDE_BIN = join(ROOT, 'bin/tide.js');
 export const FIXTURES = join(ROOT, 'test/fixtures');
+
+/** A TCP port on 127.0.0.1 that was free a moment ago (for processes that need a fixed port across restarts). */
+export function freePort(): Promise<number> {
+  return new Promise((resolve) => {
+    const s = createNetServer().listen(0, '127.0.0.1', () => {
+      const { port } = s.address() as { port: number };
+      s.close(() => resolve(port));
+    });
+  });
+}
 
 export function tempDir(prefix = 'tide-test-'): string {
   return mkdtempSync(join(tmpdir(), prefix));

@@ -8,6 +8,7 @@
  * could post spans that claim another function's name, as it could open another function's
  * mesh socket (docs/worker-sandbox.md).
  */
+import { isSpanId, isTraceId } from '../../../lib/trace/context.ts';
 import type { Attributes, SpanData, SpanEvent } from '../../../lib/trace/tracer.ts';
 import { SPAN_CHANNEL } from './protocol.ts';
 
@@ -16,8 +17,6 @@ const MAX_EVENTS = 32;
 const MAX_TEXT = 1024;
 const MAX_NAME = 256;
 const DAY_MS = 86_400_000;
-const HEX32 = /^[0-9a-f]{32}$/;
-const HEX16 = /^[0-9a-f]{16}$/;
 const KINDS = new Set(['server', 'client', 'internal']);
 const STATUSES = new Set(['unset', 'ok', 'error']);
 
@@ -44,9 +43,8 @@ export function checkSpan(v: unknown): SpanData | undefined {
   if (typeof v !== 'object' || v === null) return undefined;
   const s = v as Record<string, unknown>;
   const { traceId, spanId, parentSpanId, startMs, durationMs } = s;
-  if (typeof traceId !== 'string' || !HEX32.test(traceId) || /^0+$/.test(traceId)) return undefined;
-  if (typeof spanId !== 'string' || !HEX16.test(spanId) || /^0+$/.test(spanId)) return undefined;
-  if (parentSpanId !== undefined && (typeof parentSpanId !== 'string' || !HEX16.test(parentSpanId) || parentSpanId === spanId)) return undefined;
+  if (!isTraceId(traceId) || !isSpanId(spanId)) return undefined;
+  if (parentSpanId !== undefined && (!isSpanId(parentSpanId) || parentSpanId === spanId)) return undefined;
   if (typeof startMs !== 'number' || !Number.isFinite(startMs) || startMs <= 0) return undefined;
   if (typeof durationMs !== 'number' || !Number.isFinite(durationMs) || durationMs < 0 || durationMs > DAY_MS) return undefined;
   if (s.sampled !== true) return undefined;
