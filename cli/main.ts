@@ -15,6 +15,7 @@ import { errorMessage, TideError } from '../lib/errors.ts';
 import { createLogger } from '../lib/log.ts';
 import { registerBench } from './bench-command.ts';
 import { ApiClient, type ConnectOptions, locate } from './client.ts';
+import { registerCluster } from './cluster-command.ts';
 import { registerDashboard } from './dashboard.ts';
 import { parseOutput, structured, table } from './print.ts';
 import { registerTraces } from './traces.ts';
@@ -394,6 +395,8 @@ export function program(): Command {
       out('Press Ctrl+C to stop.');
       await waitForSignal(running.close);
     });
+
+  registerCluster(prog, waitForSignal);
 
   prog
     .command('proxy')

@@ -5,7 +5,7 @@ export * from './api/schema/function.ts';
 export { type ApiOptions, ControlApi, type LogLine, type LogSource } from './api/server.ts';
 export { Autoscaler, type AutoscalerOptions, type DecisionRecord } from './autoscaler/autoscaler.ts';
 export { resolveScalingSpec, SCALING_DEFAULTS, type ScalingSpec } from './autoscaler/config.ts';
-export { BlobStore, sha256 } from './blobs.ts';
+export { BlobStore, ClusterBlobs, sha256 } from './blobs.ts';
 export { RolloutController } from './rollout/controller.ts';
 export { type NodeInfo, type Placement, place, type Workload } from './scheduler/placement.ts';
 export { Scheduler } from './scheduler/scheduler.ts';

@@ -17,6 +17,7 @@ import { TideError } from '../lib/errors.ts';
 import type { Logger } from '../lib/log.ts';
 import { functionId, gatewayId, meshHost, parseId, parseMeshHost } from '../lib/spiffe.ts';
 import type { Tracer } from '../lib/trace/tracer.ts';
+import { FORWARDED_HOST_HEADER, REVISION_HEADER } from './cluster.ts';
 import type { CompiledListener, CompiledRoute, ProxySnapshot } from './config/compile.ts';
 import { FunctionMetrics, type TargetMetrics } from './function-metrics.ts';
 import { compose, type Dispatch, type ProxyRequest, type ResponseControl, type ResponseHandler } from './http/types.ts';
@@ -251,14 +252,14 @@ export class Gateway {
     const active = authz.active(target.namespace, target.function);
     const metrics = this.functionMetrics.target(target.function, target.revision);
     this.#byRevision.set(target.revision, metrics);
-    const send = (req: ProxyRequest, handler: ResponseHandler): void => {
-      const endpoint = this.#opts.resolve(target);
+    const send = (req: ProxyRequest, handler: ResponseHandler, pinned?: RouteTarget): void => {
+      const endpoint = this.#opts.resolve(pinned ?? target);
       if (!endpoint) {
         handler.onError(new TideError('ERR_PROXY_NOT_READY', `${target.function} (revision ${target.revision}) has no ready instance yet`, { status: 503 }));
         return;
       }
       req.endpoint = endpoint.revision;
-      this.#activator.send(endpoint, target.revision, target, req, handler, () => send(req, handler));
+      this.#activator.send(endpoint, (pinned ?? target).revision, target, req, handler, () => send(req, handler, pinned));
     };
     return (req, handler) => {
       req.cluster = target.revision;
@@ -277,9 +278,23 @@ export class Gateway {
           return;
         }
       }
+      // A request an ingress gateway forwarded to this node (a cluster): the gateway chose the
+      // revision; the client's Host comes back. Only Tide's own proxies may ask for that.
+      let pinned: RouteTarget | undefined;
+      const pin = req.headers[REVISION_HEADER];
+      if (pin !== undefined) {
+        delete req.headers[REVISION_HEADER];
+        const host = req.headers[FORWARDED_HOST_HEADER];
+        delete req.headers[FORWARDED_HOST_HEADER];
+        if (mesh && conn.peer === this.identity) {
+          if (pin !== target.revision) pinned = { ...target, revision: pin, fallback: false };
+          if (host) req.host = host;
+        }
+      }
+      const forwarded = pin !== undefined && mesh && conn.peer === this.identity;
       // The function learns who called it over the mesh, as Envoy's XFCC header says it; a
       // value the client sent itself is never passed on.
-      if (mesh && conn.peer !== undefined) req.headers['x-forwarded-client-cert'] = `URI=${conn.peer}`;
+      if (mesh && conn.peer !== undefined && !forwarded) req.headers['x-forwarded-client-cert'] = `URI=${conn.peer}`;
       else if (req.headers['x-forwarded-client-cert'] !== undefined) delete req.headers['x-forwarded-client-cert'];
       if (req.contentLength > target.maxBodyBytes) {
         handler.onError(
@@ -291,8 +306,11 @@ export class Gateway {
         );
         return;
       }
-      this.#demand.begin(target.revision);
-      send(req, new Counted(handler, this.#demand, target.revision, req, metrics));
+      const revision = pinned?.revision ?? target.revision;
+      // A forwarded request was counted as demand by the gateway that forwarded it.
+      const demand = forwarded ? NO_DEMAND : this.#demand;
+      demand.begin(revision);
+      send(req, new Counted(handler, demand, revision, req, metrics), pinned);
     };
   }
 
@@ -394,6 +412,8 @@ export class Gateway {
     await this.#overload.close();
   }
 }
+
+const NO_DEMAND: DemandSink = { begin() {}, end() {}, activate() {} };
 
 /** A mesh name reached through another listener is no route (the gateway does not expose the mesh). */
 function meshOnly(dispatch: Dispatch): Dispatch {

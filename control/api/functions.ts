@@ -18,6 +18,7 @@ import {
   type FunctionRecord,
   type ImageRef,
   keys,
+  mergeStatuses,
   parseRevision,
   type RevisionRecord,
   type RevisionStatus,
@@ -284,12 +285,7 @@ export class Functions {
 
   async statuses(): Promise<Map<string, RevisionStatus>> {
     const { items } = await this.#store.list(keys.statuses());
-    return new Map(
-      items.map((kv) => {
-        const s = parse<RevisionStatus>(kv);
-        return [s.revision, s];
-      }),
-    );
+    return mergeStatuses(items.map((kv) => parse<RevisionStatus>(kv)));
   }
 
   /**
@@ -358,10 +354,11 @@ export class Functions {
    * `timeoutMs` passes first.
    */
   async waitReady(revision: string, timeoutMs: number): Promise<RevisionStatus> {
-    const key = keys.status(revision);
+    // One record per node that runs it: ready once any node serves it.
+    const key = `${keys.status(revision)}/`;
     const first = await this.#store.list(key);
-    const check = (kv: KeyValue | undefined): RevisionStatus | undefined => {
-      if (!kv || kv.key !== key) return undefined;
+    const check = (kv: KeyValue): RevisionStatus | undefined => {
+      if (!kv.key.startsWith(key)) return undefined;
       const status = parse<RevisionStatus>(kv);
       if (status.phase === 'failed') {
         throw new TideError('ERR_FUNCTION_INVALID', `revision ${revision} failed to start: ${status.lastError ?? 'unknown error'}`, { status: 422 });
@@ -374,8 +371,10 @@ export class Functions {
       }
       return status.phase === 'ready' ? status : undefined;
     };
-    const now = check(first.items[0]);
-    if (now) return now;
+    for (const kv of first.items) {
+      const now = check(kv);
+      if (now) return now;
+    }
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         watch.cancel();

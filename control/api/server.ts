@@ -117,6 +117,8 @@ export interface ApiOptions {
   traffic?: { summary(revision: string, windowMs?: number): TrafficSummary };
   /** The dashboard's sampled series (control/dashboard/series.ts), for `GET /v1/dashboard`. Default: no series. */
   dashboard?: SeriesSource;
+  /** `/v1/cluster/*` for nodes and gateways (control/cluster/api.ts); answers undefined for other paths. */
+  cluster?: { handle(req: Request, url: URL): Promise<Response | undefined> };
 }
 
 /** The store of recent traces, as the API reads it. */
@@ -234,6 +236,9 @@ export class ControlApi {
       if (url.pathname === '/healthz') return json(200, { ok: true });
       // The dashboard's page and scripts hold no data: served without a token (its data comes from /v1/dashboard).
       if (isDashboardAsset(req.method, url.pathname)) return await dashboardAsset(url.pathname, req.method);
+      // Cluster members (nodes, gateways) authenticate with the join token there.
+      const member = this.#opts.cluster ? await this.#opts.cluster.handle(req, url) : undefined;
+      if (member) return member;
       const who = await this.#authenticate(req);
       for (const r of this.#routes) {
         const m = r.pattern.exec(url.pathname);

@@ -1,6 +1,6 @@
 /** An in-memory Store for tests and throwaway runs. Same contract as SQLite and etcd. */
 
-import { type LocalBackend, LocalStore } from './local.ts';
+import { type LocalBackend, LocalStore, type LocalStoreOptions } from './local.ts';
 import type { KeyValue, WatchEvent } from './store.ts';
 
 class MemoryBackend implements LocalBackend {
@@ -25,6 +25,9 @@ class MemoryBackend implements LocalBackend {
   range(prefix: string): KeyValue[] {
     return [...this.#kv.values()].filter((kv) => kv.key.startsWith(prefix)).sort((a, b) => (a.key < b.key ? -1 : 1));
   }
+  leasedKeys(lease: string): string[] {
+    return [...this.#kv.values()].filter((kv) => kv.lease === lease).map((kv) => kv.key);
+  }
   events(after: number, prefix: string): WatchEvent[] {
     return this.#events.filter((e) => e.revision > after && e.key.startsWith(prefix));
   }
@@ -41,6 +44,6 @@ class MemoryBackend implements LocalBackend {
 }
 
 /** `historyLimit`: how many revisions of events are kept for watches that resume. */
-export function createMemoryStore(options: { historyLimit?: number } = {}): LocalStore {
-  return new LocalStore(new MemoryBackend(options.historyLimit ?? 10_000));
+export function createMemoryStore(options: { historyLimit?: number } & LocalStoreOptions = {}): LocalStore {
+  return new LocalStore(new MemoryBackend(options.historyLimit ?? 10_000), options);
 }

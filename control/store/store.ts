@@ -5,6 +5,10 @@
  *
  * Revisions are global and increase by one per committed transaction, as in etcd. Every key
  * carries the revision that created it, the revision that last modified it, and a version.
+ *
+ * Leases, as in etcd: a lease lives its TTL unless kept alive; a key written with a lease is
+ * deleted (a delete event at a new revision) when the lease expires or is revoked. Leader
+ * election and liveness records use them, so a dead holder's keys go away on their own.
  */
 import type { Closable } from '../../lib/lifecycle.ts';
 
@@ -17,6 +21,8 @@ export interface KeyValue {
   modRevision: number;
   /** Number of writes since creation, starting at 1. */
   version: number;
+  /** The lease the key is attached to (set only when it is). */
+  lease?: string;
 }
 
 export interface WatchEvent {
@@ -32,7 +38,28 @@ export interface WatchEvent {
  * must not exist", n means "the key must have been last written at revision n". When any
  * condition fails the whole transaction is refused with ERR_STORE_CONFLICT and nothing changes.
  */
-export type TxnOp = { type: 'put'; key: string; value: string; expectModRevision?: number } | { type: 'delete'; key: string; expectModRevision?: number };
+export type TxnOp =
+  | {
+      type: 'put';
+      key: string;
+      value: string;
+      expectModRevision?: number;
+      /** The key is deleted (a delete event at a new revision) when this lease expires or is revoked. */
+      lease?: string;
+    }
+  | { type: 'delete'; key: string; expectModRevision?: number };
+
+/** Options of Store.put. */
+export interface PutOptions {
+  /** Conditional write, as TxnOp's: 0 = the key must not exist, n = last written at revision n. */
+  expectModRevision?: number;
+  /**
+   * The key is deleted (a delete event at a new revision) when this lease expires or is
+   * revoked. Writing the key again without a lease detaches it. An unknown or expired lease
+   * fails the write with ERR_STORE_LEASE_NOT_FOUND.
+   */
+  lease?: string;
+}
 
 export interface Watch {
   /** Stops delivering events. Idempotent. */
@@ -46,7 +73,7 @@ export interface Store extends Closable {
   /** All keys starting with `prefix`, in key order, and the store revision they were read at. */
   list(prefix: string): Promise<{ items: KeyValue[]; revision: number }>;
   /** Writes one key; returns the new store revision. */
-  put(key: string, value: string, options?: { expectModRevision?: number }): Promise<number>;
+  put(key: string, value: string, options?: PutOptions): Promise<number>;
   /** Deletes one key; returns whether it existed. */
   delete(key: string, options?: { expectModRevision?: number }): Promise<boolean>;
   /** Applies all ops atomically or none; returns the new store revision. */
@@ -57,4 +84,13 @@ export interface Store extends Closable {
    * that history is no longer kept.
    */
   watch(prefix: string, afterRevision: number, listener: WatchListener, onError?: (err: Error) => void): Watch;
+  /** Grants a lease that lives `ttlSeconds` (integer ≥ 1) unless kept alive; returns its id (a decimal string). */
+  grantLease(ttlSeconds: number): Promise<string>;
+  /**
+   * Renews the lease for its full TTL. Returns false when it has expired or was revoked (its
+   * keys are then gone). Works for a lease granted by another client or process.
+   */
+  keepAlive(lease: string): Promise<boolean>;
+  /** Ends the lease now and deletes its keys. No error when it is already gone. */
+  revokeLease(lease: string): Promise<void>;
 }

@@ -19,6 +19,8 @@ export interface SandboxEndpoint {
   /** The function the revision belongs to (for spans). */
   readonly function?: string;
   dispatch(req: SandboxRequest, res: SandboxResponse, meta: DispatchMeta): Promise<void>;
+  /** Set when the revision runs on another machine: the request is forwarded there as it is (proxy/cluster.ts). */
+  forward?(req: ProxyRequest, handler: ResponseHandler): void;
 }
 
 /**
@@ -27,6 +29,11 @@ export interface SandboxEndpoint {
  * sees that span as its parent in `traceparent`. `coldStart`: it waited for a new instance.
  */
 export function dispatchToSandbox(endpoint: SandboxEndpoint, req: ProxyRequest, handler: ResponseHandler, coldStart = false): void {
+  if (endpoint.forward) {
+    // The node that runs it records the execution span.
+    endpoint.forward(req, handler);
+    return;
+  }
   let h = handler;
   if (req.trace !== undefined) {
     const fn = endpoint.function ?? endpoint.revision;

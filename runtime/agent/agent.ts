@@ -25,7 +25,8 @@ export interface AgentKeys {
   functions: string;
   revisions: string;
   statuses: string;
-  status: (rev: string) => string;
+  /** Where this node reports a revision's status. */
+  status: (rev: string, node: string) => string;
   /** Prefix of the scheduler's placement records. */
   placements: string;
   /** Where this node registers. */
@@ -43,7 +44,8 @@ export interface AgentOptions {
   keys: AgentKeys;
   /** This node: its name, what it offers, labels and taints. */
   node: NodeInfo;
-  bundlePath: (digest: string) => string;
+  /** The bundle file of a digest (fetched first, on a node that does not have it yet). */
+  bundlePath: (digest: string) => string | Promise<string>;
   log: Logger;
   /** Where instance events are written for `tide logs`. */
   onEvent?: (event: InstanceEvent) => void;
@@ -53,6 +55,13 @@ export interface AgentOptions {
   restartBackoffMs?: number;
   /** An instance started (a cold start): how long from the decision to start it until it could serve. */
   onStarted?: (info: { function: string; revision: string; sandbox: string; seconds: number }) => void;
+  /**
+   * Register with a lease of this many seconds, renewed every third of it (a cluster node): when
+   * the node dies, its record goes and the scheduler moves its instances. Default: no lease.
+   */
+  leaseTtlSeconds?: number;
+  /** Extra fields of the node record: where other machines reach this node's mesh listener. */
+  advertise?: { mesh?: string };
   /** The Unix socket a function's instances reach the mesh through (the node's egress proxy). Default: no mesh. */
   meshSocket?: (namespace: string, fn: string) => Promise<string>;
 }
@@ -217,6 +226,9 @@ export class NodeAgent {
   #containersPrepared = false;
   #informer: Informer | undefined;
   #retryTimer: NodeJS.Timeout | undefined;
+  #heartbeat: NodeJS.Timeout | undefined;
+  #lease: string | undefined;
+  #renewing = false;
   #closed = false;
 
   constructor(opts: AgentOptions) {
@@ -225,8 +237,12 @@ export class NodeAgent {
   }
 
   async start(): Promise<void> {
-    const record: NodeRecord = { ...this.#opts.node, registeredAt: new Date().toISOString() };
-    await this.#opts.store.put(this.#opts.keys.node(this.#opts.node.name), JSON.stringify(record));
+    await this.#register();
+    const ttl = this.#opts.leaseTtlSeconds;
+    if (ttl !== undefined) {
+      this.#heartbeat = setInterval(() => void this.#renew(), Math.max(200, (ttl * 1000) / 3));
+      this.#heartbeat.unref();
+    }
     this.#informer = new Informer(
       this.#opts.store,
       [this.#opts.keys.functions, this.#opts.keys.revisions, this.#opts.keys.placements, this.#opts.keys.routes],
@@ -242,6 +258,40 @@ export class NodeAgent {
    * the function's previous revision that is still ready (so a deploy or a rollback never opens
    * a window of 503s).
    */
+  /** Writes this node's record: with a lease (a cluster node), so it goes when the node stops renewing it. */
+  async #register(): Promise<void> {
+    const { store, keys, node, leaseTtlSeconds, advertise } = this.#opts;
+    const record: NodeRecord = { ...node, ...advertise, registeredAt: new Date().toISOString() };
+    if (leaseTtlSeconds === undefined) {
+      await store.put(keys.node(node.name), JSON.stringify(record));
+      return;
+    }
+    const lease = await store.grantLease(leaseTtlSeconds);
+    await store.put(keys.node(node.name), JSON.stringify(record), { lease });
+    this.#lease = lease;
+    this.#log.info({ node: node.name, ttl: leaseTtlSeconds }, 'node registered');
+  }
+
+  /** The heartbeat: renews the lease; registers again when it was lost (after an outage of control or a partition). */
+  async #renew(): Promise<void> {
+    if (this.#closed || this.#renewing) return;
+    this.#renewing = true;
+    try {
+      const alive = this.#lease !== undefined && (await this.#opts.store.keepAlive(this.#lease));
+      if (!alive && !this.#closed) {
+        this.#log.warn({ node: this.#opts.node.name }, 'node lease lost; registering again');
+        await this.#register();
+        for (const set of this.#sets.values()) this.#reportStatus(set);
+        this.#informer?.trigger();
+      }
+    } catch (err) {
+      // Control is away: keep serving what runs here (static stability) and try again next beat.
+      if (!this.#closed) this.#log.debug({ err: errorMessage(err) }, 'node heartbeat failed');
+    } finally {
+      this.#renewing = false;
+    }
+  }
+
   /** Memory and CPU of every instance running here (for metrics). */
   async usage(): Promise<InstanceUsage[]> {
     const out: InstanceUsage[] = [];
@@ -349,10 +399,14 @@ export class NodeAgent {
       if (set.phase === 'ready' && next !== undefined && nextSet?.phase !== 'ready') continue;
       this.#stopRevision(set);
     }
-    // Status left by an earlier run of this node for revisions it no longer runs.
+    // Status left by an earlier run of this node for revisions it no longer runs (and records
+    // from before statuses were per node).
     for (const kv of statuses.items) {
-      const rev = kv.key.slice(keys.statuses.length);
-      if (!this.#sets.has(rev)) await store.delete(kv.key, { expectModRevision: kv.modRevision }).catch(() => {});
+      const rest = kv.key.slice(keys.statuses.length);
+      const slash = rest.indexOf('/');
+      const mine = slash === -1 || rest.slice(slash + 1) === self;
+      const rev = slash === -1 ? rest : rest.slice(0, slash);
+      if (mine && (slash === -1 || !this.#sets.has(rev))) await store.delete(kv.key, { expectModRevision: kv.modRevision }).catch(() => {});
     }
   }
 
@@ -427,7 +481,7 @@ export class NodeAgent {
         function: rev.function,
         revision: rev.name,
         namespace: rev.namespace,
-        bundlePath: rev.image ? '' : this.#opts.bundlePath(rev.digest),
+        bundlePath: rev.image ? '' : await this.#opts.bundlePath(rev.digest),
         env: { ...rev.env, ...rev.secrets },
         config: rev.config,
         ...(rev.image ? { image: rev.image } : {}),
@@ -580,7 +634,7 @@ export class NodeAgent {
     set.notify();
     this.#track(
       (async () => {
-        await this.#opts.store.delete(this.#opts.keys.status(set.revision)).catch(() => {});
+        await this.#opts.store.delete(this.#opts.keys.status(set.revision, this.#opts.node.name)).catch(() => {});
         await Promise.all(slots.map((s) => this.#stopInstance(s.instance, { drain: true, drainMs: this.#opts.drainMs ?? 30_000 })));
       })(),
     );
@@ -604,7 +658,13 @@ export class NodeAgent {
   async #writeStatus(set: RevisionSet): Promise<void> {
     if (set.stopped || this.#sets.get(set.revision) !== set) return;
     try {
-      await this.#opts.store.put(this.#opts.keys.status(set.revision), JSON.stringify(set.status()));
+      // A cluster node's reports go with its lease: a dead node's instances are not counted for long.
+      const lease = this.#lease;
+      await this.#opts.store.put(
+        this.#opts.keys.status(set.revision, this.#opts.node.name),
+        JSON.stringify({ ...set.status(), node: this.#opts.node.name }),
+        lease ? { lease } : {},
+      );
     } catch (err) {
       if (!this.#closed) this.#log.error({ err: errorMessage(err) }, 'writing revision status failed');
     }
@@ -616,6 +676,9 @@ export class NodeAgent {
     this.#closed = true;
     this.#informer?.close();
     clearTimeout(this.#retryTimer);
+    clearInterval(this.#heartbeat);
+    // A cluster node leaves at once: its record goes, so its instances are placed elsewhere while these drain.
+    if (this.#lease) await this.#opts.store.revokeLease(this.#lease).catch(() => {});
     await this.#informer?.idle();
     await Promise.allSettled([...this.#pending]);
     const sets = [...this.#sets.values()];

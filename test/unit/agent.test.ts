@@ -94,7 +94,7 @@ async function putFunction(store: Store, fn: string, serving: string, latest = s
 }
 
 async function status(store: Store, rev: string): Promise<RevisionStatus | undefined> {
-  const kv = await store.get(keys.status(rev));
+  const kv = await store.get(keys.nodeStatus(rev, NODE.name));
   return kv ? (JSON.parse(kv.value) as RevisionStatus) : undefined;
 }
 

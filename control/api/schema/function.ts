@@ -227,7 +227,10 @@ export interface RevisionRecord {
   config: FunctionConfig;
 }
 
-/** Reported by the node agent at /tide/status/revisions/<namespace>/<revision>. */
+/**
+ * Reported by each node agent that runs the revision at /tide/status/revisions/<namespace>/<revision>/<node>;
+ * `mergeStatuses` makes the revision's status from them.
+ */
 export interface RevisionStatus {
   revision: string;
   /** pending: no node can take its instances (see `pending`). */
@@ -240,6 +243,10 @@ export interface RevisionStatus {
   pending?: string;
   /** Instances replaced after a crash, timeout kill or memory limit, since the revision started here. */
   restarts: number;
+  /** The node that reported it (absent in records written before nodes were named here). */
+  node?: string;
+  /** Merged statuses: ready instances per node. */
+  nodes?: Record<string, number>;
   lastError?: string;
   lastErrorAt?: string;
   updatedAt: string;
@@ -271,6 +278,8 @@ export interface ScaleRecord {
 export interface NodeRecord extends NodeInfo {
   /** When it (re)registered. */
   registeredAt: string;
+  /** A cluster node: where gateways and other nodes reach its mesh listener (host:port). */
+  mesh?: string;
 }
 
 /**
@@ -295,7 +304,9 @@ export const keys = {
   revisions: (ns = DEFAULT_NAMESPACE) => `/tide/revisions/${ns}/`,
   revision: (name: string, ns = DEFAULT_NAMESPACE) => `/tide/revisions/${ns}/${name}`,
   statuses: (ns = DEFAULT_NAMESPACE) => `/tide/status/revisions/${ns}/`,
+  /** The revision's status records: one per node that runs it, at <this>/<node>. */
   status: (rev: string, ns = DEFAULT_NAMESPACE) => `/tide/status/revisions/${ns}/${rev}`,
+  nodeStatus: (rev: string, node: string, ns = DEFAULT_NAMESPACE) => `/tide/status/revisions/${ns}/${rev}/${node}`,
   scales: (ns = DEFAULT_NAMESPACE) => `/tide/scale/${ns}/`,
   scale: (rev: string, ns = DEFAULT_NAMESPACE) => `/tide/scale/${ns}/${rev}`,
   nodes: () => '/tide/nodes/',
@@ -310,9 +321,43 @@ export function agentKeys(ns = DEFAULT_NAMESPACE) {
     functions: keys.functions(ns),
     revisions: keys.revisions(ns),
     statuses: keys.statuses(ns),
-    status: (rev: string) => keys.status(rev, ns),
+    status: (rev: string, node: string) => keys.nodeStatus(rev, node, ns),
     placements: keys.placements(ns),
     node: (name: string) => keys.node(name),
     routes: `/tide/routes/${ns}/`,
   };
+}
+
+const PHASE_RANK: Record<RevisionStatus['phase'], number> = { ready: 4, starting: 3, pending: 2, failed: 1, stopping: 0 };
+
+/**
+ * One status per revision from the nodes' reports: ready if any node serves it, its ready
+ * instances summed, every instance listed (with its node), the latest error.
+ */
+export function mergeStatuses(reports: Iterable<RevisionStatus>): Map<string, RevisionStatus> {
+  const out = new Map<string, RevisionStatus>();
+  for (const r of reports) {
+    const node = r.node ?? '';
+    const instances = (r.instances ?? []).map((i) => (node ? { ...i, node } : i));
+    const have = out.get(r.revision);
+    if (!have) {
+      out.set(r.revision, { ...r, instances, nodes: { [node]: r.readyInstances } });
+      continue;
+    }
+    const better = PHASE_RANK[r.phase] > PHASE_RANK[have.phase];
+    const latestError = (r.lastErrorAt ?? '') > (have.lastErrorAt ?? '') ? r : have;
+    out.set(r.revision, {
+      ...have,
+      phase: better ? r.phase : have.phase,
+      readyInstances: have.readyInstances + r.readyInstances,
+      desiredInstances: Math.max(have.desiredInstances, r.desiredInstances),
+      instances: [...(have.instances ?? []), ...instances],
+      restarts: have.restarts + r.restarts,
+      nodes: { ...have.nodes, [node]: r.readyInstances },
+      ...(have.pending || r.pending ? { pending: have.pending ?? r.pending } : {}),
+      ...(latestError.lastError ? { lastError: latestError.lastError, lastErrorAt: latestError.lastErrorAt } : {}),
+      updatedAt: r.updatedAt > have.updatedAt ? r.updatedAt : have.updatedAt,
+    });
+  }
+  return out;
 }
