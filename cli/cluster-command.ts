@@ -12,7 +12,8 @@ const out = (s: string): void => {
   process.stdout.write(`${s}\n`);
 };
 
-function integer(what: string, min: number, max: number) {
+/** A commander parser for an integer flag from `min` to `max`. */
+export function integer(what: string, min: number, max: number) {
   return (value: string) => {
     const n = Number(value);
     if (!Number.isInteger(n) || n < min || n > max)

@@ -15,7 +15,7 @@ import { errorMessage, TideError } from '../lib/errors.ts';
 import { createLogger } from '../lib/log.ts';
 import { registerBench } from './bench-command.ts';
 import { ApiClient, type ConnectOptions, locate } from './client.ts';
-import { registerCluster } from './cluster-command.ts';
+import { integer, registerCluster } from './cluster-command.ts';
 import { registerDashboard } from './dashboard.ts';
 import { parseOutput, structured, table } from './print.ts';
 import { registerTraces } from './traces.ts';
@@ -172,15 +172,6 @@ function keyValues(what: string) {
     const eq = value.indexOf('=');
     if (eq <= 0) throw new TideError('ERR_INVALID_ARGUMENT', `${what} must look like KEY=VALUE (got "${value}")`);
     return { ...previous, [value.slice(0, eq)]: value.slice(eq + 1) };
-  };
-}
-
-function integer(what: string, min: number, max: number) {
-  return (value: string) => {
-    const n = Number(value);
-    if (!Number.isInteger(n) || n < min || n > max)
-      throw new TideError('ERR_INVALID_ARGUMENT', `${what} must be an integer from ${min} to ${max} (got "${value}")`);
-    return n;
   };
 }
 

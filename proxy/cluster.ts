@@ -13,15 +13,14 @@
  * table. While no node has a ready instance the endpoint has no capacity, so the activator holds
  * requests until one has (a revision rescheduled after a node died, or woken from zero).
  */
-import type { PeerCertificate } from 'node:tls';
 import type { RouteTarget } from '../control/snapshot/build.ts';
 import { TideError } from '../lib/errors.ts';
 import { Informer } from '../lib/informer.ts';
 import type { Logger } from '../lib/log.ts';
-import { functionId, idOfCertificate, meshHost } from '../lib/spiffe.ts';
+import { functionId, meshHost } from '../lib/spiffe.ts';
 import type { ProxyRequest, ResponseControl, ResponseHandler } from './http/types.ts';
 import type { ActivatableEndpoint } from './layers/activator.ts';
-import type { Identities } from './tls/identities.ts';
+import { type Identities, meshClientTls } from './tls/identities.ts';
 import { UpstreamEndpoint } from './upstream/endpoint.ts';
 
 /** The header a gateway pins the revision with; a node's sidecar honours it from Tide's proxies only. */
@@ -215,17 +214,7 @@ export class ClusterRouting {
       connections: 256,
       connectTimeoutMs: 2000,
       client: 'tide',
-      tls: () => ({
-        secureContext: ids.get(self)?.context,
-        servername,
-        minVersion: 'TLSv1.3',
-        checkServerIdentity: (_host: string, cert: PeerCertificate) => {
-          const got = idOfCertificate(cert.raw);
-          return got === destId
-            ? undefined
-            : Object.assign(new Error(`the server's identity is ${got ?? 'missing'}, not ${destId}`), { code: 'ERR_MTLS_IDENTITY' });
-        },
-      }),
+      tls: () => meshClientTls(ids, self, servername, destId),
     });
     this.#upstreams.set(key, u);
     return u;

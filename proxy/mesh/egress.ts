@@ -14,11 +14,10 @@
  */
 import { chmod, mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { PeerCertificate } from 'node:tls';
 import { EMPTY_PROXY_CONFIG } from '../../lib/config/proxy.ts';
 import { TideError } from '../../lib/errors.ts';
 import type { Logger } from '../../lib/log.ts';
-import { functionId, idOfCertificate, meshHost, parseId, parseMeshHost } from '../../lib/spiffe.ts';
+import { functionId, meshHost, parseId, parseMeshHost } from '../../lib/spiffe.ts';
 import type { Tracer } from '../../lib/trace/tracer.ts';
 import type { CompiledRoute, ProxySnapshot } from '../config/compile.ts';
 import type { Dispatch, ProxyRequest, ResponseHandler } from '../http/types.ts';
@@ -27,7 +26,7 @@ import { Listener } from '../listener/listener.ts';
 import { ProxyMetrics } from '../metrics.ts';
 import { DataPlane } from '../proxy.ts';
 import { TableRouter } from '../router/index.ts';
-import type { Identities } from '../tls/identities.ts';
+import { type Identities, meshClientTls } from '../tls/identities.ts';
 import { UpstreamEndpoint } from '../upstream/endpoint.ts';
 
 export interface EgressOptions {
@@ -188,23 +187,8 @@ export class Egress {
           connections: 256,
           connectTimeoutMs: 5000,
           client: 'tide',
-          tls: plaintext
-            ? undefined
-            : () => {
-                const cred = identities.get(sourceId);
-                return {
-                  secureContext: cred?.context,
-                  servername,
-                  minVersion: 'TLSv1.3',
-                  // The server must be the destination itself, by its SPIFFE ID (the chain is checked by OpenSSL).
-                  checkServerIdentity: (_host: string, cert: PeerCertificate) => {
-                    const got = idOfCertificate(cert.raw);
-                    return got === destId
-                      ? undefined
-                      : Object.assign(new Error(`the server's identity is ${got ?? 'missing'}, not ${destId}`), { code: 'ERR_MTLS_IDENTITY' });
-                  },
-                };
-              },
+          // The server must be the destination itself, by its SPIFFE ID.
+          tls: plaintext ? undefined : () => meshClientTls(identities, sourceId, servername, destId),
         });
         this.#endpoints.set(key, endpoint);
       }

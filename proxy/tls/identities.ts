@@ -8,9 +8,10 @@
  * It sits beside the listeners and upstream pools: they ask it for a SecureContext per
  * handshake. It never issues on the request path unless an identity has no certificate yet.
  */
-import { createSecureContext, type SecureContext } from 'node:tls';
+import { createSecureContext, type PeerCertificate, type SecureContext } from 'node:tls';
 import { errorMessage } from '../../lib/errors.ts';
 import type { Logger } from '../../lib/log.ts';
+import { idOfCertificate } from '../../lib/spiffe.ts';
 
 const MAX_TIMER_MS = 2 ** 31 - 1;
 
@@ -155,4 +156,22 @@ export class Identities {
     this.#closed = true;
     for (const h of this.#held.values()) clearTimeout(h.timer);
   }
+}
+
+/**
+ * TLS options of a mesh client connection: TLS 1.3 with `source`'s certificate, SNI `servername`,
+ * and the server must be `destId` itself by its SPIFFE ID (OpenSSL checks the chain).
+ */
+export function meshClientTls(identities: Identities, source: string, servername: string, destId: string) {
+  return {
+    secureContext: identities.get(source)?.context,
+    servername,
+    minVersion: 'TLSv1.3' as const,
+    checkServerIdentity: (_host: string, cert: PeerCertificate) => {
+      const got = idOfCertificate(cert.raw);
+      return got === destId
+        ? undefined
+        : Object.assign(new Error(`the server's identity is ${got ?? 'missing'}, not ${destId}`), { code: 'ERR_MTLS_IDENTITY' });
+    },
+  };
 }
