@@ -121,4 +121,30 @@ describe('a cluster on etcd', () => {
     expect(r).toMatchObject({ status: 200, text: 'hello from cold.localhost\n' });
     expect(await ready()).toBeGreaterThan(0);
   }, 60_000);
+
+  it('serves on with its last snapshot while no control replica answers, and catches up when one does', async () => {
+    const live = cluster.controls.filter((c) => c.alive());
+    expect(live.length).toBeGreaterThan(0);
+    for (const c of live) process.kill(c.pid, 'SIGSTOP');
+    try {
+      // Longer than a node lease: nodes must not drop their instances for want of control.
+      const until = Date.now() + 4000;
+      let answered = 0;
+      while (Date.now() < until) {
+        const r = await get(cluster.gateway, 'hello.localhost');
+        expect(r.status).toBe(200);
+        answered++;
+        await new Promise((res) => setTimeout(res, 50));
+      }
+      expect(answered).toBeGreaterThan(20);
+    } finally {
+      for (const c of live) process.kill(c.pid, 'SIGCONT');
+    }
+    // Control is back: a change made now reaches the gateway and the nodes by watch.
+    const d = await cluster.cli(['deploy', fixture, '--name', 'after-outage', '--instances', '1']);
+    expect(d.code, d.stderr).toBe(0);
+    await eventually(async () => (await get(cluster.gateway, 'after-outage.localhost')).status === 200, 15_000);
+    // The nodes' leases ran out meanwhile (control renews them): they register again and hello is placed again.
+    await eventually(async () => (await get(cluster.gateway, 'hello.localhost')).status === 200, 15_000);
+  }, 60_000);
 });
