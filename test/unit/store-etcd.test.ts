@@ -43,7 +43,8 @@ describe('etcd store: one member', () => {
     const s = open(etcd.url, '/restart', 1500);
     const r0 = (await s.list('/w/')).revision;
     // 2100 revisions of history: etcd sends a catching-up watch at most 1000 revisions per
-    // response, so the member is killed while the history is still being delivered.
+    // response, one response per 100 ms sync round, so the member killed on the first response
+    // dies while the history is still being delivered.
     for (let i = 0; i < 2100; i += 100) {
       await Promise.all(Array.from({ length: 100 }, (_, j) => s.put(`/w/${String(i + j).padStart(4, '0')}`, String(i + j))));
     }
