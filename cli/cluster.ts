@@ -44,11 +44,13 @@ import {
 } from '../control/index.ts';
 import { errorMessage, isTideError, TideError } from '../lib/errors.ts';
 import type { Logger } from '../lib/log.ts';
+import { hostPort } from '../lib/net.ts';
 import { gatewayId, SYSTEM_NAMESPACE } from '../lib/spiffe.ts';
 import { ClusterRouting } from '../proxy/cluster.ts';
 import { Gateway } from '../proxy/index.ts';
 import { Egress } from '../proxy/mesh/egress.ts';
 import { Identities, type Issuer } from '../proxy/tls/identities.ts';
+import { splitHostPort } from '../proxy/upstream/endpoint.ts';
 import { ContainerDriver, FunctionLogs, NodeAgent, validateWorkerBundle, WorkerDriver } from '../runtime/index.ts';
 import { VERSION } from './version.ts';
 
@@ -194,8 +196,7 @@ export async function control(o: ControlOptions, log: Logger): Promise<RunningCo
   ca.onChange(() => void identities.renewAll(ca.bundle()));
 
   const a = await api.listen(o.apiPort, o.host);
-  const hostForUrl = o.host.includes(':') ? `[${o.host}]` : o.host;
-  const apiUrl = o.advertise ?? `https://${hostForUrl}:${a.port}`;
+  const apiUrl = o.advertise ?? `https://${hostPort(o.host, a.port)}`;
   election = new LeaderElection({
     store,
     id,
@@ -395,7 +396,8 @@ export async function node(o: NodeOptions, log: Logger): Promise<RunningMember> 
       const serving = current.routes.get(fn);
       const here = serving && agent.endpoint(serving.revision, fn);
       const at = here ? meshAddress : serving ? routing.candidates(serving.revision, new Set())[0]?.node.mesh : undefined;
-      return hostPort(at ?? meshAddress);
+      const [host, port] = splitHostPort(at ?? meshAddress);
+      return { host, port };
     },
     mode: (ns, fn) => sidecar.mtlsMode(ns, fn),
     log: log.child({ component: 'proxy.egress' }),
@@ -413,8 +415,7 @@ export async function node(o: NodeOptions, log: Logger): Promise<RunningMember> 
   const close = async () => {
     snapshots.close();
     await sidecar.close(o.drainMs);
-    await reporter.flush();
-    reporter.close();
+    await reporter.close();
     await agent.close();
     await egress.close();
     await routing.close();
@@ -426,7 +427,7 @@ export async function node(o: NodeOptions, log: Logger): Promise<RunningMember> 
     await snapshots.start();
     await routing.start();
     const m = await sidecar.listenMesh(o.meshPort, o.host);
-    meshAddress ||= `${o.host.includes(':') ? `[${o.host}]` : o.host}:${m.port}`;
+    meshAddress ||= hostPort(o.host, m.port);
     await agent.start();
     log.info({ node: name, mesh: meshAddress }, 'node up');
     return { address: meshAddress, close };
@@ -472,8 +473,7 @@ export async function gateway(o: GatewayOptions, log: Logger): Promise<RunningMe
   const close = async () => {
     snapshots.close();
     await gw.close(o.drainMs);
-    await reporter.flush();
-    reporter.close();
+    await reporter.close();
     await routing.close();
     identities.close();
     await store.close();
@@ -484,16 +484,11 @@ export async function gateway(o: GatewayOptions, log: Logger): Promise<RunningMe
     await snapshots.start();
     await routing.start();
     const g = await gw.listen(o.port, o.host);
-    const address = `${o.host.includes(':') ? `[${o.host}]` : o.host}:${g.port}`;
+    const address = hostPort(o.host, g.port);
     log.info({ gateway: `http://${address}`, domain }, 'gateway up');
     return { address, close };
   } catch (err) {
     await close().catch(() => {});
     throw err;
   }
-}
-
-function hostPort(s: string): { host: string; port: number } | undefined {
-  const m = /^\[?([^\]]+?)\]?:(\d+)$/.exec(s);
-  return m ? { host: m[1] as string, port: Number(m[2]) } : undefined;
 }

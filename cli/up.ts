@@ -31,6 +31,7 @@ import type { NodeInfo } from '../control/scheduler/placement.ts';
 import { resolveUpConfig, UP_DEFAULTS, type UpConfig, type UpOptions } from '../lib/config/up.ts';
 import { errorMessage, TideError } from '../lib/errors.ts';
 import { createLogger, type Logger } from '../lib/log.ts';
+import { hostPort } from '../lib/net.ts';
 import { SYSTEM_NAMESPACE } from '../lib/spiffe.ts';
 import { otlpExporter, samplingFromEnv, Tracer, TraceStore } from '../lib/trace/index.ts';
 import { Gateway } from '../proxy/index.ts';
@@ -276,9 +277,8 @@ export async function up(options: UpOptions = {}, log: Logger = createLogger({ l
     const m = await gateway.listenMesh(config.meshPort, config.host);
     meshAddress = { host: config.host, port: m.port };
     const a = await api.listen(config.apiPort, config.host);
-    const hostForUrl = config.host.includes(':') ? `[${config.host}]` : config.host;
-    const apiUrl = `${config.apiTls ? 'https' : 'http'}://${hostForUrl}:${a.port}`;
-    const gatewayUrl = `http://${hostForUrl}:${g.port}`;
+    const apiUrl = `${config.apiTls ? 'https' : 'http'}://${hostPort(config.host, a.port)}`;
+    const gatewayUrl = `http://${hostPort(config.host, g.port)}`;
     await writeFile(
       join(dataDir, 'endpoint.json'),
       `${JSON.stringify({ api: apiUrl, gateway: gatewayUrl, domain: config.domain, gatewayPort: g.port, meshPort: m.port, trustDomain: config.trustDomain, pid: process.pid }, null, 2)}\n`,
@@ -287,7 +287,7 @@ export async function up(options: UpOptions = {}, log: Logger = createLogger({ l
     log.info({ gateway: gatewayUrl, api: apiUrl, dataDir }, 'tide is up');
     for (const target of config.deploy) await deployPath(functions, target, log);
     await agent.settled();
-    return { config, gatewayUrl, apiUrl, meshUrl: `${hostForUrl}:${m.port}`, functions, close };
+    return { config, gatewayUrl, apiUrl, meshUrl: hostPort(config.host, m.port), functions, close };
   } catch (err) {
     await close().catch(() => {});
     if (err instanceof TideError && err.code === 'ERR_ADDRESS_IN_USE') {

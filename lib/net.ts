@@ -12,3 +12,8 @@ export function listen(server: Server, port: number, host: string): Promise<Addr
     });
   });
 }
+
+/** `host:port` for a URL or a dial string: an IPv6 address in brackets. */
+export function hostPort(host: string, port: number): string {
+  return `${host.includes(':') ? `[${host}]` : host}:${port}`;
+}

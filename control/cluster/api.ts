@@ -131,7 +131,7 @@ export class ClusterApi {
     if (!m || !timingSafeEqual(sha256(m[1] as string), this.#tokenHash)) {
       throw new TideError('ERR_UNAUTHORIZED', 'the cluster API needs the join token (Authorization: Bearer …)', {
         status: 401,
-        hint: 'start the node or gateway with --join-token-file FILE or $TIDE_JOIN_TOKEN (the token in the control data directory\'s join-token file)',
+        hint: "start the node or gateway with --join-token-file FILE or $TIDE_JOIN_TOKEN (the token in the control data directory's join-token file)",
       });
     }
   }

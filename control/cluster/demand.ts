@@ -99,9 +99,11 @@ export class DemandReporter {
     }
   }
 
-  close(): void {
-    this.#closed = true;
+  /** Stops reporting, after one last report of what was counted. */
+  async close(): Promise<void> {
     clearInterval(this.#timer);
+    await this.flush();
+    this.#closed = true;
   }
 }
 

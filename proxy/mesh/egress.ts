@@ -17,6 +17,7 @@ import { join } from 'node:path';
 import { EMPTY_PROXY_CONFIG } from '../../lib/config/proxy.ts';
 import { TideError } from '../../lib/errors.ts';
 import type { Logger } from '../../lib/log.ts';
+import { hostPort } from '../../lib/net.ts';
 import { functionId, meshHost, parseId, parseMeshHost } from '../../lib/spiffe.ts';
 import type { Tracer } from '../../lib/trace/tracer.ts';
 import type { CompiledRoute, ProxySnapshot } from '../config/compile.ts';
@@ -183,7 +184,7 @@ export class Egress {
       if (!endpoint) {
         const servername = meshHost(dest.namespace, dest.name);
         const identities = this.#opts.identities;
-        endpoint = new UpstreamEndpoint(`${at.host.includes(':') ? `[${at.host}]` : at.host}:${at.port}`, {
+        endpoint = new UpstreamEndpoint(hostPort(at.host, at.port), {
           connections: 256,
           connectTimeoutMs: 5000,
           client: 'tide',

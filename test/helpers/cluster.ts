@@ -9,7 +9,7 @@ import { request as httpRequest } from 'node:http';
 import { join } from 'node:path';
 import { Agent, fetch } from 'undici';
 import { type EtcdCluster, startEtcdCluster } from './etcd.ts';
-import { freePort, sleep, spawnTide, stopProcess, tempDir, tide } from './tide.ts';
+import { eventually, freePort, sleep, spawnTide, stopProcess, tempDir, tide } from './tide.ts';
 
 export interface ClusterProcess {
   role: 'control' | 'node' | 'gateway';
@@ -310,16 +310,6 @@ export interface FailoverResult {
   functions: string[];
 }
 
-async function until<T>(what: string, fn: () => Promise<T | undefined>, timeoutMs: number, everyMs = 100): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn().catch(() => undefined);
-    if (v !== undefined) return v;
-    if (Date.now() > deadline) throw new Error(`${what}: not within ${timeoutMs} ms`);
-    await sleep(everyMs);
-  }
-}
-
 /**
  * The issue's failure drill, under load through the gateway: deploys `hello` (2 instances)
  * and `second` (1), then kills (SIGKILL) a node that runs hello, the leader control replica,
@@ -342,7 +332,7 @@ export async function failoverDrill(cluster: Cluster, fixture: string): Promise<
   }
   const gw = cluster.gateway;
   for (const host of ['hello.localhost', 'second.localhost'])
-    await until(`${host} answers through the gateway`, async () => ((await get(gw, host)).status === 200 ? true : undefined), 15_000);
+    await eventually(async () => (await get(gw, host)).status === 200, 15_000, 100, `${host} answers through the gateway`);
   const before = await describe('hello');
 
   const traffic = load(gw, 'hello.localhost', { concurrency: 8, retries: 10, maxMs: 150_000 });
@@ -355,14 +345,15 @@ export async function failoverDrill(cluster: Cluster, fixture: string): Promise<
   if (!victim) throw new Error(`no live node runs hello (${JSON.stringify(placed)})`);
   const t1 = Date.now();
   await victim.stop('SIGKILL');
-  await until(
-    'hello rescheduled off the dead node',
+  await eventually(
     async () => {
       const r = await readyNodes('hello');
       const total = Object.values(r).reduce((a, b) => a + b, 0);
       return r[victim.name] === undefined && total >= 2 ? r : undefined;
     },
     30_000,
+    100,
+    'hello rescheduled off the dead node',
   );
   const nodeRescheduleMs = Date.now() - t1;
   await sleep(1000);
@@ -370,18 +361,19 @@ export async function failoverDrill(cluster: Cluster, fixture: string): Promise<
   const nodeTrafficMs = slow.length === 0 ? 0 : Math.max(0, Math.max(...slow.map((o) => o.at + o.ms)) - t1);
 
   // 2. The leader control replica.
-  const oldLeader = await until('a leader', () => cluster.leader(), 10_000);
+  const oldLeader = await eventually(() => cluster.leader(), 10_000, 100, 'a leader');
   const leader = cluster.controls.find((c) => c.name === oldLeader);
   if (!leader) throw new Error(`leader ${oldLeader} is not a replica of this cluster`);
   const t2 = Date.now();
   await leader.stop('SIGKILL');
-  const newLeader = await until(
-    'a new leader',
+  const newLeader = await eventually(
     async () => {
       const l = await cluster.leader();
       return l && l !== oldLeader ? l : undefined;
     },
     30_000,
+    100,
+    'a new leader',
   );
   const leaderMs = Date.now() - t2;
   // Only a leader schedules: a new revision that answers shows the new one does.
@@ -394,10 +386,11 @@ export async function failoverDrill(cluster: Cluster, fixture: string): Promise<
   if (!member) throw new Error('no running etcd member');
   const t3 = Date.now();
   await member.stop('SIGKILL');
-  await until(
-    'a write after the etcd member died',
+  await eventually(
     async () => ((await cluster.api('/v1/tokens', { method: 'POST', body: { name: `drill-${Date.now()}`, scope: 'read' } })).status === 201 ? true : undefined),
     30_000,
+    100,
+    'a write after the etcd member died',
   );
   const etcdMs = Date.now() - t3;
 

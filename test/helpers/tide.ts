@@ -212,7 +212,13 @@ export function sleep(ms: number): Promise<void> {
 }
 
 /** Polls `fn` until it returns a truthy value or `timeoutMs` passes. */
-export async function eventually<T>(fn: () => Promise<T | undefined | false> | T | undefined | false, timeoutMs = 10_000, intervalMs = 50): Promise<T> {
+/** Polls `fn` until it returns a truthy value (errors count as not yet); `what` names the condition in the timeout error. */
+export async function eventually<T>(
+  fn: () => Promise<T | undefined | false> | T | undefined | false,
+  timeoutMs = 10_000,
+  intervalMs = 50,
+  what = 'condition',
+): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   let last: unknown;
   while (Date.now() < deadline) {
@@ -224,7 +230,7 @@ export async function eventually<T>(fn: () => Promise<T | undefined | false> | T
     }
     await sleep(intervalMs);
   }
-  throw new Error(`condition not met within ${timeoutMs} ms${last ? `: ${String(last)}` : ''}`);
+  throw new Error(`${what} not met within ${timeoutMs} ms${last ? `: ${String(last)}` : ''}`);
 }
 
 export function pidAlive(pid: number): boolean {
