@@ -666,7 +666,12 @@ export class NodeAgent {
         lease ? { lease } : {},
       );
     } catch (err) {
-      if (!this.#closed) this.#log.error({ err: errorMessage(err) }, 'writing revision status failed');
+      if (this.#closed) return;
+      // The data path learns of ready instances only from this record: try again until it is written.
+      this.#log.warn({ err: errorMessage(err), revision: set.revision }, 'writing revision status failed; trying again in 1 s');
+      setTimeout(() => {
+        if (!this.#closed) this.#reportStatus(set);
+      }, 1000).unref();
     }
   }
 

@@ -30,6 +30,10 @@ describe('a cluster on etcd', () => {
     process.stderr.write(
       `cluster drill: node ${r.nodeRescheduleMs} ms (traffic ${r.nodeTrafficMs} ms), leader ${r.leaderMs} ms (schedules after ${r.leaderScheduleMs} ms), etcd member ${r.etcdMs} ms; ${r.outcomes.length} requests, ${retried} retried, ${lost.length} lost\n`,
     );
+    if (lost.length > 0) {
+      // What each process said, to tell where the lost requests went.
+      for (const p of [cluster.gateway, ...cluster.nodes, ...cluster.controls]) process.stderr.write(`--- ${p.name}\n${p.output().slice(-3000)}\n`);
+    }
     expect(lost, JSON.stringify(lost.slice(0, 5))).toEqual([]);
     expect(r.outcomes.length).toBeGreaterThan(200);
     expect(r.newLeader).not.toBe(r.oldLeader);
